@@ -1,0 +1,1 @@
+"""The ``tbq`` command line."""

@@ -1,0 +1,103 @@
+"""``tbq``: builds a configuration from flags and calls the library; no math here."""
+
+from __future__ import annotations
+
+import json
+import sys
+from functools import wraps
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from turboboa_export.errors import TbqError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="TurboBoA quantization for LLMs, exported to vLLM.")
+
+
+def one_line_errors(fn):
+    """Print a TbqError as one line on stderr and exit 2."""
+
+    @wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except TbqError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+@app.command()
+@one_line_errors
+def quantize(
+    model: str = typer.Argument(..., help="Model folder, hub id, or built-in name (smollm2-135m)."),
+    output: Path = typer.Option(..., "-o", "--output", help="Run directory to write."),
+    preset: Optional[str] = typer.Option(None, help="Named preset: w4-g128, w4, w3-g128, w3, w2, w8."),
+    config: Optional[Path] = typer.Option(None, "--config", help="JSON file with quant/calib settings."),
+    method: Optional[str] = typer.Option(None, help="rtn | gptq | boa | turboboa (default turboboa)."),
+    bits: Optional[int] = typer.Option(None, help="Weight bits: 2, 3, 4 or 8 (default 4)."),
+    group_size: Optional[int] = typer.Option(None, help="Columns per group, -1 for per channel (default -1)."),
+    sym: Optional[bool] = typer.Option(None, "--sym/--asym", help="Symmetric grid (default asymmetric)."),
+    grid: Optional[str] = typer.Option(None, help="Grid search: minmax | mse | hessian (default hessian)."),
+    damp: Optional[float] = typer.Option(None, help="Hessian damping, fraction of mean diag (default 0.01)."),
+    act_order: Optional[bool] = typer.Option(None, "--act-order/--no-act-order", help="Column act-order."),
+    row_act_order: Optional[bool] = typer.Option(None, "--row-act-order/--no-row-act-order", help="Row act-order (BoA/TurboBoA)."),
+    rows: Optional[int] = typer.Option(None, help="TurboBoA rows quantized jointly, N (default 16)."),
+    alpha: Optional[float] = typer.Option(None, help="TurboBoA propagated-error weight (default 0.25; 0 off)."),
+    refine_iters: Optional[int] = typer.Option(None, help="TurboBoA scale refinement passes (default 1; 0 off)."),
+    adaptive_grid: Optional[bool] = typer.Option(None, "--adaptive-grid/--fixed-grid", help="TurboBoA grid per row block."),
+    dataset: Optional[str] = typer.Option(None, help="exl2-wiki, exl2-c4, wikitext2, c4, or a .txt/.jsonl path."),
+    nsamples: Optional[int] = typer.Option(None, help="Calibration windows (default 128)."),
+    seqlen: Optional[int] = typer.Option(None, help="Tokens per window (default 2048)."),
+    seed: Optional[int] = typer.Option(None, help="Calibration seed (default 0)."),
+    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda[:N] (default auto)."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model code from the model folder."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing non-empty output directory."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its last finished block."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+):
+    """Quantize MODEL block by block and write the run to -o."""
+    from turboboa_export.config import build_config
+    from turboboa_export.pipeline.sequential import quantize_model
+
+    cfg = build_config(
+        model, preset=preset, config_file=config,
+        quant=dict(method=method, bits=bits, group_size=group_size, sym=sym, grid=grid, damp=damp,
+                   act_order=act_order, row_act_order=row_act_order, rows=rows, alpha=alpha,
+                   refine_iters=refine_iters, adaptive_grid=adaptive_grid),
+        calib=dict(dataset=dataset, nsamples=nsamples, seqlen=seqlen, seed=seed),
+        device=device, trust_remote_code=trust_remote_code or None,
+    )
+    path = quantize_model(cfg, output, overwrite=overwrite, resume=resume, progress=not quiet)
+    typer.echo(f"wrote {path}")
+
+
+@app.command()
+@one_line_errors
+def inspect(run: Path = typer.Argument(..., help="A run directory written by `tbq quantize`.")):
+    """Print a summary of a run."""
+    from turboboa_export.pipeline.rundir import load_run
+
+    info, weights = load_run(run)
+    q = info["config"]["quant"]
+    metrics = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines() if l.strip()]
+    group = "per-channel" if q["group_size"] == -1 else f"g{q['group_size']}"
+    typer.echo(f"model      {info['model']['source']} ({info['model']['model_type']}, {info['model']['num_blocks']} blocks)")
+    typer.echo(f"method     {q['method']} W{q['bits']} {group} {'sym' if q['sym'] else 'asym'}, grid {q['grid']}")
+    typer.echo(f"calib      {json.dumps(info['config']['calib'])}")
+    typer.echo(f"linears    {len(weights)} quantized")
+    typer.echo(f"time       {info['timings']['quantize_seconds']:.1f} s quantizing")
+    if metrics:
+        last = max(m["block"] for m in metrics)
+        err = next(m["block_output_rel_error"] for m in metrics if m["block"] == last)
+        typer.echo(f"last block output relative error vs full precision: {err:.4f}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

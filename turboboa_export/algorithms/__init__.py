@@ -1,0 +1,1 @@
+"""Quantization algorithms as pure tensor-in, tensor-out functions."""

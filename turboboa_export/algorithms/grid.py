@@ -1,0 +1,129 @@
+"""The integer grid: q = clamp(round(w/s) + z, 0, 2^b - 1), w_hat = s (q - z), and its parameter searches.
+
+Parameters are found per row and per group of columns. A weight block is viewed as ``[rows, groups, gs]``;
+scales and zeros come back as ``[rows, groups]`` (algorithm.md section 1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+SEARCHES = ("minmax", "mse", "hessian")
+SHRINK_STEPS = 100  # p = 1 - i/100, i = 0..99
+MSE_NORM = 2.4
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    """Bit width, symmetry and parameter search of an integer grid."""
+
+    bits: int
+    sym: bool = False
+    search: str = "minmax"
+
+    @property
+    def maxq(self) -> int:
+        return 2**self.bits - 1
+
+    @property
+    def sym_zero(self) -> float:
+        return float(2 ** (self.bits - 1))
+
+
+def quantize(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, maxq: int) -> torch.Tensor:
+    """Integer codes q = clamp(round(w/s) + z, 0, maxq), in w's dtype."""
+    return torch.clamp(torch.round(w / scale) + zero, 0, maxq)
+
+
+def dequantize(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
+    """w_hat = s (q - z)."""
+    return scale * (q - zero)
+
+
+def fake_quantize(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, maxq: int) -> torch.Tensor:
+    """Round w onto the grid and back: s (clamp(round(w/s) + z) - z)."""
+    return dequantize(quantize(w, scale, zero, maxq), scale, zero)
+
+
+def _range(w: torch.Tensor, sym: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row min and max over the last dim, widened to contain 0; symmetric grids use +-absmax."""
+    wmin = torch.clamp(w.amin(-1), max=0)
+    wmax = torch.clamp(w.amax(-1), min=0)
+    if sym:
+        wmax = torch.maximum(-wmin, wmax)
+        wmin = -wmax
+    flat = wmax == wmin
+    wmin = torch.where(flat, -torch.ones_like(wmin), wmin)
+    wmax = torch.where(flat, torch.ones_like(wmax), wmax)
+    return wmin, wmax
+
+
+def _score(w: torch.Tensor, what: torch.Tensor, search: str, h_blocks: torch.Tensor | None) -> torch.Tensor:
+    """Error of a candidate grid per [rows, groups]: Hessian d H_blk d^T or sum |d|^2.4."""
+    d = what - w
+    if search == "hessian":
+        # (q - w) H_blk (q - w)^T, one diagonal block of H per group
+        return torch.einsum("rgi,gij,rgj->rg", d, h_blocks, d)
+    return d.abs().pow(MSE_NORM).sum(-1)
+
+
+def find_params(
+    w: torch.Tensor, spec: GridSpec, h_blocks: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero for each row of each group of ``w`` ([rows, groups, gs]) -> two [rows, groups] tensors.
+
+    ``h_blocks`` ([groups, gs, gs]) are the diagonal blocks of H_in for the groups' columns, needed by the
+    ``hessian`` search.
+    """
+    if spec.search not in SEARCHES:
+        raise ValueError(f"unknown grid search {spec.search!r}; choose one of {', '.join(SEARCHES)}")
+    if spec.search == "hessian" and h_blocks is None:
+        raise ValueError("the hessian grid search needs the diagonal blocks of H_in")
+    wmin, wmax = _range(w, spec.sym)
+    maxq = spec.maxq
+    if spec.search == "minmax":
+        scale = (wmax - wmin) / maxq
+        zero = torch.full_like(scale, spec.sym_zero) if spec.sym else torch.round(-wmin / scale)
+        return scale, zero
+    best_score = torch.full_like(wmin, float("inf"))
+    best_scale = torch.zeros_like(wmin)
+    best_zero = torch.zeros_like(wmin)
+    for i in range(SHRINK_STEPS):
+        p = 1.0 - i / SHRINK_STEPS
+        scale = p * (wmax - wmin) / maxq
+        if spec.sym:
+            zeros = (torch.full_like(scale, spec.sym_zero),)
+        else:
+            z = -p * wmin / scale
+            zeros = (torch.floor(z), torch.ceil(z))
+        for zero in zeros:
+            zero = torch.clamp(zero, 0, maxq)
+            what = fake_quantize(w, scale.unsqueeze(-1), zero.unsqueeze(-1), maxq)
+            score = _score(w, what, spec.search, h_blocks)
+            better = score < best_score
+            best_score = torch.where(better, score, best_score)
+            best_scale = torch.where(better, scale, best_scale)
+            best_zero = torch.where(better, zero, best_zero)
+    return best_scale, best_zero
+
+
+def diagonal_blocks(h: torch.Tensor, group_size: int) -> torch.Tensor:
+    """The [groups, gs, gs] diagonal blocks of a [cols, cols] matrix."""
+    cols = h.shape[0]
+    g = cols // group_size
+    hb = h.reshape(g, group_size, g, group_size)
+    idx = torch.arange(g, device=h.device)
+    return hb[idx, :, idx, :]
+
+
+def find_params_2d(
+    w: torch.Tensor, spec: GridSpec, group_size: int, h: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scales and zeros [rows, groups] for a [rows, cols] matrix split into groups of ``group_size`` columns
+    (``-1``: one group, per channel). ``h`` is the [cols, cols] H_in for the hessian search."""
+    rows, cols = w.shape
+    gs = cols if group_size == -1 else group_size
+    h_blocks = diagonal_blocks(h, gs) if h is not None and spec.search == "hessian" else None
+    return find_params(w.reshape(rows, cols // gs, gs), spec, h_blocks)

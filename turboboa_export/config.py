@@ -1,0 +1,150 @@
+"""Typed, validated configuration; exactly what is written to ``run.json``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+from .errors import TbqError
+
+Method = Literal["rtn", "gptq", "boa", "turboboa"]
+Search = Literal["minmax", "mse", "hessian"]
+SUPPORTED_BITS = (2, 3, 4, 8)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class QuantConfig(_Strict):
+    """What to do to each linear layer."""
+
+    method: Method = "turboboa"
+    bits: int = 4
+    group_size: int = -1
+    sym: bool = False
+    grid: Search = "hessian"
+    damp: float = 0.01
+    act_order: bool = False
+    row_act_order: bool = False
+    rows: int = 16
+    alpha: float = 0.25
+    refine_iters: int = 1
+    adaptive_grid: bool = True
+
+    @field_validator("bits")
+    @classmethod
+    def _bits(cls, v: int) -> int:
+        if v not in SUPPORTED_BITS:
+            raise ValueError(f"bits must be one of {', '.join(map(str, SUPPORTED_BITS))}, got {v}")
+        return v
+
+    @field_validator("group_size")
+    @classmethod
+    def _group(cls, v: int) -> int:
+        if v != -1 and v <= 0:
+            raise ValueError(f"group size must be -1 (per channel) or a positive divisor of in_features, got {v}")
+        return v
+
+    @field_validator("damp", "alpha")
+    @classmethod
+    def _nonneg(cls, v: float) -> float:
+        if v < 0:
+            raise ValueError(f"must be >= 0, got {v}")
+        return v
+
+    @field_validator("rows")
+    @classmethod
+    def _rows(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError(f"rows per block must be >= 1, got {v}")
+        return v
+
+    @field_validator("refine_iters")
+    @classmethod
+    def _iters(cls, v: int) -> int:
+        if v < 0:
+            raise ValueError(f"refine iterations must be >= 0, got {v}")
+        return v
+
+
+class CalibConfig(_Strict):
+    """Calibration data: a dataset name or local file, random windows of ``seqlen`` tokens."""
+
+    dataset: str = "exl2-wiki"
+    nsamples: int = 128
+    seqlen: int = 2048
+    seed: int = 0
+
+    @field_validator("nsamples", "seqlen")
+    @classmethod
+    def _positive(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError(f"must be >= 1, got {v}")
+        return v
+
+
+class RunConfig(_Strict):
+    """One quantization run."""
+
+    model: str
+    quant: QuantConfig = QuantConfig()
+    calib: CalibConfig = CalibConfig()
+    device: str = "auto"
+    trust_remote_code: bool = False
+
+
+PRESETS: dict[str, dict] = {
+    "w4-g128": {"bits": 4, "group_size": 128},
+    "w4": {"bits": 4},
+    "w3-g128": {"bits": 3, "group_size": 128},
+    "w3": {"bits": 3},
+    "w2": {"bits": 2},
+    "w8": {"bits": 8},
+}
+
+
+def _explain(err: ValidationError) -> str:
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first["loc"])
+    msg = first["msg"].removeprefix("Value error, ")
+    return f"invalid setting {where}: {msg}"
+
+
+def build_config(
+    model: str,
+    preset: str | None = None,
+    config_file: Path | None = None,
+    quant: dict | None = None,
+    calib: dict | None = None,
+    **run: object,
+) -> RunConfig:
+    """Merge a preset, a JSON config file and explicit settings (later wins) into a validated RunConfig."""
+    q: dict = {}
+    c: dict = {}
+    r: dict = {}
+    if preset is not None:
+        if preset not in PRESETS:
+            raise TbqError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        q.update(PRESETS[preset])
+    if config_file is not None:
+        try:
+            data = json.loads(Path(config_file).read_text())
+        except FileNotFoundError:
+            raise TbqError(f"config file {config_file} does not exist; pass an existing JSON file") from None
+        except json.JSONDecodeError as e:
+            raise TbqError(f"config file {config_file} is not valid JSON ({e.msg} at line {e.lineno})") from None
+        q.update(data.pop("quant", {}))
+        c.update(data.pop("calib", {}))
+        data.pop("model", None)
+        r.update(data)
+    q.update({k: v for k, v in (quant or {}).items() if v is not None})
+    c.update({k: v for k, v in (calib or {}).items() if v is not None})
+    r.update({k: v for k, v in run.items() if v is not None})
+    try:
+        return RunConfig(model=model, quant=QuantConfig(**q), calib=CalibConfig(**c), **r)
+    except ValidationError as e:
+        raise TbqError(_explain(e)) from None

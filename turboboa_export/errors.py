@@ -1,0 +1,5 @@
+"""User-facing errors: one line that names the problem and the fix."""
+
+
+class TbqError(Exception):
+    """A problem with what the user asked for; the CLI prints it as one line and exits 2."""

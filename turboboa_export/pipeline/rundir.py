@@ -1,0 +1,177 @@
+"""The run directory: written under ``RUN.partial`` block by block (each file atomically), renamed to ``RUN``
+when complete, so an interrupted run resumes and a finished one is never half-written.
+
+Layout: ``run.json`` (config, versions, model, timings), ``blocks/NNNN.safetensors`` (codes, scales, zeros,
+g_idx of each quantized linear), ``rest.safetensors`` (every other tensor, untouched), ``config.json`` and the
+tokenizer, ``metrics.jsonl`` (one line per quantized module).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..algorithms.quantized import QuantizedWeight
+from ..config import RunConfig
+from ..errors import TbqError
+
+FIELDS = ("codes", "scale", "zero", "g_idx")
+
+
+def versions() -> dict[str, str]:
+    """Versions of the packages that decide the bits."""
+    import transformers
+
+    from .. import __version__
+
+    return {"tbq": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "python": platform.python_version()}
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temp file beside ``path``, then rename over it."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _pack(name: str, q: QuantizedWeight) -> dict[str, torch.Tensor]:
+    return {
+        f"{name}.codes": q.codes.to(torch.uint8),
+        f"{name}.scale": q.scale.float(),
+        f"{name}.zero": q.zero.float(),
+        f"{name}.g_idx": q.g_idx.to(torch.int32),
+    }
+
+
+def _unpack(tensors: dict[str, torch.Tensor]) -> dict[str, QuantizedWeight]:
+    names = sorted({k.rsplit(".", 1)[0] for k in tensors})
+    return {n: QuantizedWeight(*(tensors[f"{n}.{f}"] for f in FIELDS)) for n in names}
+
+
+class RunWriter:
+    """Writes one run; ``blocks_done`` says where an interrupted run resumes."""
+
+    def __init__(self, final: Path, config: RunConfig, overwrite: bool = False, resume: bool = False):
+        self.final = Path(final)
+        self.partial = self.final.with_name(self.final.name + ".partial")
+        self.config = config
+        self.blocks_done = 0
+        self.check_output(self.final, overwrite)
+        if self.partial.exists() and resume:
+            self._resume()
+        else:
+            if self.partial.exists():
+                shutil.rmtree(self.partial)
+            (self.partial / "blocks").mkdir(parents=True)
+            self._write_info({"config": config.model_dump(), "versions": versions(), "blocks_done": 0})
+
+    @staticmethod
+    def check_output(final: Path, overwrite: bool) -> None:
+        """Refuse to replace a non-empty directory unless asked to."""
+        final = Path(final)
+        if final.exists() and not final.is_dir():
+            raise TbqError(f"output path {final} is a file; choose a directory for -o")
+        if final.exists() and any(final.iterdir()) and not overwrite:
+            raise TbqError(f"output directory {final} exists and is not empty; pass --overwrite or choose another -o")
+
+    def _resume(self) -> None:
+        info = self.info()
+        saved = RunConfig(**info["config"])
+        if saved != self.config:
+            raise TbqError(f"{self.partial} was started with other settings; rerun with the same flags or drop --resume")
+        self.blocks_done = info["blocks_done"]
+
+    def info(self) -> dict:
+        return json.loads((self.partial / "run.json").read_text())
+
+    def _write_info(self, info: dict) -> None:
+        atomic_write_bytes(self.partial / "run.json", json.dumps(info, indent=2).encode())
+
+    def update_info(self, **fields) -> None:
+        info = self.info()
+        info.update(fields)
+        self._write_info(info)
+
+    def save_block(self, index: int, weights: dict[str, QuantizedWeight], metrics: list[dict]) -> None:
+        """Persist one finished block: its tensors, then its metrics, then the resume marker."""
+        tensors = {}
+        for name, q in weights.items():
+            tensors.update(_pack(name, q))
+        atomic_save_tensors(self.partial / "blocks" / f"{index:04d}.safetensors", tensors)
+        with open(self.partial / "metrics.jsonl", "a") as f:
+            for m in metrics:
+                f.write(json.dumps(m) + "\n")
+        self.blocks_done = index + 1
+        self.update_info(blocks_done=self.blocks_done)
+
+    def load_block(self, index: int) -> dict[str, QuantizedWeight]:
+        return _unpack(load_file(self.partial / "blocks" / f"{index:04d}.safetensors"))
+
+    def finish(self, rest: dict[str, torch.Tensor], model_config, tokenizer, **info) -> Path:
+        """Write the untouched tensors, model config and tokenizer, then move the run into place."""
+        atomic_save_tensors(self.partial / "rest.safetensors", rest)
+        model_config.save_pretrained(self.partial)
+        tokenizer.save_pretrained(self.partial)
+        self.update_info(status="complete", **info)
+        if self.final.exists():
+            trash = self.final.with_name(self.final.name + ".old")
+            os.replace(self.final, trash)
+            shutil.rmtree(trash)
+        os.replace(self.partial, self.final)
+        return self.final
+
+
+def load_run(path: Path) -> tuple[dict, dict[str, QuantizedWeight]]:
+    """``run.json`` and the quantized weights of a finished run."""
+    path = Path(path)
+    if not (path / "run.json").is_file():
+        raise TbqError(f"{path} is not a tbq run (no run.json); pass the -o folder of `tbq quantize`")
+    info = json.loads((path / "run.json").read_text())
+    if info.get("status") != "complete":
+        raise TbqError(f"run {path} is not complete; finish it with `tbq quantize ... --resume`")
+    weights: dict[str, QuantizedWeight] = {}
+    for f in sorted((path / "blocks").glob("*.safetensors")):
+        weights.update(_unpack(load_file(f)))
+    return info, weights
+
+
+def load_fake_quant_model(path: Path, dtype: torch.dtype | None = None):
+    """The run's model with dequantized weights in place of the originals (for evaluation and export checks)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    path = Path(path)
+    _, weights = load_run(path)
+    config = AutoConfig.from_pretrained(path)
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype or config.dtype)
+    state = load_file(path / "rest.safetensors")
+    for name, q in weights.items():
+        state[f"{name}.weight"] = q.dequantize()
+    model.load_state_dict(state, strict=False)
+    if getattr(config, "tie_word_embeddings", False):
+        model.tie_weights()
+    model.eval()
+    return model

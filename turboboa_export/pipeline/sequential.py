@@ -1,0 +1,162 @@
+"""The layer-by-layer driver (algorithm.md section 5).
+
+Per block: (1) its inputs in both streams are cached; (2) one statistics pass with the block's full-precision
+weights runs the full-precision stream (its outputs feed the next block) and then the quantized stream,
+accumulating H_in, R and the attention statistics; (3) each linear is quantized; (4) the quantized stream runs
+through the now-quantized block. Only the current block lives on the accelerator.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..algorithms.quantized import QuantizedWeight
+from ..arch import ArchSpec, attention_shape, spec_for
+from ..calibration import calibration_batch
+from ..config import RunConfig
+from ..errors import TbqError
+from ..methods import get_method
+from ..models import load_model, resolve_model
+from .capture import capture_inputs, run_block, to_device
+from .rundir import RunWriter
+from .statistics import INPUT_OF, BlockStatistics, SecondMoments, record_inputs
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto``: CUDA when present, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise TbqError(f"device {name} asked for but CUDA is not available; use --device cpu")
+    return torch.device(name)
+
+
+def check_group_size(model, spec: ArchSpec, group_size: int) -> None:
+    """Every quantized linear's in_features must be a multiple of the group size."""
+    if group_size == -1:
+        return
+    layers = model.get_submodule(spec.layers)
+    for i, block in enumerate(layers):
+        for path in spec.linears().values():
+            k = block.get_submodule(path).in_features
+            if k % group_size:
+                raise TbqError(
+                    f"group size {group_size} does not divide in_features {k} of {spec.layers}.{i}.{path}; "
+                    f"choose a divisor of {k} or -1 (per channel)"
+                )
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+@torch.no_grad()
+def collect_statistics(block, spec: ArchSpec, fp_in, q_in, kwargs, with_r: bool, attention_stats=None):
+    """Statistics pass: returns (BlockStatistics, full-precision outputs)."""
+    modules = {role: block.get_submodule(path) for role, path in spec.linears().items()}
+    first_role = {}
+    for role, key in INPUT_OF.items():
+        first_role.setdefault(key, role)
+    device = fp_in[0].device
+    moments = {key: SecondMoments(modules[role].in_features, device, with_r) for key, role in first_role.items()}
+    attn = attention_stats(block) if attention_stats is not None else None
+    fp_out = []
+    with record_inputs(modules) as seen:
+        for x_fp, x_q in zip(fp_in, q_in):
+            fp_out.append(run_block(block, x_fp, kwargs))
+            fp_seen = dict(seen)
+            run_block(block, x_q, kwargs)
+            for key, role in first_role.items():
+                moments[key].add(seen[role], fp_seen[role])
+            if attn is not None:
+                attn.add(seen["q"], fp_seen["q"], kwargs)
+    return BlockStatistics(moments, attn), fp_out
+
+
+def set_weight(module, q: QuantizedWeight) -> None:
+    module.weight.data = q.dequantize().to(module.weight.dtype)
+
+
+def relative_error(out, ref) -> float:
+    """||out - ref|| / ||ref|| over all samples."""
+    num = sum(float((a.float() - b.float()).pow(2).sum()) for a, b in zip(out, ref))
+    den = sum(float(b.float().pow(2).sum()) for b in ref)
+    return (num / den) ** 0.5
+
+
+def quantize_model(config: RunConfig, out: Path, overwrite: bool = False, resume: bool = False,
+                   progress: bool = True) -> Path:
+    """Quantize ``config.model`` block by block and write the run to ``out``."""
+    t_start = time.time()
+    RunWriter.check_output(out, overwrite)
+    resolved = resolve_model(config.model)
+    model, tokenizer = load_model(resolved, config.trust_remote_code)
+    spec = spec_for(model.config)
+    check_group_size(model, spec, config.quant.group_size)
+    method = get_method(config.quant.method)
+    writer = RunWriter(out, config, overwrite=overwrite, resume=resume)
+    device = pick_device(config.device)
+    shape = attention_shape(model.config)
+    c = config.calib
+    batch = calibration_batch(tokenizer, c.dataset, c.nsamples, c.seqlen, c.seed)
+    layers = model.get_submodule(spec.layers)
+    captured = capture_inputs(model, layers, batch)
+    fp = [x.to(device) for x in captured.inputs]
+    q = [x.clone() for x in fp]
+    names: list[str] = []
+    t_quant = time.time()
+    bar = tqdm(range(len(layers)), desc="blocks", disable=not progress)
+    for i in bar:
+        bar.set_description(f"({i + 1}/{len(layers)}) {'replaying' if i < writer.blocks_done else 'quantizing'}")
+        block = layers[i].to(device)
+        kwargs = to_device(captured.kwargs[i], device)
+        modules = {role: block.get_submodule(path) for role, path in spec.linears().items()}
+        full = {role: f"{spec.layers}.{i}.{path}" for role, path in spec.linears().items()}
+        names += full.values()
+        if i < writer.blocks_done:
+            saved = writer.load_block(i)
+            with torch.no_grad():
+                fp = [run_block(block, x, kwargs) for x in fp]
+                for role, m in modules.items():
+                    set_weight(m, saved[full[role]])
+                q = [run_block(block, x, kwargs) for x in q]
+        else:
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            t0 = time.time()
+            stats, fp = collect_statistics(block, spec, fp, q, kwargs, method.needs_r(config.quant),
+                                           method.attention_statistics(config.quant, spec, shape))
+            t_stats = time.time() - t0
+            weights, metrics = {}, []
+            for role, m in modules.items():
+                t1 = time.time()
+                w = m.weight.data.float()
+                result, loss = method.quantize(role, w, stats, config.quant, shape)
+                set_weight(m, result)
+                weights[full[role]] = result
+                metrics.append({"block": i, "module": full[role], "role": role, "seconds": time.time() - t1,
+                                "loss": loss, "peak_memory_bytes": peak_memory_bytes(device)})
+            with torch.no_grad():
+                q = [run_block(block, x, kwargs) for x in q]
+            err = relative_error(q, fp)
+            for m in metrics:
+                m["block_output_rel_error"] = err
+                m["block_stats_seconds"] = t_stats
+            bar.set_postfix(rel_err=f"{err:.4f}")
+            writer.save_block(i, weights, metrics)
+        layers[i] = block.to("cpu")
+    state = model.state_dict()
+    quantized = {f"{n}.weight" for n in names}
+    rest = {k: v for k, v in state.items() if k not in quantized}
+    if getattr(model.config, "tie_word_embeddings", False):
+        rest.pop(f"{spec.lm_head}.weight", None)
+    return writer.finish(rest, model.config, tokenizer, model={"source": config.model, "resolved": resolved,
+                         "model_type": model.config.model_type, "num_blocks": len(layers)},
+                         timings={"quantize_seconds": time.time() - t_quant, "total_seconds": time.time() - t_start})
