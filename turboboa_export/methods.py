@@ -7,12 +7,14 @@ from typing import Callable
 
 import torch
 
-from .algorithms.gptq import damp, gptq_quantize
+from .algorithms.gptq import act_order_permutation, damp, gptq_quantize
 from .algorithms.grid import GridSpec
 from .algorithms.quantized import QuantizedWeight, weight_loss
 from .algorithms.rtn import rtn_quantize
+from .algorithms.turboboa import TurboBoAOptions, turboboa_one_sided, turboboa_two_sided
 from .config import QuantConfig
 from .errors import TbqError
+from .pipeline.attention_stats import AttentionStatistics
 
 
 def grid_spec(cfg: QuantConfig) -> GridSpec:
@@ -57,3 +59,66 @@ def _gptq(role: str, w: torch.Tensor, stats, cfg: QuantConfig, shape) -> tuple[Q
 
 register(Method("rtn", _rtn))
 register(Method("gptq", _gptq))
+
+
+def turboboa_options(cfg: QuantConfig) -> TurboBoAOptions:
+    """F1/F3 settings of a config; ``boa`` is N = 1 with a fixed grid and no refinement."""
+    if cfg.method == "boa":
+        return TurboBoAOptions(1, False, 0, cfg.act_order, cfg.row_act_order, cfg.damp)
+    return TurboBoAOptions(cfg.rows, cfg.adaptive_grid, cfg.refine_iters, cfg.act_order, cfg.row_act_order, cfg.damp)
+
+
+def _alpha(cfg: QuantConfig) -> float:
+    return cfg.alpha if cfg.method == "turboboa" else 0.0
+
+
+def _scaled(r: torch.Tensor | None, alpha: float) -> torch.Tensor | None:
+    return alpha * r if alpha and r is not None else None
+
+
+def _two_sided_loss(w, what, h_in, h_out) -> float:
+    """sum over heads of tr(H_out dW H_in dW^T)."""
+    d = (what - w).reshape(h_out.shape[0], h_out.shape[1], -1).to(h_in.dtype)
+    return float(torch.einsum("hab,hbi,ij,haj->", h_out, d, h_in, d))
+
+
+def _attention_aware(role: str, w: torch.Tensor, stats, cfg: QuantConfig, shape) -> tuple[QuantizedWeight, float]:
+    spec, opts, alpha = grid_spec(cfg), turboboa_options(cfg), _alpha(cfg)
+    attn = stats.attention
+    if role in ("q", "k"):
+        h_out = attn.h_out_q() if role == "q" else attn.h_out_k()
+        h_in = stats.h(role)
+        q = turboboa_two_sided(w.reshape(h_out.shape[0], -1, w.shape[1]), h_in, h_out, spec, cfg.group_size,
+                               _scaled(stats.r(role), alpha), opts)
+        return q, _two_sided_loss(w, q.dequantize(), h_in, h_out)
+    if role == "v":
+        h_v = attn.h_in_v()
+        r_v = attn.r_v()
+        # one column order for all kv heads, so that g_idx is per column
+        perm = act_order_permutation(h_v.mean(0)) if cfg.act_order else None
+        parts = [
+            turboboa_one_sided(w_g, h_v[g], spec, cfg.group_size, _scaled(r_v[g] if r_v is not None else None, alpha),
+                               opts, perm)
+            for g, w_g in enumerate(w.split(shape.head_dim, dim=0))
+        ]
+        q = QuantizedWeight(*(torch.cat([getattr(p, f) for p in parts]) for f in ("codes", "scale", "zero")),
+                            parts[0].g_idx)
+        what = q.dequantize()
+        loss = sum(weight_loss(w_g, wh_g, h_v[g]) for g, (w_g, wh_g) in
+                   enumerate(zip(w.split(shape.head_dim), what.split(shape.head_dim))))
+        return q, loss
+    h = stats.h(role)
+    q = turboboa_one_sided(w, h, spec, cfg.group_size, _scaled(stats.r(role), alpha), opts)
+    return q, weight_loss(w, q.dequantize(), h)
+
+
+def _attention_statistics(cfg: QuantConfig, spec, shape):
+    def make(block):
+        return AttentionStatistics(block.get_submodule(spec.attn), spec, shape, with_r=_alpha(cfg) > 0)
+
+    return make
+
+
+register(Method("boa", _attention_aware, attention_statistics=_attention_statistics))
+register(Method("turboboa", _attention_aware, needs_r=lambda cfg: cfg.alpha > 0,
+                attention_statistics=_attention_statistics))

@@ -32,19 +32,21 @@ def remove_dead_columns(
 
 
 def damp(h: torch.Tensor, percdamp: float) -> torch.Tensor:
-    """H + percdamp * mean(diag H) * I."""
-    return h + percdamp * torch.mean(torch.diag(h)) * torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
+    """H + percdamp * mean(diag H) * I (for a batch of matrices, each its own mean)."""
+    mean = torch.diagonal(h, dim1=-2, dim2=-1).mean(-1)[..., None, None]
+    return h + percdamp * mean * torch.eye(h.shape[-1], dtype=h.dtype, device=h.device)
 
 
 def inverse_cholesky_upper(h: torch.Tensor, percdamp: float) -> torch.Tensor:
-    """U with H^-1 = U^T U (upper Cholesky of the inverse), damping H again until Cholesky succeeds."""
+    """U with H^-1 = U^T U (upper Cholesky of the inverse), damping H again until Cholesky succeeds.
+    Works on a batch [..., n, n] too."""
     for _ in range(MAX_DAMP_TRIES):
         h = damp(h, percdamp)
         lower, info = torch.linalg.cholesky_ex(h)
-        if int(info) == 0:
+        if not bool(info.any()):
             hinv = torch.cholesky_inverse(lower)
             upper, info = torch.linalg.cholesky_ex(hinv, upper=True)
-            if int(info) == 0:
+            if not bool(info.any()):
                 return upper
     raise ValueError("the Hessian is not positive definite even after damping; raise --damp or add calibration data")
 
@@ -124,6 +126,25 @@ def act_order_permutation(h: torch.Tensor) -> torch.Tensor:
     return torch.argsort(torch.diag(h), descending=True, stable=True)
 
 
+def prepare_columns(w, h, r=None, act_order=False, perm=None):
+    """Dead-column fix-up and column permutation of W, H and R -> (w, h, r, perm). The permutation is
+    ``perm`` if given, else act-order's (``act_order``) or none."""
+    w, h, r = remove_dead_columns(w, h, r)
+    if perm is None:
+        perm = act_order_permutation(h) if act_order else torch.arange(h.shape[0], device=h.device)
+    w, h = w[:, perm], h[perm][:, perm]
+    r = r[perm][:, perm] if r is not None else None
+    return w, h, r, perm
+
+
+def unpermute(codes: torch.Tensor, perm: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Codes back in the original column order, and each original column's group index."""
+    inv = torch.argsort(perm)
+    cols = codes.shape[-1]
+    g_idx = (torch.arange(cols, device=codes.device) // (cols if group_size == -1 else group_size))[inv]
+    return codes[..., inv], g_idx.to(torch.int32)
+
+
 def gptq_quantize(
     w: torch.Tensor,
     h: torch.Tensor,
@@ -132,21 +153,15 @@ def gptq_quantize(
     percdamp: float = 0.01,
     act_order: bool = False,
     r: torch.Tensor | None = None,
-    params: tuple[torch.Tensor, torch.Tensor] | None = None,
+    perm: torch.Tensor | None = None,
 ) -> QuantizedWeight:
-    """GPTQ on one [out, in] weight with Hessian H_in; ``r`` (already scaled by alpha) turns on GPTAQ."""
-    w, h, r = remove_dead_columns(w, h, r)
-    perm = act_order_permutation(h) if act_order else torch.arange(h.shape[0], device=h.device)
-    w, h = w[:, perm], h[perm][:, perm]
-    r = r[perm][:, perm] if r is not None else None
+    """GPTQ on one [out, in] weight with Hessian H_in; ``r`` (already scaled by alpha) turns on GPTAQ;
+    ``perm`` overrides the act-order column permutation."""
+    w, h, r, perm = prepare_columns(w, h, r, act_order, perm)
     u = inverse_cholesky_upper(h, percdamp)
     p = gptaq_p(r, u) if r is not None else None
     h_grid = damp(h, percdamp) if spec.search == "hessian" else None
-    if params is None and group_size == -1:
-        params = find_params_2d(w, spec, -1, h_grid)
+    params = find_params_2d(w, spec, -1, h_grid) if group_size == -1 else None
     codes, scale, zero = column_pass(w, u, spec, group_size, h_grid, params, p)
-    inv = torch.argsort(perm)
-    cols = w.shape[1]
-    g_idx = (torch.arange(cols, device=w.device) // (cols if group_size == -1 else group_size))[inv]
-    return QuantizedWeight(codes[:, inv], scale, zero, g_idx.to(torch.int32))
-
+    codes, g_idx = unpermute(codes, perm, group_size)
+    return QuantizedWeight(codes, scale, zero, g_idx)

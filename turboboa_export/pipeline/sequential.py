@@ -91,6 +91,7 @@ def relative_error(out, ref) -> float:
     return (num / den) ** 0.5
 
 
+@torch.no_grad()
 def quantize_model(config: RunConfig, out: Path, overwrite: bool = False, resume: bool = False,
                    progress: bool = True) -> Path:
     """Quantize ``config.model`` block by block and write the run to ``out``."""
@@ -101,11 +102,11 @@ def quantize_model(config: RunConfig, out: Path, overwrite: bool = False, resume
     spec = spec_for(model.config)
     check_group_size(model, spec, config.quant.group_size)
     method = get_method(config.quant.method)
-    writer = RunWriter(out, config, overwrite=overwrite, resume=resume)
     device = pick_device(config.device)
     shape = attention_shape(model.config)
     c = config.calib
     batch = calibration_batch(tokenizer, c.dataset, c.nsamples, c.seqlen, c.seed)
+    writer = RunWriter(out, config, overwrite=overwrite, resume=resume)
     layers = model.get_submodule(spec.layers)
     captured = capture_inputs(model, layers, batch)
     fp = [x.to(device) for x in captured.inputs]

@@ -1,0 +1,61 @@
+"""Slow, obvious float64 references for the numeric routines (no lazy blocks, explicit loops)."""
+
+from __future__ import annotations
+
+import torch
+
+from turboboa_export.algorithms.grid import GridSpec, find_params, quantize
+
+
+def params_ref(w: torch.Tensor, spec: GridSpec, h: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row grid of a [rows, cols] block (one group), via the library's search (tested separately)."""
+    s, z = find_params(w.unsqueeze(1), spec, h.unsqueeze(0) if h is not None else None)
+    return s[:, 0], z[:, 0]
+
+
+def gptq_ref(w, h, spec, group_size=-1, percdamp=0.01, act_order=False, r=None):
+    """GPTQ/GPTAQ one column at a time with the inverse Hessian from torch.linalg.inv. Returns codes,
+    scales, zeros (working order) and the permutation."""
+    w, h = w.double().clone(), h.double().clone()
+    r = r.double().clone() if r is not None else None
+    dead = torch.diag(h) == 0
+    h[dead, dead] = 1
+    w[:, dead] = 0
+    if r is not None:
+        r[:, dead] = 0
+    cols = w.shape[1]
+    perm = torch.argsort(torch.diag(h), descending=True, stable=True) if act_order else torch.arange(cols)
+    w, h = w[:, perm], h[perm][:, perm]
+    if r is not None:
+        r = r[perm][:, perm]
+    h = h + percdamp * torch.mean(torch.diag(h)) * torch.eye(cols, dtype=h.dtype)
+    u = torch.linalg.cholesky(torch.linalg.inv(h), upper=True)
+    p = torch.triu(r @ u.T, 1) @ u if r is not None else torch.zeros_like(h)
+    gs = cols if group_size == -1 else group_size
+    g_count = cols // gs
+    scale = torch.zeros(w.shape[0], g_count, dtype=w.dtype)
+    zero = torch.zeros_like(scale)
+    codes = torch.zeros_like(w)
+    hgrid = h if spec.search == "hessian" else None
+    for c in range(cols):
+        g = c // gs
+        if c % gs == 0:
+            block = w[:, c : c + gs] if group_size != -1 else w
+            hb = hgrid[c : c + gs, c : c + gs] if hgrid is not None else None
+            scale[:, g], zero[:, g] = params_ref(block, spec, hb)
+        col = w[:, c].clone()
+        q = quantize(col, scale[:, g], zero[:, g], spec.maxq)
+        codes[:, c] = q
+        e = (col - scale[:, g] * (q - zero[:, g])) / u[c, c]
+        w[:, c:] -= torch.outer(e, u[c, c:]) - torch.outer(col, p[c, c:])
+    return codes, scale, zero, perm
+
+
+def random_layer(out: int, cols: int, tokens: int, seed: int, dead: int = 0):
+    """A random weight and an H_in = (2/T) X^T X from correlated inputs, ``dead`` columns never active."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(out, cols, generator=g, dtype=torch.float64)
+    mix = torch.randn(cols, cols, generator=g, dtype=torch.float64) / cols**0.5 + torch.eye(cols, dtype=torch.float64)
+    x = torch.randn(tokens, cols, generator=g, dtype=torch.float64) @ mix
+    x[:, :dead] = 0
+    return w, 2 * x.T @ x / tokens, x

@@ -1,0 +1,56 @@
+"""TurboBoA F3: coordinate-descent refinement of the scales with the integer codes frozen (Prop. 3.3).
+
+With Qbar = Q_int - z frozen and Q = diag(s) Qbar, each coordinate s_{j,g} (row j, group g; m = the codes of
+row j masked to group g) moves to the exact minimiser of
+L = tr(H_out dW H_in dW^T) - 2 tr(H_out W R dW^T),  dW = Q - W:
+    s_{j,g} += [ (H_out (W - Q) H_in m^T)_j + (H_out W R m^T)_j ] / (H_out,jj  m H_in m^T).
+One-sided layers are the case H_out = I (each row its own "head" of one row).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def refine_scales(
+    qbar: torch.Tensor,
+    scale: torch.Tensor,
+    g_idx: torch.Tensor,
+    w: torch.Tensor,
+    h_in: torch.Tensor,
+    h_out: torch.Tensor | None = None,
+    r: torch.Tensor | None = None,
+    iters: int = 1,
+) -> torch.Tensor:
+    """Refined scales.
+
+    qbar, w: [heads, rows, in] (frozen codes minus zeros; full-precision weights); scale: [heads, rows, groups];
+    g_idx: [in]; h_in: [in, in]; h_out: [heads, rows, rows] or None (one-sided); r: [in, in] already scaled by
+    alpha, or None. Returns the new [heads, rows, groups] scales.
+    """
+    heads, rows, cols = qbar.shape
+    shape = scale.shape
+    if h_out is None:  # one-sided: every row is independent
+        qbar, scale, w = (t.reshape(heads * rows, 1, t.shape[-1]) for t in (qbar, scale, w))
+        h_out = torch.ones(heads * rows, 1, 1, dtype=w.dtype, device=w.device)
+    scale = scale.clone()
+    g_idx = g_idx.long()
+    groups = scale.shape[-1]
+    columns = [torch.nonzero(g_idx == g).flatten() for g in range(groups)]
+    q = scale[..., g_idx] * qbar
+    f = h_out @ ((w - q) @ h_in)  # H_out (W - Q) H_in
+    wr = h_out @ (w @ r) if r is not None else torch.zeros_like(w)  # H_out W R
+    n = scale.shape[1]
+    for _ in range(iters):
+        for j in range(n):
+            hjj = h_out[:, j, j]
+            for g, cols_g in enumerate(columns):
+                m = qbar[:, j, cols_g]  # [heads, gs]
+                mh = m @ h_in[cols_g, :]  # m H_in, [heads, in]
+                den = hjj * (mh[:, cols_g] * m).sum(-1)
+                num = ((f[:, j, cols_g] + wr[:, j, cols_g]) * m).sum(-1)
+                delta = torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), torch.zeros_like(den))
+                scale[:, j, g] += delta
+                # Q_j += delta m  =>  F -= H_out[:, :, j] (delta m H_in)
+                f -= h_out[:, :, j].unsqueeze(-1) * (delta.unsqueeze(-1) * mh).unsqueeze(1)
+    return scale.reshape(shape)

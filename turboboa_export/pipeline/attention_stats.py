@@ -1,0 +1,139 @@
+"""BoA's attention-aware statistics, computed from captured block inputs with the block's own modules.
+
+- H_out,q per query head: mean_l R_l^T (G C_K G) R_l with C_K = (2/T) sum k k^T over post-RoPE keys of its kv
+  head; H_out,k per kv head: the same with query covariances averaged over the heads sharing it.
+  R_l is the rotate-half RoPE rotation at position l; G = diag(gain of q_norm/k_norm) where the model has them.
+- v: per query head Z_h = A_h X (causal softmax attention probabilities), H_v = (2/T) sum Z^T Z and, for F2,
+  R_v = (2/T) sum (Z_fp - Z_q)^T Z_q, both averaged over the heads sharing a kv head.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..arch import ArchSpec, AttentionShape
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """(x1, x2) -> (-x2, x1) on the last dim."""
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x cos + rotate_half(x) sin; x [heads, L, d], cos/sin [L, d]."""
+    return x * cos + rotate_half(x) * sin
+
+
+def rope_averaged(c: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """mean_l R_l^T C R_l for R_l = diag(cos_l) + diag(sin_l) J (J x = rotate_half(x)); c [..., d, d]."""
+    n = cos.shape[0]
+    ecc, ecs, ess = cos.T @ cos / n, cos.T @ sin / n, sin.T @ sin / n
+    d = c.shape[-1]
+    j = rotate_half(torch.eye(d, dtype=c.dtype, device=c.device)).T  # J with J x = rotate_half(x)
+    # D_a C D_b = C * (a b^T), averaged over positions
+    return c * ecc + (c * ecs) @ j + j.T @ (c * ecs.T) + j.T @ (c * ess) @ j
+
+
+def norm_gain(norm, dim: int, like: torch.Tensor) -> torch.Tensor:
+    """Effective per-channel gain of an RMS norm: norm(ones) (covers x*w and x*(1+w) conventions)."""
+    return norm(torch.ones(dim, dtype=like.dtype, device=like.device)).to(like.dtype)
+
+
+def attention_probs(q: torch.Tensor, k: torch.Tensor, scaling: float, window: int | None) -> torch.Tensor:
+    """Causal softmax(q k^T * scaling) per query head; q [H, L, d], k [H, L, d] -> [H, L, L] in float32."""
+    scores = (q.float() @ k.float().transpose(-1, -2)) * scaling
+    n = q.shape[1]
+    i = torch.arange(n, device=q.device)
+    allowed = i[:, None] >= i[None, :]
+    if window is not None:
+        allowed &= (i[:, None] - i[None, :]) < window
+    return torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)
+
+
+@dataclass
+class AttentionStatistics:
+    """Accumulates the statistics of one attention layer over calibration sequences."""
+
+    attn: torch.nn.Module
+    spec: ArchSpec
+    shape: AttentionShape
+    with_r: bool
+    dtype: torch.dtype = torch.float32
+
+    def __post_init__(self):
+        s = self.shape
+        dev = next(self.attn.parameters()).device
+        d_in = self.attn.get_submodule(self.spec.q.split(".", 1)[1]).in_features
+        z = lambda *shape: torch.zeros(*shape, dtype=self.dtype, device=dev)  # noqa: E731
+        self._qq, self._kk = z(s.heads, s.head_dim, s.head_dim), z(s.kv_heads, s.head_dim, s.head_dim)
+        self._zz = z(s.kv_heads, d_in, d_in)
+        self._dz = z(s.kv_heads, d_in, d_in) if self.with_r else None
+        self.tokens = 0
+        self.cos = self.sin = None
+
+    def _module(self, path: str | None):
+        return None if path is None else self.attn.get_submodule(path.split(".", 1)[1])
+
+    def queries_keys(self, x: torch.Tensor, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Post-norm, post-RoPE queries [heads, L, d] and keys [kv_heads, L, d] of attention input x [L, in]."""
+        s = self.shape
+        n = x.shape[0]
+        q = self._module(self.spec.q)(x).view(n, s.heads, s.head_dim)
+        k = self._module(self.spec.k)(x).view(n, s.kv_heads, s.head_dim)
+        q_norm, k_norm = self._module(self.spec.q_norm), self._module(self.spec.k_norm)
+        if q_norm is not None:
+            q, k = q_norm(q), k_norm(k)
+        cos, sin = (t.reshape(n, -1) for t in kwargs["position_embeddings"])
+        self.cos, self.sin = cos.to(self.dtype), sin.to(self.dtype)
+        return apply_rope(q.transpose(0, 1), cos, sin), apply_rope(k.transpose(0, 1), cos, sin)
+
+    def weighted_inputs(self, x: torch.Tensor, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(queries, keys, Z) with Z_h = A_h X: [heads, L, in]."""
+        q, k = self.queries_keys(x, kwargs)
+        k_rep = k.repeat_interleave(self.shape.group, dim=0)
+        probs = attention_probs(q, k_rep, self.attn.scaling, getattr(self.attn, "sliding_window", None))
+        return q, k, probs.to(self.dtype) @ x.to(self.dtype)
+
+    @torch.no_grad()
+    def add(self, x_q: torch.Tensor, x_fp: torch.Tensor, kwargs: dict) -> None:
+        """Add one sequence's attention input in the quantized and full-precision streams ([L, in] each)."""
+        s = self.shape
+        q, k, zq = self.weighted_inputs(x_q, kwargs)
+        q, k = q.to(self.dtype), k.to(self.dtype)
+        self._qq += q.transpose(-1, -2) @ q  # sum q q^T per head
+        self._kk += k.transpose(-1, -2) @ k
+        zq_g = zq.reshape(s.kv_heads, s.group * zq.shape[1], -1)
+        self._zz += zq_g.transpose(-1, -2) @ zq_g  # sum over the group's heads of Z^T Z
+        if self.with_r:
+            zf = self.weighted_inputs(x_fp, kwargs)[2].reshape_as(zq_g)
+            self._dz += (zf - zq_g).transpose(-1, -2) @ zq_g
+        self.tokens += x_q.shape[0]
+
+    def h_out_q(self) -> torch.Tensor:
+        """[heads, d, d]."""
+        c_k = (2 * self._kk / self.tokens).repeat_interleave(self.shape.group, dim=0)
+        return self._rotated(c_k, self.spec.q_norm)
+
+    def h_out_k(self) -> torch.Tensor:
+        """[kv_heads, d, d]."""
+        s = self.shape
+        c_q = (2 * self._qq / self.tokens).reshape(s.kv_heads, s.group, s.head_dim, s.head_dim).mean(1)
+        return self._rotated(c_q, self.spec.k_norm)
+
+    def _rotated(self, c: torch.Tensor, norm_path: str | None) -> torch.Tensor:
+        m = rope_averaged(c, self.cos, self.sin)
+        norm = self._module(norm_path)
+        if norm is not None:
+            g = norm_gain(norm, self.shape.head_dim, m)
+            m = m * g[:, None] * g[None, :]  # G M G
+        return m
+
+    def h_in_v(self) -> torch.Tensor:
+        """[kv_heads, in, in]: (2/T) sum Z^T Z averaged over each kv head's query heads."""
+        return 2 * self._zz / (self.tokens * self.shape.group)
+
+    def r_v(self) -> torch.Tensor | None:
+        return 2 * self._dz / (self.tokens * self.shape.group) if self.with_r else None
