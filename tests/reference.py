@@ -59,3 +59,39 @@ def random_layer(out: int, cols: int, tokens: int, seed: int, dead: int = 0):
     x = torch.randn(tokens, cols, generator=g, dtype=torch.float64) @ mix
     x[:, :dead] = 0
     return w, 2 * x.T @ x / tokens, x
+
+
+def boa_ref(w3, h_in, h_out, spec, percdamp=0.01):
+    """BoA literally (algorithm.md section 3): grid fixed from the original W; for each row r (all heads):
+    GPTQ the row over the columns, then W[:, r+1:, :] -= U_out^T[r+1:, r] (W_r - Q_r) / U_out[r, r]."""
+    heads, rows, cols = w3.shape
+    w3 = w3.double().clone()
+    h = h_in.double() + percdamp * torch.mean(torch.diag(h_in.double())) * torch.eye(cols, dtype=torch.float64)
+    u_in = torch.linalg.cholesky(torch.linalg.inv(h), upper=True)
+    u_out = []
+    for hh in h_out.double():
+        hh = hh + percdamp * torch.mean(torch.diag(hh)) * torch.eye(rows, dtype=torch.float64)
+        u_out.append(torch.linalg.cholesky(torch.linalg.inv(hh), upper=True))
+    hgrid = h if spec.search == "hessian" else None
+    scale, zero = (t.reshape(heads, rows) for t in params_ref(w3.reshape(-1, cols), spec, hgrid))
+    codes = torch.zeros_like(w3)
+    for r in range(rows):
+        row = w3[:, r, :].clone()  # [heads, cols]
+        q = torch.zeros_like(row)
+        work = row.clone()
+        for c in range(cols):
+            qc = quantize(work[:, c], scale[:, r], zero[:, r], spec.maxq)
+            codes[:, r, c] = qc
+            q[:, c] = scale[:, r] * (qc - zero[:, r])
+            e = (work[:, c] - q[:, c]) / u_in[c, c]
+            work[:, c:] -= torch.outer(e, u_in[c, c:])
+        for hd in range(heads):
+            u = u_out[hd]
+            w3[hd, r + 1 :, :] -= torch.outer(u.T[r + 1 :, r], (row[hd] - q[hd]) / u[r, r])
+    return codes.reshape(-1, cols), scale.reshape(-1, 1), zero.reshape(-1, 1)
+
+
+def random_spd(n: int, batch: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(batch, n, 3 * n, generator=g, dtype=torch.float64)
+    return a @ a.transpose(-1, -2) / (3 * n)
