@@ -42,9 +42,10 @@ def norm_gain(norm, dim: int, like: torch.Tensor) -> torch.Tensor:
     return norm(torch.ones(dim, dtype=like.dtype, device=like.device)).to(like.dtype)
 
 
-def attention_probs(q: torch.Tensor, k: torch.Tensor, scaling: float, window: int | None) -> torch.Tensor:
-    """Causal softmax(q k^T * scaling) per query head; q [H, L, d], k [H, L, d] -> [H, L, L] in float32."""
-    scores = (q.float() @ k.float().transpose(-1, -2)) * scaling
+def attention_probs(q: torch.Tensor, k: torch.Tensor, scaling: float, window: int | None,
+                    dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Causal softmax(q k^T * scaling) per query head; q [H, L, d], k [H, L, d] -> [H, L, L] in ``dtype``."""
+    scores = (q.to(dtype) @ k.to(dtype).transpose(-1, -2)) * scaling
     n = q.shape[1]
     i = torch.arange(n, device=q.device)
     allowed = i[:, None] >= i[None, :]
@@ -94,8 +95,8 @@ class AttentionStatistics:
         """(queries, keys, Z) with Z_h = A_h X: [heads, L, in]."""
         q, k = self.queries_keys(x, kwargs)
         k_rep = k.repeat_interleave(self.shape.group, dim=0)
-        probs = attention_probs(q, k_rep, self.attn.scaling, getattr(self.attn, "sliding_window", None))
-        return q, k, probs.to(self.dtype) @ x.to(self.dtype)
+        probs = attention_probs(q, k_rep, self.attn.scaling, getattr(self.attn, "sliding_window", None), self.dtype)
+        return q, k, probs @ x.to(self.dtype)
 
     @torch.no_grad()
     def add(self, x_q: torch.Tensor, x_fp: torch.Tensor, kwargs: dict) -> None:

@@ -84,6 +84,22 @@ def set_weight(module, q: QuantizedWeight) -> None:
     module.weight.data = q.dequantize().to(module.weight.dtype)
 
 
+def quantize_linears(modules: dict, names: dict, stats: BlockStatistics, cfg, method, shape, device):
+    """Quantize each linear of a block in place (its weight becomes the dequantized one).
+    Returns ({name: QuantizedWeight}, per-module metrics)."""
+    weights, metrics = {}, []
+    for role, m in modules.items():
+        t0 = time.time()
+        result, loss = method.quantize(role, m.weight.data.float(), stats, cfg, shape)
+        set_weight(m, result)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        weights[names[role]] = result
+        metrics.append({"module": names[role], "role": role, "seconds": time.time() - t0, "loss": loss,
+                        "peak_memory_bytes": peak_memory_bytes(device)})
+    return weights, metrics
+
+
 def relative_error(out, ref) -> float:
     """||out - ref|| / ||ref|| over all samples."""
     num = sum(float((a.float() - b.float()).pow(2).sum()) for a, b in zip(out, ref))
@@ -123,11 +139,10 @@ def quantize_model(config: RunConfig, out: Path, overwrite: bool = False, resume
         names += full.values()
         if i < writer.blocks_done:
             saved = writer.load_block(i)
-            with torch.no_grad():
-                fp = [run_block(block, x, kwargs) for x in fp]
-                for role, m in modules.items():
-                    set_weight(m, saved[full[role]])
-                q = [run_block(block, x, kwargs) for x in q]
+            fp = [run_block(block, x, kwargs) for x in fp]
+            for role, m in modules.items():
+                set_weight(m, saved[full[role]])
+            q = [run_block(block, x, kwargs) for x in q]
         else:
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
@@ -135,21 +150,11 @@ def quantize_model(config: RunConfig, out: Path, overwrite: bool = False, resume
             stats, fp = collect_statistics(block, spec, fp, q, kwargs, method.needs_r(config.quant),
                                            method.attention_statistics(config.quant, spec, shape))
             t_stats = time.time() - t0
-            weights, metrics = {}, []
-            for role, m in modules.items():
-                t1 = time.time()
-                w = m.weight.data.float()
-                result, loss = method.quantize(role, w, stats, config.quant, shape)
-                set_weight(m, result)
-                weights[full[role]] = result
-                metrics.append({"block": i, "module": full[role], "role": role, "seconds": time.time() - t1,
-                                "loss": loss, "peak_memory_bytes": peak_memory_bytes(device)})
-            with torch.no_grad():
-                q = [run_block(block, x, kwargs) for x in q]
+            weights, metrics = quantize_linears(modules, full, stats, config.quant, method, shape, device)
+            q = [run_block(block, x, kwargs) for x in q]
             err = relative_error(q, fp)
             for m in metrics:
-                m["block_output_rel_error"] = err
-                m["block_stats_seconds"] = t_stats
+                m.update(block=i, block_output_rel_error=err, block_stats_seconds=t_stats)
             bar.set_postfix(rel_err=f"{err:.4f}")
             writer.save_block(i, weights, metrics)
         layers[i] = block.to("cpu")

@@ -1,0 +1,1 @@
+"""Evaluation scripts: perplexity (and, later, zero-shot accuracy and vLLM throughput)."""
