@@ -54,7 +54,11 @@ def main() -> None:
     modules = {role: block.get_submodule(path) for role, path in LLAMA.linears().items()}
     names = {role: role for role in modules}
     rows = []
-    selected = [("warmup", {"rows": 16})] + [r for r in RUNS if r[0] in a.runs.split(",")]
+    by_name = dict(RUNS)
+    unknown = [n for n in a.runs.split(",") if n not in by_name]
+    if unknown:
+        raise SystemExit(f"unknown runs {unknown}; choose from {list(by_name)}")
+    selected = [("warmup", {"rows": 16})] + [(n, by_name[n]) for n in a.runs.split(",")]  # in the order asked
     for name, extra in selected:
         cfg = QuantConfig(method="turboboa" if name == "warmup" else name.split()[0], bits=a.bits, **extra)
         method = get_method(cfg.method)
