@@ -95,6 +95,40 @@ def inspect(run: Path = typer.Argument(..., help="A run directory written by `tb
         typer.echo(f"last block output relative error vs full precision: {err:.4f}")
 
 
+@app.command()
+@one_line_errors
+def export(
+    run: Path = typer.Argument(..., help="A run directory written by `tbq quantize`."),
+    output: Path = typer.Option(..., "-o", "--output", help="Checkpoint directory to write."),
+    format: str = typer.Option("vllm", "--format", help="vllm (compressed-tensors pack-quantized) | hf (dense)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing non-empty output directory."),
+):
+    """Export a run as a checkpoint: compressed-tensors for vLLM, or dense dequantized weights."""
+    from turboboa_export.export.compressed_tensors import export_hf, export_vllm
+
+    writers = {"vllm": export_vllm, "hf": export_hf}
+    if format not in writers:
+        raise TbqError(f"unknown export format {format!r}; choose vllm or hf")
+    typer.echo(f"wrote {writers[format](run, output, overwrite=overwrite)}")
+
+
+@app.command()
+@one_line_errors
+def verify(
+    folder: Path = typer.Argument(..., help="A folder written by `tbq export --format vllm`."),
+    run: Optional[Path] = typer.Option(None, "--run", help="The run to compare with (default: the one exported)."),
+):
+    """Check an export's tensors against its config and the run's weights; exit 1 on any mismatch."""
+    from turboboa_export.export.verify import verify_export
+
+    problems = verify_export(folder, run)
+    for p in problems:
+        typer.echo(f"mismatch: {p}", err=True)
+    if problems:
+        raise typer.Exit(1)
+    typer.echo(f"ok: {folder}")
+
+
 def main() -> None:
     app()
 

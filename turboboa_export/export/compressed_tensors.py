@@ -1,0 +1,193 @@
+"""``tbq export --format vllm``: a compressed-tensors ``pack-quantized`` checkpoint that stock vLLM loads.
+
+Per quantized linear ``p``: ``p.weight_packed`` (int32 [N, ceil(K b/32)], codes packed along K),
+``p.weight_scale`` ([N, groups], model dtype), ``p.weight_shape`` (int64 [N, K]), for asymmetric grids
+``p.weight_zero_point`` (int32 [ceil(N b/32), groups], packed along N) and, with act-order groups,
+``p.weight_g_idx``. Stored integers are signed (q - 2^(b-1)); packing adds 2^(b-1) back, so tbq's unsigned codes
+and zeros are packed as they are. Dequantization: (q - zp) * scale.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..algorithms.quantized import QuantizedWeight
+from ..errors import TbqError
+from ..pipeline.rundir import load_run
+from .pack import pack_rows, packed_words, unpack_rows
+
+VLLM_GROUP_SIZES = (-1, 32, 64, 128)
+SHARD_BYTES = 4 * 2**30
+EXPORT_INFO = "tbq_export.json"
+
+
+def check_vllm_support(bits: int, sym: bool, group_size: int) -> None:
+    """Refuse what stock vLLM 0.25 cannot serve, saying what to choose instead."""
+    if bits in (2, 3) and not sym:
+        raise TbqError(f"vLLM 0.25 serves {bits}-bit weights only symmetric; re-quantize with --sym, or export --format hf")
+    if group_size not in VLLM_GROUP_SIZES:
+        raise TbqError(
+            f"group size {group_size} is not served by vLLM's kernels (32, 64, 128 or -1 per channel); "
+            "re-quantize with one of those, or export --format hf"
+        )
+
+
+def quantization_config(bits: int, sym: bool, group_size: int, act_order_groups: bool) -> dict:
+    """The ``quantization_config`` block, built with compressed-tensors' own models."""
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationConfig, QuantizationScheme
+
+    args = QuantizationArgs(
+        num_bits=bits, type="int", symmetric=sym, strategy="channel" if group_size == -1 else "group",
+        group_size=None if group_size == -1 else group_size, actorder="group" if act_order_groups else None,
+        dynamic=False,
+    )
+    cfg = QuantizationConfig(
+        config_groups={"group_0": QuantizationScheme(targets=["Linear"], weights=args, input_activations=None)},
+        quant_method="compressed-tensors", format="pack-quantized", quantization_status="compressed",
+        ignore=["lm_head"],
+    )
+    # keys left at None are dropped so that older compressed-tensors (vLLM 0.25 pins 0.17) accept the config
+    return cfg.model_dump(exclude_none=True)
+
+
+def linear_tensors(name: str, q: QuantizedWeight, bits: int, sym: bool, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """The compressed-tensors tensors of one quantized linear."""
+    n, k = q.codes.shape
+    out = {
+        f"{name}.weight_packed": pack_rows(q.codes.long(), bits),
+        f"{name}.weight_scale": q.scale.to(dtype),
+        f"{name}.weight_shape": torch.tensor([n, k], dtype=torch.int64),
+    }
+    if not sym:
+        out[f"{name}.weight_zero_point"] = pack_rows(q.zero.T.long(), bits).T.contiguous()
+    g = q.g_idx.long()
+    if not torch.equal(g, torch.sort(g).values):
+        out[f"{name}.weight_g_idx"] = q.g_idx.to(torch.int32)
+    return out
+
+
+def dequantize_exported(tensors: dict[str, torch.Tensor], name: str, bits: int) -> torch.Tensor:
+    """(q - zp) * scale of one exported linear, in float32, read back from its packed tensors."""
+    n, k = tensors[f"{name}.weight_shape"].tolist()
+    codes = unpack_rows(tensors[f"{name}.weight_packed"], bits, k)
+    scale = tensors[f"{name}.weight_scale"].float()
+    zp_key = f"{name}.weight_zero_point"
+    zero = (unpack_rows(tensors[zp_key].T.contiguous(), bits, n).T if zp_key in tensors
+            else torch.full_like(scale, 2 ** (bits - 1)))
+    groups = scale.shape[1]
+    g = tensors.get(f"{name}.weight_g_idx", torch.arange(k) // (k // groups)).long()
+    return scale[:, g] * (codes - zero[:, g]).float()
+
+
+def export_dtype(model_dtype: torch.dtype) -> torch.dtype:
+    """vLLM's kernels take fp16 or bf16: float32 models are exported in fp16."""
+    return model_dtype if model_dtype in (torch.float16, torch.bfloat16) else torch.float16
+
+
+def save_sharded(tensors: dict[str, torch.Tensor], folder: Path) -> None:
+    """safetensors shards of at most SHARD_BYTES, with an index when there is more than one."""
+    shards, current, size = [], {}, 0
+    for key in sorted(tensors):
+        t = tensors[key].contiguous()
+        nbytes = t.numel() * t.element_size()
+        if current and size + nbytes > SHARD_BYTES:
+            shards.append(current)
+            current, size = {}, 0
+        current[key] = t
+        size += nbytes
+    shards.append(current)
+    if len(shards) == 1:
+        save_file(shards[0], folder / "model.safetensors", metadata={"format": "pt"})
+        return
+    weight_map = {}
+    for i, shard in enumerate(shards, 1):
+        fname = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, folder / fname, metadata={"format": "pt"})
+        weight_map.update({k: fname for k in shard})
+    index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in tensors.values())},
+             "weight_map": weight_map}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+
+
+def copy_side_files(run: Path, out: Path) -> None:
+    """Tokenizer, chat template and generation config, as the run holds them."""
+    for f in run.iterdir():
+        if f.is_file() and (f.name.startswith(("tokenizer", "special_tokens", "generation_config", "chat_template"))
+                            or f.suffix in (".model", ".tiktoken") or f.name in ("vocab.json", "merges.txt")):
+            shutil.copy2(f, out / f.name)
+
+
+def write_atomically(out: Path, overwrite: bool, fill) -> Path:
+    """Create ``out`` by filling a temp folder beside it and renaming it into place."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise TbqError(f"output directory {out} exists and is not empty; pass --overwrite or choose another -o")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        fill(tmp)
+        if out.exists():
+            old = out.with_name(out.name + ".old")
+            os.replace(out, old)
+            shutil.rmtree(old)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def export_vllm(run: Path, out: Path, overwrite: bool = False) -> Path:
+    """Write the run as a compressed-tensors pack-quantized checkpoint at ``out``."""
+    from transformers import AutoConfig
+
+    run = Path(run)
+    info, weights = load_run(run)
+    q = info["config"]["quant"]
+    bits, sym, gs = q["bits"], q["sym"], q["group_size"]
+    check_vllm_support(bits, sym, gs)
+    config = AutoConfig.from_pretrained(run)
+    dtype = export_dtype(getattr(config, "dtype", None) or torch.float32)
+
+    def fill(tmp: Path) -> None:
+        tensors = {}
+        act_groups = False
+        for name, w in weights.items():
+            part = linear_tensors(name, w, bits, sym, dtype)
+            act_groups |= f"{name}.weight_g_idx" in part
+            tensors.update(part)
+        for key, t in load_file(run / "rest.safetensors").items():
+            tensors[key] = t.to(dtype) if t.is_floating_point() else t
+        save_sharded(tensors, tmp)
+        config.dtype = dtype
+        config.quantization_config = quantization_config(bits, sym, gs, act_groups and gs != -1)
+        config.save_pretrained(tmp)
+        copy_side_files(run, tmp)
+        (tmp / EXPORT_INFO).write_text(json.dumps({"run": str(run.resolve()), "format": "vllm", "bits": bits,
+                                                   "sym": sym, "group_size": gs, "dtype": str(dtype)}, indent=2))
+
+    return write_atomically(out, overwrite, fill)
+
+
+def export_hf(run: Path, out: Path, overwrite: bool = False) -> Path:
+    """Write the run's dequantized weights as a dense Hugging Face checkpoint."""
+    from transformers import AutoTokenizer
+
+    from ..pipeline.rundir import load_fake_quant_model
+
+    run = Path(run)
+    model = load_fake_quant_model(run)
+    tok = AutoTokenizer.from_pretrained(run)
+
+    def fill(tmp: Path) -> None:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / EXPORT_INFO).write_text(json.dumps({"run": str(run.resolve()), "format": "hf"}, indent=2))
+
+    return write_atomically(out, overwrite, fill)
