@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from turboboa_export.algorithms.grid import GridSpec, find_params, quantize
+from turboboa_export.pipeline.rundir import load_fake_quant_model, load_run
 
 
 def params_ref(w: torch.Tensor, spec: GridSpec, h: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -95,3 +96,16 @@ def random_spd(n: int, batch: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     a = torch.randn(batch, n, 3 * n, generator=g, dtype=torch.float64)
     return a @ a.transpose(-1, -2) / (3 * n)
+
+
+def reference_model(run):
+    """The run's fake-quantized model with the export's roundings: scales and other tensors through fp16."""
+    model = load_fake_quant_model(run)
+    _, weights = load_run(run)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(p.half().float())
+        for name, q in weights.items():
+            g = q.g_idx.long()
+            model.get_submodule(name).weight.copy_(q.scale.half().float()[:, g] * (q.codes.float() - q.zero[:, g]))
+    return model

@@ -10,6 +10,8 @@ from turboboa_export.export.compressed_tensors import check_vllm_support
 from turboboa_export.export.pack import pack_rows, unpack_rows
 from turboboa_export.pipeline.rundir import load_fake_quant_model, load_run
 
+from .reference import reference_model
+
 runner = CliRunner()
 
 
@@ -77,19 +79,6 @@ def runs(tiny_models, calib_text, tmp_path_factory):
         assert res.exit_code == 0, res.output
         out[name] = root / name
     return out
-
-
-def reference_model(run):
-    """The run's fake-quantized model with the export's roundings: scales and other tensors through fp16."""
-    model = load_fake_quant_model(run)
-    _, weights = load_run(run)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(p.half().float())
-        for name, q in weights.items():
-            g = q.g_idx.long()
-            model.get_submodule(name).weight.copy_(q.scale.half().float()[:, g] * (q.codes.float() - q.zero[:, g]))
-    return model
 
 
 @pytest.mark.parametrize("name", ["sym-g32", "asym-ch", "asym-ch-w8", "sym-w3-act"])

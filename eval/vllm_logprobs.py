@@ -1,0 +1,41 @@
+"""Prompt log-probs and greedy continuations of token-id prompts from vLLM's offline engine, as JSON.
+
+Runs in a Python that has vLLM (the CPU build in CI, the GPU bundle on the lent machine):
+
+    python eval/vllm_logprobs.py CHECKPOINT PROMPTS.json OUT.json [--dtype float16] [--max-tokens 8]
+
+PROMPTS.json is a list of token-id lists; OUT.json gets, per prompt, the log-prob vLLM gives each prompt token
+after the first and the greedy continuation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("checkpoint")
+    ap.add_argument("prompts")
+    ap.add_argument("out")
+    ap.add_argument("--dtype", default="float16")
+    ap.add_argument("--max-tokens", type=int, default=8)
+    ap.add_argument("--max-model-len", type=int, default=256)
+    a = ap.parse_args()
+    from vllm import LLM, SamplingParams
+
+    prompts = json.load(open(a.prompts))
+    llm = LLM(a.checkpoint, dtype=a.dtype, max_model_len=a.max_model_len, enforce_eager=True,
+              max_num_batched_tokens=a.max_model_len, max_num_seqs=8, skip_tokenizer_init=True)
+    params = SamplingParams(max_tokens=a.max_tokens, temperature=0.0, prompt_logprobs=1, detokenize=False)
+    outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params)
+    result = []
+    for p, o in zip(prompts, outs):
+        lp = [o.prompt_logprobs[i][tok].logprob for i, tok in enumerate(p) if i > 0]
+        result.append({"prompt_logprobs": lp, "greedy": list(o.outputs[0].token_ids)})
+    json.dump(result, open(a.out, "w"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""A real vLLM (the CPU build, shared/cpu-vllm) serves our int4 exports. Runs where TBQ_VLLM_PYTHON names a
+Python with vLLM (CI sets it); skipped elsewhere."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+
+from turboboa_export.config import build_config
+from turboboa_export.export.compressed_tensors import export_vllm
+from turboboa_export.pipeline.sequential import quantize_model
+
+from .reference import reference_model
+from .tiny import make_tokenizer
+
+VLLM_PYTHON = os.environ.get("TBQ_VLLM_PYTHON")
+pytestmark = pytest.mark.skipif(not VLLM_PYTHON, reason="set TBQ_VLLM_PYTHON to a Python with vLLM (CI does)")
+ENV = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1"}
+SCRIPT = Path(__file__).resolve().parents[1] / "eval" / "vllm_logprobs.py"
+
+
+@pytest.fixture(scope="module")
+def vllm_model(tmp_path_factory):
+    """A 2-layer LLaMA with vLLM-friendly shapes (K, N multiples of 128, head_dim 64), sharp logits."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    root = tmp_path_factory.mktemp("vllm")
+    torch.manual_seed(0)
+    tok = make_tokenizer()
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=64, max_position_embeddings=256,
+                      initializer_range=0.1, tie_word_embeddings=False)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    model.save_pretrained(root / "fp")
+    tok.save_pretrained(root / "fp")
+    text = root / "calib.txt"
+    from .tiny import sample_text
+
+    text.write_text(sample_text())
+    return root, text
+
+
+def prompt_logprobs(model, prompt):
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([prompt])).logits[0].double()
+    lp = torch.log_softmax(logits, -1)
+    return [float(lp[i - 1, t]) for i, t in enumerate(prompt) if i > 0], int(logits[-1].argmax())
+
+
+@pytest.mark.parametrize("scheme", [{"sym": True, "group_size": 128}, {"sym": False, "group_size": -1}])
+def test_vllm_cpu_matches_reference(vllm_model, tmp_path, scheme):
+    root, text = vllm_model
+    cfg = build_config(str(root / "fp"), quant={"method": "gptq", "bits": 4, **scheme},
+                       calib={"dataset": str(text), "nsamples": 4, "seqlen": 64})
+    run = quantize_model(cfg, tmp_path / "run", progress=False)
+    ckpt = export_vllm(run, tmp_path / "export")
+    prompts = [[5, 17, 33, 8, 90, 41, 12, 7, 66, 3], [100, 2, 14, 59, 23, 77, 31, 9]]
+    (tmp_path / "p.json").write_text(json.dumps(prompts))
+    subprocess.run([VLLM_PYTHON, str(SCRIPT), str(ckpt), str(tmp_path / "p.json"), str(tmp_path / "o.json"),
+                    "--max-tokens", "1"], check=True, env=ENV, timeout=600)
+    got = json.loads((tmp_path / "o.json").read_text())
+    ref = reference_model(run)
+    from transformers import AutoModelForCausalLM
+
+    fp = AutoModelForCausalLM.from_pretrained(root / "fp", dtype=torch.float32)
+    worst, worst_fp = 0.0, 0.0
+    for prompt, out in zip(prompts, got):
+        want, greedy = prompt_logprobs(ref, prompt)
+        unq, _ = prompt_logprobs(fp, prompt)
+        worst = max(worst, max(abs(a - b) for a, b in zip(out["prompt_logprobs"], want)))
+        worst_fp = max(worst_fp, max(abs(a - b) for a, b in zip(out["prompt_logprobs"], unq)))
+        assert out["greedy"][0] == greedy
+    assert worst < 0.05, worst
+    assert worst_fp > 0.05, worst_fp  # the check can fail: the unquantized model gives other log-probs
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_openai_server_answers_completions(vllm_model, tmp_path):
+    root, text = vllm_model
+    cfg = build_config(str(root / "fp"), quant={"method": "rtn", "bits": 4, "sym": True, "group_size": 128},
+                       calib={"dataset": str(text), "nsamples": 2, "seqlen": 64})
+    ckpt = export_vllm(quantize_model(cfg, tmp_path / "run", progress=False), tmp_path / "export")
+    port = free_port()
+    log = open(tmp_path / "server.log", "w")
+    server = subprocess.Popen([VLLM_PYTHON, "-m", "vllm.entrypoints.openai.api_server", "--model", str(ckpt),
+                               "--host", "127.0.0.1", "--port", str(port), "--dtype", "float16",
+                               "--max-model-len", "256", "--enforce-eager", "--max-num-batched-tokens", "256",
+                               "--max-num-seqs", "4"], env=ENV, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 300
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except OSError:
+                if server.poll() is not None or time.time() > deadline:
+                    pytest.fail("vLLM server did not start:\n" + (tmp_path / "server.log").read_text()[-3000:])
+                time.sleep(2)
+        body = json.dumps({"model": str(ckpt), "prompt": [5, 17, 33, 8], "max_tokens": 4, "temperature": 0}).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions", body, {"Content-Type": "application/json"})
+        reply = json.loads(urllib.request.urlopen(req, timeout=60).read())
+        assert reply["choices"][0]["finish_reason"] in ("length", "stop")
+        assert reply["usage"]["completion_tokens"] >= 1
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
