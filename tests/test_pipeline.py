@@ -30,7 +30,7 @@ def block_tensors(run):
 
 
 @pytest.mark.parametrize("kind", ["llama", "qwen3", "gemma3"])
-@pytest.mark.parametrize("method", ["rtn", "gptq"])
+@pytest.mark.parametrize("method", ["rtn", "gptq", "boa", "turboboa"])
 def test_quantize_end_to_end(tiny_models, calib_text, tmp_path, kind, method):
     out = tmp_path / "run"
     res = cli(*quick_args(tiny_models[kind], calib_text, out, "--method", method, "--bits", 3, "--group-size", 16))
