@@ -23,7 +23,6 @@ class _Recorder(nn.Module):
     def __init__(self, index: int, last: bool, sink: "Captured"):
         super().__init__()
         self.index, self.last, self.sink = index, last, sink
-        self.attention_type = None
 
     def forward(self, hidden_states, *args, **kwargs):
         if self.index == 0:
@@ -60,10 +59,8 @@ def capture_inputs(model: nn.Module, layers: nn.ModuleList, batch: torch.Tensor)
     sink = Captured([], {})
     originals = list(layers)
     n = len(originals)
-    for i, layer in enumerate(originals):
-        rec = _Recorder(i, i == n - 1, sink)
-        rec.attention_type = getattr(layer, "attention_type", None)
-        layers[i] = rec
+    for i in range(n):
+        layers[i] = _Recorder(i, i == n - 1, sink)
     try:
         for ids in batch:
             try:

@@ -170,8 +170,12 @@ def load_fake_quant_model(path: Path, dtype: torch.dtype | None = None):
     state = load_file(path / "rest.safetensors")
     for name, q in weights.items():
         state[f"{name}.weight"] = q.dequantize()
-    model.load_state_dict(state, strict=False)
-    if getattr(config, "tie_word_embeddings", False):
+    tied = getattr(config, "tie_word_embeddings", False)
+    missing = set(model.load_state_dict(state, strict=False).missing_keys)
+    if tied:
         model.tie_weights()
+        missing.discard("lm_head.weight")
+    if missing:
+        raise TbqError(f"run {path} lacks tensors {sorted(missing)[:3]}...; re-run `tbq quantize`")
     model.eval()
     return model
