@@ -119,3 +119,24 @@ def test_turboboa_options_give_valid_results_and_beat_rtn_loss(group, act, row_a
     loss = lambda wh: float(torch.einsum("hab,hbi,ij,haj->", h_out, (wh - w).reshape(heads, rows, cols), h_in,
                                          (wh - w).reshape(heads, rows, cols)))
     assert loss(q.dequantize()) < loss(rt.dequantize())
+
+
+@pytest.mark.parametrize("group,refine,with_r", [(-1, 1, True), (16, 1, False), (16, 0, True)])
+def test_batched_one_sided_equals_one_entry_at_a_time(group, refine, with_r):
+    """v's kv heads go through one batched pass; each equals quantizing that head alone."""
+    heads, rows, cols = 3, 8, 64
+    ws, hs, rs = [], [], []
+    for k in range(heads):
+        w, h, x = random_layer(rows, cols, 256, seed=300 + k, dead=k)
+        ws.append(w)
+        hs.append(h)
+        rs.append(0.05 * h @ torch.randn(cols, cols, generator=torch.Generator().manual_seed(k), dtype=torch.float64))
+    spec = GridSpec(3, False, "hessian")
+    opts = TurboBoAOptions(refine_iters=refine)
+    r = torch.stack(rs) if with_r else None
+    batched = turboboa_one_sided(torch.stack(ws), torch.stack(hs), spec, group, r, opts)
+    for k in range(heads):
+        one = turboboa_one_sided(ws[k], hs[k], spec, group, rs[k] if with_r else None, opts)
+        assert torch.equal(batched.codes[k], one.codes)
+        assert torch.equal(batched.zero[k], one.zero)
+        assert torch.allclose(batched.scale[k], one.scale, rtol=0, atol=1e-12)

@@ -7,7 +7,7 @@ from typing import Callable
 
 import torch
 
-from .algorithms.gptq import act_order_permutation, damp, gptq_quantize
+from .algorithms.gptq import damp, gptq_quantize
 from .algorithms.grid import GridSpec
 from .algorithms.quantized import QuantizedWeight, weight_loss
 from .algorithms.rtn import rtn_quantize
@@ -92,21 +92,14 @@ def _attention_aware(role: str, w: torch.Tensor, stats, cfg: QuantConfig, shape)
                                _scaled(stats.r(role), alpha), opts)
         return q, _two_sided_loss(w, q.dequantize(), h_in, h_out)
     if role == "v":
+        # one batched pass over the kv heads, each with its attention-weighted H_in (and R)
         h_v = attn.h_in_v()
-        r_v = attn.r_v()
-        # one column order for all kv heads, so that g_idx is per column
-        perm = act_order_permutation(h_v.mean(0)) if cfg.act_order else None
-        parts = [
-            turboboa_one_sided(w_g, h_v[g], spec, cfg.group_size, _scaled(r_v[g] if r_v is not None else None, alpha),
-                               opts, perm)
-            for g, w_g in enumerate(w.split(shape.head_dim, dim=0))
-        ]
-        q = QuantizedWeight(*(torch.cat([getattr(p, f) for p in parts]) for f in ("codes", "scale", "zero")),
-                            parts[0].g_idx)
-        what = q.dequantize()
-        loss = sum(weight_loss(w_g, wh_g, h_v[g]) for g, (w_g, wh_g) in
-                   enumerate(zip(w.split(shape.head_dim), what.split(shape.head_dim))))
-        return q, loss
+        w3 = w.reshape(shape.kv_heads, shape.head_dim, -1)
+        q3 = turboboa_one_sided(w3, h_v, spec, cfg.group_size, _scaled(attn.r_v(), alpha), opts)
+        q = QuantizedWeight(q3.codes.reshape(w.shape), q3.scale.reshape(w.shape[0], -1),
+                            q3.zero.reshape(w.shape[0], -1), q3.g_idx)
+        d = (q.dequantize() - w).reshape(w3.shape).to(h_v.dtype)
+        return q, float(torch.einsum("hai,hij,haj->", d, h_v, d))  # sum over kv heads of tr(dW H_v dW^T)
     h = stats.h(role)
     q = turboboa_one_sided(w, h, spec, cfg.group_size, _scaled(stats.r(role), alpha), opts)
     return q, weight_loss(w, q.dequantize(), h)

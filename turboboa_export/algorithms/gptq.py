@@ -19,15 +19,14 @@ MAX_DAMP_TRIES = 10
 def remove_dead_columns(
     w: torch.Tensor, h: torch.Tensor, r: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Columns never seen by the calibration data (H_ii = 0): W[:, i] = 0, R[:, i] = 0, H_ii = 1."""
-    dead = torch.diag(h) == 0
-    h = h.clone()
-    h[dead, dead] = 1
-    w = w.clone()
-    w[:, dead] = 0
+    """Columns never seen by the calibration data (H_ii = 0): W[:, i] = 0, R[:, i] = 0, H_ii = 1.
+    Leading batch dims ([..., rows, cols] with [..., cols, cols]) are kept."""
+    dead = torch.diagonal(h, dim1=-2, dim2=-1) == 0
+    h = h + torch.diag_embed(dead.to(h.dtype))
+    keep = (~dead).unsqueeze(-2)
+    w = torch.where(keep, w, torch.zeros_like(w))
     if r is not None:
-        r = r.clone()
-        r[:, dead] = 0
+        r = torch.where(keep, r, torch.zeros_like(r))
     return w, h, r
 
 
@@ -53,7 +52,7 @@ def inverse_cholesky_upper(h: torch.Tensor, percdamp: float) -> torch.Tensor:
 
 def gptaq_p(r: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """GPTAQ's correction matrix P = triu(R U^T, 1) U."""
-    return torch.triu(r @ u.T, diagonal=1) @ u
+    return torch.triu(r @ u.transpose(-1, -2), diagonal=1) @ u
 
 
 def lazy_block_size(group_size: int) -> int:
@@ -80,11 +79,11 @@ def column_pass(
     loop reaches the group. ``h`` is needed by the hessian search. Returns codes, scales, zeros.
     """
     w = w.clone()
-    rows, cols = w.shape
+    *batch, rows, cols = w.shape
     gs = cols if group_size == -1 else group_size
     maxq = spec.maxq
     if params is None:
-        scale = torch.zeros(rows, cols // gs, dtype=w.dtype, device=w.device)
+        scale = torch.zeros(*batch, rows, cols // gs, dtype=w.dtype, device=w.device)
         zero = torch.zeros_like(scale)
     else:
         scale, zero = (t.clone() for t in params)
@@ -92,48 +91,47 @@ def column_pass(
     step = lazy_block_size(group_size)
     for i1 in range(0, cols, step):
         i2 = min(i1 + step, cols)
-        w1 = w[:, i1:i2].clone()
+        w1 = w[..., i1:i2].clone()
         err1 = torch.zeros_like(w1)
         cols1 = torch.zeros_like(w1)
-        u1 = u[i1:i2, i1:i2]
-        p1 = p[i1:i2, i1:i2] if p is not None else None
+        u1 = u[..., i1:i2, i1:i2]
+        p1 = p[..., i1:i2, i1:i2] if p is not None else None
         for i in range(i2 - i1):
             c = i1 + i
             g = c // gs
             if params is None and c % gs == 0:
-                hb = diagonal_blocks(h[c : c + gs, c : c + gs], gs) if spec.search == "hessian" else None
-                s, z = find_params(w1[:, i : i + gs].unsqueeze(1), spec, hb)
-                scale[:, g], zero[:, g] = s[:, 0], z[:, 0]
-            col = w1[:, i]
-            q = quantize(col, scale[:, g], zero[:, g], maxq)
-            codes[:, c] = q
-            e = (col - scale[:, g] * (q - zero[:, g])) / u1[i, i]
-            update = torch.outer(e, u1[i, i:])
+                hb = h[..., c : c + gs, c : c + gs].unsqueeze(-3) if spec.search == "hessian" else None
+                s, z = find_params(w1[..., i : i + gs].unsqueeze(-2), spec, hb)
+                scale[..., g], zero[..., g] = s[..., 0], z[..., 0]
+            col = w1[..., i]
+            q = quantize(col, scale[..., g], zero[..., g], maxq)
+            codes[..., c] = q
+            e = (col - scale[..., g] * (q - zero[..., g])) / u1[..., i, i].unsqueeze(-1)
+            update = e.unsqueeze(-1) * u1[..., i, i:].unsqueeze(-2)
             if p1 is not None:
-                update = update - torch.outer(col, p1[i, i:])
-            cols1[:, i] = col
-            w1[:, i:] -= update
-            err1[:, i] = e
-        tail = err1 @ u[i1:i2, i2:]
+                update = update - col.unsqueeze(-1) * p1[..., i, i:].unsqueeze(-2)
+            cols1[..., i] = col
+            w1[..., i:] -= update
+            err1[..., i] = e
+        tail = err1 @ u[..., i1:i2, i2:]
         if p is not None:
-            tail = tail - cols1 @ p[i1:i2, i2:]
-        w[:, i2:] -= tail
+            tail = tail - cols1 @ p[..., i1:i2, i2:]
+        w[..., i2:] -= tail
     return codes, scale, zero
 
 
 def act_order_permutation(h: torch.Tensor) -> torch.Tensor:
-    """Columns by decreasing diag(H)."""
-    return torch.argsort(torch.diag(h), descending=True, stable=True)
+    """Columns by decreasing diag(H) (averaged over leading batch dims)."""
+    d = torch.diagonal(h, dim1=-2, dim2=-1)
+    return torch.argsort(d.reshape(-1, d.shape[-1]).mean(0), descending=True, stable=True)
 
 
-def prepare_columns(w, h, r=None, act_order=False, perm=None):
-    """Dead-column fix-up and column permutation of W, H and R -> (w, h, r, perm). The permutation is
-    ``perm`` if given, else act-order's (``act_order``) or none."""
+def prepare_columns(w, h, r=None, act_order=False):
+    """Dead-column fix-up and (optional) act-order permutation of W's columns, H and R -> (w, h, r, perm)."""
     w, h, r = remove_dead_columns(w, h, r)
-    if perm is None:
-        perm = act_order_permutation(h) if act_order else torch.arange(h.shape[0], device=h.device)
-    w, h = w[:, perm], h[perm][:, perm]
-    r = r[perm][:, perm] if r is not None else None
+    perm = act_order_permutation(h) if act_order else torch.arange(h.shape[-1], device=h.device)
+    w, h = w[..., perm], h[..., perm, :][..., perm]
+    r = r[..., perm, :][..., perm] if r is not None else None
     return w, h, r, perm
 
 
@@ -153,11 +151,10 @@ def gptq_quantize(
     percdamp: float = 0.01,
     act_order: bool = False,
     r: torch.Tensor | None = None,
-    perm: torch.Tensor | None = None,
 ) -> QuantizedWeight:
-    """GPTQ on one [out, in] weight with Hessian H_in; ``r`` (already scaled by alpha) turns on GPTAQ;
-    ``perm`` overrides the act-order column permutation."""
-    w, h, r, perm = prepare_columns(w, h, r, act_order, perm)
+    """GPTQ on one [out, in] weight with Hessian H_in (or a batch [b, out, in] with [b, in, in]); ``r`` (already
+    scaled by alpha) turns on GPTAQ."""
+    w, h, r, perm = prepare_columns(w, h, r, act_order)
     u = inverse_cholesky_upper(h, percdamp)
     p = gptaq_p(r, u) if r is not None else None
     h_grid = damp(h, percdamp) if spec.search == "hessian" else None

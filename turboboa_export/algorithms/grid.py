@@ -65,16 +65,17 @@ def _score(w: torch.Tensor, what: torch.Tensor, search: str, h_blocks: torch.Ten
     d = what - w
     if search == "hessian":
         # (q - w) H_blk (q - w)^T, one diagonal block of H per group
-        return torch.einsum("rgi,gij,rgj->rg", d, h_blocks, d)
+        return torch.einsum("...rgi,...gij,...rgj->...rg", d, h_blocks, d)
     return d.abs().pow(MSE_NORM).sum(-1)
 
 
 def find_params(
     w: torch.Tensor, spec: GridSpec, h_blocks: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scale and zero for each row of each group of ``w`` ([rows, groups, gs]) -> two [rows, groups] tensors.
+    """Scale and zero for each row of each group of ``w`` ([..., rows, groups, gs]) -> two [..., rows, groups]
+    tensors.
 
-    ``h_blocks`` ([groups, gs, gs]) are the diagonal blocks of H_in for the groups' columns, needed by the
+    ``h_blocks`` ([..., groups, gs, gs]) are the diagonal blocks of H_in for the groups' columns, needed by the
     ``hessian`` search.
     """
     if spec.search not in SEARCHES:
@@ -110,20 +111,19 @@ def find_params(
 
 
 def diagonal_blocks(h: torch.Tensor, group_size: int) -> torch.Tensor:
-    """The [groups, gs, gs] diagonal blocks of a [cols, cols] matrix."""
-    cols = h.shape[0]
+    """The [..., groups, gs, gs] diagonal blocks of a [..., cols, cols] matrix."""
+    cols = h.shape[-1]
     g = cols // group_size
-    hb = h.reshape(g, group_size, g, group_size)
-    idx = torch.arange(g, device=h.device)
-    return hb[idx, :, idx, :]
+    hb = h.reshape(*h.shape[:-2], g, group_size, g, group_size)
+    return torch.diagonal(hb, dim1=-4, dim2=-2).movedim(-1, -3)
 
 
 def find_params_2d(
     w: torch.Tensor, spec: GridSpec, group_size: int, h: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scales and zeros [rows, groups] for a [rows, cols] matrix split into groups of ``group_size`` columns
-    (``-1``: one group, per channel). ``h`` is the [cols, cols] H_in for the hessian search."""
-    rows, cols = w.shape
+    """Scales and zeros [..., rows, groups] for a [..., rows, cols] matrix split into groups of ``group_size``
+    columns (``-1``: one group, per channel). ``h`` is the [..., cols, cols] H_in for the hessian search."""
+    *batch, rows, cols = w.shape
     gs = cols if group_size == -1 else group_size
     h_blocks = diagonal_blocks(h, gs) if h is not None and spec.search == "hessian" else None
-    return find_params(w.reshape(rows, cols // gs, gs), spec, h_blocks)
+    return find_params(w.reshape(*batch, rows, cols // gs, gs), spec, h_blocks)

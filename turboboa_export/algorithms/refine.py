@@ -25,7 +25,7 @@ def refine_scales(
     """Refined scales.
 
     qbar, w: [heads, rows, in] (frozen codes minus zeros; full-precision weights); scale: [heads, rows, groups];
-    g_idx: [in]; h_in: [in, in]; h_out: [heads, rows, rows] or None (one-sided); r: [in, in] already scaled by
+    g_idx: [in]; h_in: [in, in] or one per head [heads, in, in]; h_out: [heads, rows, rows] or None (one-sided); r: [in, in] already scaled by
     alpha, or None. Returns the new [heads, rows, groups] scales.
     """
     heads, rows, cols = qbar.shape
@@ -46,7 +46,7 @@ def refine_scales(
             hjj = h_out[:, j, j]
             for g, cols_g in enumerate(columns):
                 m = qbar[:, j, cols_g]  # [heads, gs]
-                mh = m @ h_in[cols_g, :]  # m H_in, [heads, in]
+                mh = (m.unsqueeze(-2) @ h_in[..., cols_g, :]).squeeze(-2)  # m H_in, [heads, in]
                 den = hjj * (mh[:, cols_g] * m).sum(-1)
                 num = ((f[:, j, cols_g] + wr[:, j, cols_g]) * m).sum(-1)
                 delta = torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), torch.zeros_like(den))

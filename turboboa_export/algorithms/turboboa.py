@@ -109,18 +109,23 @@ def turboboa_one_sided(
     group_size: int = -1,
     r: torch.Tensor | None = None,
     opts: TurboBoAOptions = TurboBoAOptions(),
-    perm: torch.Tensor | None = None,
 ) -> QuantizedWeight:
-    """GPTQ with F2 (GPTAQ column rule, ``r`` = alpha R) and F3 (scale refinement) on an [out, in] weight;
-    ``perm`` overrides the act-order column permutation."""
-    q = gptq_quantize(w, h_in, spec, group_size, opts.percdamp, opts.act_order, r, perm)
+    """GPTQ with F2 (GPTAQ column rule, ``r`` = alpha R) and F3 (scale refinement) on an [out, in] weight, or on
+    a batch [b, out, in] with one H_in (and R) per entry (v's kv heads; act-order then uses their mean diag).
+    A batch comes back with codes [b, out, in] and scales/zeros [b, out, groups]."""
+    q = gptq_quantize(w, h_in, spec, group_size, opts.percdamp, opts.act_order, r)
     if not opts.refine_iters:
         return q
-    w, h_in, r, _ = prepare_columns(w, h_in, r, False)
+    w, h_in, r, _ = prepare_columns(w, h_in, r, False)  # the codes are back in the original column order
     g = q.g_idx.long()
-    qbar = (q.codes - q.zero[:, g]).unsqueeze(1)
-    scale = refine_scales(qbar, q.scale.unsqueeze(1), g, w.unsqueeze(1), h_in, None, r, opts.refine_iters)
-    return QuantizedWeight(q.codes, scale[:, 0], q.zero, q.g_idx)
+    qbar = q.codes - q.zero[..., g]
+    if w.dim() == 2:
+        scale = refine_scales(qbar.unsqueeze(1), q.scale.unsqueeze(1), g, w.unsqueeze(1), h_in, None, r,
+                              opts.refine_iters)[:, 0]
+    else:  # H_out = I couples no rows; each batch entry keeps its own H_in
+        eye = torch.eye(w.shape[-2], dtype=w.dtype, device=w.device).expand(w.shape[0], -1, -1)
+        scale = refine_scales(qbar, q.scale, g, w, h_in, eye, r, opts.refine_iters)
+    return QuantizedWeight(q.codes, scale, q.zero, q.g_idx)
 
 
 def flat_rows(x: torch.Tensor) -> torch.Tensor:
