@@ -72,7 +72,9 @@ def turboboa_two_sided(
     p = gptaq_p(r, u_in) if r is not None else None
     r_hinv = r @ u_in.T @ u_in if r is not None else None  # R H_in^-1 = R U^T U
     h_grid = damp(h_in, opts.percdamp) if spec.search == "hessian" else None
-    fixed = None if opts.adaptive_grid else [t.reshape(heads, rows, -1) for t in find_params_2d(flat_rows(w), spec, group_size, h_grid)]
+    fixed = None  # BoA: one grid for all rows, from the original weights
+    if not opts.adaptive_grid:
+        fixed = [t.reshape(heads, rows, -1) for t in find_params_2d(flat_rows(w), spec, group_size, h_grid)]
     groups = 1 if group_size == -1 else cols // group_size
     codes = torch.zeros_like(w)
     scale = torch.zeros(heads, rows, groups, dtype=w.dtype, device=w.device)
