@@ -20,7 +20,7 @@ import torch
 
 from turboboa_export.calibration import load_text, tokenize
 
-from .ppl import load_for_eval, windows
+from .ppl import load_for_eval, perplexity, windows
 
 SCRIPT = Path(__file__).with_name("vllm_logprobs.py")
 
@@ -44,14 +44,8 @@ def main(argv: list[str] | None = None) -> dict:
                         "--max-model-len", str(a.seqlen + 16)], check=True, env=env)
         got = json.loads(out.read_text())
     vllm_nll = -sum(sum(o["prompt_logprobs"]) for o in got) / sum(len(o["prompt_logprobs"]) for o in got)
-    nll, count = 0.0, 0
-    with torch.no_grad():
-        for w in ws:
-            lp = torch.log_softmax(model(input_ids=w[None]).logits[0, :-1].double(), -1)
-            nll -= float(lp.gather(1, w[1:, None]).sum())  # -sum log p(token | prefix)
-            count += len(w) - 1
     result = {"export": a.export, "run": a.run, "tokens": int(ws.numel()), "vllm_ppl": math.exp(vllm_nll),
-              "tbq_ppl": math.exp(nll / count)}
+              "tbq_ppl": perplexity(model, ws.reshape(-1), a.seqlen, torch.device("cpu"), progress=False)}
     result["relative_difference"] = abs(result["vllm_ppl"] / result["tbq_ppl"] - 1)
     print(json.dumps(result))
     return result

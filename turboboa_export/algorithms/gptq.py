@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from .grid import GridSpec, diagonal_blocks, find_params, find_params_2d, quantize
-from .quantized import QuantizedWeight
+from .quantized import QuantizedWeight, contiguous_g_idx
 
 LAZY_BLOCK = 128
 MAX_DAMP_TRIES = 10
@@ -138,9 +138,7 @@ def prepare_columns(w, h, r=None, act_order=False):
 def unpermute(codes: torch.Tensor, perm: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Codes back in the original column order, and each original column's group index."""
     inv = torch.argsort(perm)
-    cols = codes.shape[-1]
-    g_idx = (torch.arange(cols, device=codes.device) // (cols if group_size == -1 else group_size))[inv]
-    return codes[..., inv], g_idx.to(torch.int32)
+    return codes[..., inv], contiguous_g_idx(codes.shape[-1], group_size, codes.device)[inv]
 
 
 def gptq_quantize(

@@ -32,9 +32,6 @@ class TurboBoAOptions:
     percdamp: float = 0.01
 
 
-BOA = TurboBoAOptions(rows=1, adaptive_grid=False, refine_iters=0)
-
-
 def row_compensation(u_out: torch.Tensor, r1: int, r2: int) -> torch.Tensor:
     """P2 = [U_out^T]_{Rm,B} ([U_out^T]_{B,B})^-1 per head, B = [r1, r2), Rm = [r2, rows): [heads, |Rm|, |B|]."""
     lower = u_out.transpose(-1, -2)

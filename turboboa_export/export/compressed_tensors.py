@@ -10,7 +10,6 @@ and zeros are packed as they are. Dequantization: (q - zp) * scale.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -18,10 +17,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..algorithms.quantized import QuantizedWeight
+from ..algorithms.quantized import QuantizedWeight, contiguous_g_idx
+from ..atomic import check_output_dir, replace_dir
 from ..errors import TbqError
 from ..pipeline.rundir import load_run
-from .pack import pack_rows, packed_words, unpack_rows
+from .pack import pack_rows, unpack_rows
 
 VLLM_GROUP_SIZES = (-1, 32, 64, 128)
 SHARD_BYTES = 4 * 2**30
@@ -82,7 +82,7 @@ def dequantize_exported(tensors: dict[str, torch.Tensor], name: str, bits: int) 
     zero = (unpack_rows(tensors[zp_key].T.contiguous(), bits, n).T if zp_key in tensors
             else torch.full_like(scale, 2 ** (bits - 1)))
     groups = scale.shape[1]
-    g = tensors.get(f"{name}.weight_g_idx", torch.arange(k) // (k // groups)).long()
+    g = tensors.get(f"{name}.weight_g_idx", contiguous_g_idx(k, -1 if groups == 1 else k // groups)).long()
     return scale[:, g] * (codes - zero[:, g]).float()
 
 
@@ -127,20 +127,14 @@ def copy_side_files(run: Path, out: Path) -> None:
 def write_atomically(out: Path, overwrite: bool, fill) -> Path:
     """Create ``out`` by filling a temp folder beside it and renaming it into place."""
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise TbqError(f"output directory {out} exists and is not empty; pass --overwrite or choose another -o")
+    check_output_dir(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         fill(tmp)
-        if out.exists():
-            old = out.with_name(out.name + ".old")
-            os.replace(out, old)
-            shutil.rmtree(old)
-        os.replace(tmp, out)
+        return replace_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return out
 
 
 def export_vllm(run: Path, out: Path, overwrite: bool = False) -> Path:

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from ..algorithms.quantized import QuantizedWeight
 from ..errors import TbqError
 from ..pipeline.rundir import load_run
 from .compressed_tensors import EXPORT_INFO, dequantize_exported
@@ -70,8 +71,8 @@ def verify_export(folder: Path, run: Path | None = None) -> list[str]:
         for name in names:
             if name in weights:
                 q = weights[name]
-                g = q.g_idx.long()
-                ref = q.scale.to(dtype).float()[:, g] * (q.codes.float() - q.zero[:, g])
+                # the run's weights with the scales rounded to the export dtype, as stored
+                ref = QuantizedWeight(q.codes, q.scale.to(dtype).float(), q.zero, q.g_idx).dequantize()
                 if not torch.equal(dequantize_exported(tensors, name, bits), ref):
                     problems.append(f"{name}: dequantized weights differ from the run's")
     return problems

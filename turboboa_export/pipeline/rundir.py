@@ -9,16 +9,15 @@ tokenizer, ``metrics.jsonl`` (one line per quantized module).
 from __future__ import annotations
 
 import json
-import os
 import platform
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from ..algorithms.quantized import QuantizedWeight
+from ..atomic import atomic_save_tensors, atomic_write_bytes, check_output_dir, replace_dir
 from ..config import RunConfig
 from ..errors import TbqError
 
@@ -33,29 +32,6 @@ def versions() -> dict[str, str]:
 
     return {"tbq": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
             "python": platform.python_version()}
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temp file beside ``path``, then rename over it."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _pack(name: str, q: QuantizedWeight) -> dict[str, torch.Tensor]:
@@ -80,7 +56,7 @@ class RunWriter:
         self.partial = self.final.with_name(self.final.name + ".partial")
         self.config = config
         self.blocks_done = 0
-        self.check_output(self.final, overwrite)
+        check_output_dir(self.final, overwrite)
         if self.partial.exists() and resume:
             self._resume()
         else:
@@ -88,15 +64,6 @@ class RunWriter:
                 shutil.rmtree(self.partial)
             (self.partial / "blocks").mkdir(parents=True)
             self._write_info({"config": config.model_dump(), "versions": versions(), "blocks_done": 0})
-
-    @staticmethod
-    def check_output(final: Path, overwrite: bool) -> None:
-        """Refuse to replace a non-empty directory unless asked to."""
-        final = Path(final)
-        if final.exists() and not final.is_dir():
-            raise TbqError(f"output path {final} is a file; choose a directory for -o")
-        if final.exists() and any(final.iterdir()) and not overwrite:
-            raise TbqError(f"output directory {final} exists and is not empty; pass --overwrite or choose another -o")
 
     def _resume(self) -> None:
         info = self.info()
@@ -137,12 +104,7 @@ class RunWriter:
         model_config.save_pretrained(self.partial)
         tokenizer.save_pretrained(self.partial)
         self.update_info(status="complete", **info)
-        if self.final.exists():
-            trash = self.final.with_name(self.final.name + ".old")
-            os.replace(self.final, trash)
-            shutil.rmtree(trash)
-        os.replace(self.partial, self.final)
-        return self.final
+        return replace_dir(self.partial, self.final)
 
 
 def load_run(path: Path) -> tuple[dict, dict[str, QuantizedWeight]]:

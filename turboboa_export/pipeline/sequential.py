@@ -16,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..algorithms.quantized import QuantizedWeight
+from ..atomic import check_output_dir
 from ..arch import ArchSpec, attention_shape, spec_for
 from ..calibration import calibration_batch
 from ..config import RunConfig
@@ -112,7 +113,7 @@ def quantize_model(config: RunConfig, out: Path, overwrite: bool = False, resume
                    progress: bool = True) -> Path:
     """Quantize ``config.model`` block by block and write the run to ``out``."""
     t_start = time.time()
-    RunWriter.check_output(out, overwrite)
+    check_output_dir(out, overwrite)
     resolved = resolve_model(config.model)
     model, tokenizer = load_model(resolved, config.trust_remote_code)
     spec = spec_for(model.config)
