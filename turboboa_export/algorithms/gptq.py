@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from .grid import GridSpec, diagonal_blocks, find_params, find_params_2d, quantize
+from .column_segment import run_segment
+from .grid import GridSpec, find_params, find_params_2d
 from .quantized import QuantizedWeight, contiguous_g_idx
 
 LAZY_BLOCK = 128
@@ -55,11 +56,14 @@ def gptaq_p(r: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     return torch.triu(r @ u.transpose(-1, -2), diagonal=1) @ u
 
 
-def lazy_block_size(group_size: int) -> int:
-    """Lazy blocks start on group boundaries, so each group's grid sees fully updated columns."""
-    if group_size == -1:
-        return LAZY_BLOCK
-    return group_size * max(1, LAZY_BLOCK // group_size)
+def segment_bounds(cols: int, group_size: int, grids_known: bool) -> list[tuple[int, int]]:
+    """Column segments: lazy blocks of LAZY_BLOCK columns, also cut at each group start when the group grids
+    are found on the way (so a group's grid sees its columns fully updated)."""
+    cuts = set(range(0, cols, LAZY_BLOCK))
+    if not grids_known and group_size != -1:
+        cuts |= set(range(0, cols, group_size))
+    cuts = sorted(cuts) + [cols]
+    return list(zip(cuts[:-1], cuts[1:]))
 
 
 def column_pass(
@@ -73,50 +77,35 @@ def column_pass(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Quantize the columns of ``w`` in order, pushing each column's error into the later ones.
 
-    Per column c: q = Q(W[:, c]); e = (W[:, c] - q) / U_cc; W[:, c:] -= e U[c, c:] - w P[c, c:]
-    (``p`` is GPTAQ's P, None for plain GPTQ). ``params`` fixes the grid ([rows, groups] scales and zeros);
-    otherwise per-channel grids come from ``w`` up front and group grids from the updated columns when the
-    loop reaches the group. ``h`` is needed by the hessian search. Returns codes, scales, zeros.
+    Per column c: q = Q(W[:, c]); e = (W[:, c] - q) / U_cc; W[:, c:] -= e U[c, c:] - W[:, c] P[c, c:]
+    (``p`` is GPTAQ's P, None for plain GPTQ), one segment at a time (``column_segment``), the later columns
+    updated once per segment. ``params`` fixes the grid ([rows, groups] scales and zeros); otherwise group
+    grids come from the updated columns when the pass reaches the group. ``h`` is needed by the hessian
+    search. Returns codes, scales, zeros.
     """
     w = w.clone()
     *batch, rows, cols = w.shape
     gs = cols if group_size == -1 else group_size
-    maxq = spec.maxq
     if params is None:
         scale = torch.zeros(*batch, rows, cols // gs, dtype=w.dtype, device=w.device)
         zero = torch.zeros_like(scale)
     else:
         scale, zero = (t.clone() for t in params)
+    g_idx = contiguous_g_idx(cols, group_size, w.device).long()
     codes = torch.zeros_like(w)
-    step = lazy_block_size(group_size)
-    for i1 in range(0, cols, step):
-        i2 = min(i1 + step, cols)
-        w1 = w[..., i1:i2].clone()
-        err1 = torch.zeros_like(w1)
-        cols1 = torch.zeros_like(w1)
-        u1 = u[..., i1:i2, i1:i2]
-        p1 = p[..., i1:i2, i1:i2] if p is not None else None
-        for i in range(i2 - i1):
-            c = i1 + i
-            g = c // gs
-            if params is None and c % gs == 0:
-                hb = h[..., c : c + gs, c : c + gs].unsqueeze(-3) if spec.search == "hessian" else None
-                s, z = find_params(w1[..., i : i + gs].unsqueeze(-2), spec, hb)
-                scale[..., g], zero[..., g] = s[..., 0], z[..., 0]
-            col = w1[..., i]
-            q = quantize(col, scale[..., g], zero[..., g], maxq)
-            codes[..., c] = q
-            e = (col - scale[..., g] * (q - zero[..., g])) / u1[..., i, i].unsqueeze(-1)
-            update = e.unsqueeze(-1) * u1[..., i, i:].unsqueeze(-2)
-            if p1 is not None:
-                update = update - col.unsqueeze(-1) * p1[..., i, i:].unsqueeze(-2)
-            cols1[..., i] = col
-            w1[..., i:] -= update
-            err1[..., i] = e
-        tail = err1 @ u[..., i1:i2, i2:]
+    for a, b in segment_bounds(cols, group_size, params is not None):
+        if params is None and a % gs == 0:
+            hb = h[..., a : a + gs, a : a + gs].unsqueeze(-3) if spec.search == "hessian" else None
+            s, z = find_params(w[..., a : a + gs].unsqueeze(-2), spec, hb)
+            scale[..., a // gs], zero[..., a // gs] = s[..., 0], z[..., 0]
+        g = g_idx[a:b]
+        p1 = p[..., a:b, a:b] if p is not None else None
+        c1, err1, cols1 = run_segment(w[..., a:b], u[..., a:b, a:b], p1, scale[..., g], zero[..., g], spec.maxq)
+        codes[..., a:b] = c1
+        tail = err1 @ u[..., a:b, b:]
         if p is not None:
-            tail = tail - cols1 @ p[..., i1:i2, i2:]
-        w[..., i2:] -= tail
+            tail = tail - cols1 @ p[..., a:b, b:]
+        w[..., b:] -= tail
     return codes, scale, zero
 
 

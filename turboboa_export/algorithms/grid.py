@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .precision import tf32_matmuls
+
 SEARCHES = ("minmax", "mse", "hessian")
 SHRINK_STEPS = 100  # p = 1 - i/100, i = 0..99
 MSE_NORM = 2.4
@@ -64,8 +66,8 @@ def _score(w: torch.Tensor, what: torch.Tensor, search: str, h_blocks: torch.Ten
     """Error of a candidate grid per [rows, groups]: Hessian d H_blk d^T or sum |d|^2.4."""
     d = what - w
     if search == "hessian":
-        # (q - w) H_blk (q - w)^T, one diagonal block of H per group
-        return torch.einsum("...rgi,...gij,...rgj->...rg", d, h_blocks, d)
+        with tf32_matmuls(d.device):  # only ranks the candidates
+            return torch.einsum("...rgi,...gij,...rgj->...rg", d, h_blocks, d)  # (q - w) H_blk (q - w)^T per group
     return d.abs().pow(MSE_NORM).sum(-1)
 
 
