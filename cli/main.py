@@ -34,7 +34,7 @@ def one_line_errors(fn):
 def quantize(
     model: str = typer.Argument(..., help="Model folder, hub id, or built-in name (smollm2-135m)."),
     output: Path = typer.Option(..., "-o", "--output", help="Run directory to write."),
-    preset: Optional[str] = typer.Option(None, help="Named preset: w4-g128, w4, w3-g128, w3, w2, w8."),
+    preset: Optional[str] = typer.Option(None, help="Named preset: w4-g128, w4-g64, w4, w3-g128, w3-g64, w3, w2, w8."),
     config: Optional[Path] = typer.Option(None, "--config", help="JSON file with quant/calib settings."),
     method: Optional[str] = typer.Option(None, help="rtn | gptq | boa | turboboa (default turboboa)."),
     bits: Optional[int] = typer.Option(None, help="Weight bits: 2, 3, 4 or 8 (default 4)."),

@@ -1,8 +1,12 @@
 """Perplexity over non-overlapping windows of a held-out text (algorithm.md section 8), no BOS added.
 
-    python -m eval.ppl MODEL_OR_RUN [--dataset exl2-wiki] [--seqlen 2048] [--device auto] [--json OUT]
+    python -m eval.ppl TARGET [--dataset exl2-wiki|exl2-c4|FILE.txt|FILE.jsonl] [--seqlen 2048]
+                       [--max-windows N] [--backend torch|vllm] [--vllm-python PY] [--json OUT]
 
-MODEL_OR_RUN is a tbq run directory (its fake-quantized weights), a Hugging Face model folder or a built-in name.
+TARGET, torch backend: a tbq run directory (its fake-quantized weights), a Hugging Face model folder or a
+built-in name. vllm backend: a checkpoint vLLM serves (a `tbq export` folder or a model folder), scored from
+vLLM's prompt log-probs; PY is a Python with vLLM (default $TBQ_VLLM_PYTHON, else this one). Every backend
+tokenizes the same text with the target's tokenizer and scores the same windows, so the numbers compare.
 """
 
 from __future__ import annotations
@@ -10,34 +14,72 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from turboboa_export.calibration import load_text, tokenize
+from turboboa_export.errors import TbqError
 from turboboa_export.models import load_model, resolve_model
 from turboboa_export.pipeline.rundir import load_fake_quant_model
 from turboboa_export.pipeline.sequential import pick_device
 
+LOGPROBS_SCRIPT = Path(__file__).with_name("vllm_logprobs.py")
+VLLM_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1"}
 
-def windows(ids: torch.Tensor, seqlen: int) -> torch.Tensor:
-    """Non-overlapping windows [n, seqlen] (the ragged tail is dropped)."""
+
+def windows(ids: torch.Tensor, seqlen: int, max_windows: int | None = None) -> torch.Tensor:
+    """Non-overlapping windows [n, seqlen] (the ragged tail is dropped), the first ``max_windows`` if given."""
     n = ids.numel() // seqlen
-    return ids[: n * seqlen].reshape(n, seqlen)
+    if n == 0:
+        raise TbqError(f"the text has {ids.numel()} tokens, fewer than one window of {seqlen}; lower --seqlen")
+    return ids[: n * seqlen].reshape(n, seqlen)[:max_windows]
+
+
+def eval_windows(tokenizer, dataset: str, seqlen: int, max_windows: int | None = None,
+                 split: str = "test") -> torch.Tensor:
+    """The evaluation windows of a dataset name or local file, tokenized with ``tokenizer``."""
+    return windows(tokenize(tokenizer, load_text(dataset, split)), seqlen, max_windows)
 
 
 @torch.no_grad()
-def perplexity(model, ids: torch.Tensor, seqlen: int, device: torch.device, progress: bool = True) -> float:
-    """exp(mean next-token NLL) over all windows."""
+def perplexity(model, ws: torch.Tensor, device: torch.device, progress: bool = True) -> float:
+    """exp(mean next-token NLL) over windows [n, seqlen], scored one window at a time."""
     model.to(device)
     nll, count = 0.0, 0
-    for w in tqdm(windows(ids, seqlen), desc="ppl", disable=not progress):
+    for w in tqdm(ws, desc="ppl", disable=not progress):
         w = w.to(device)[None]
         logits = model(input_ids=w).logits[0, :-1].float()
         nll += float(torch.nn.functional.cross_entropy(logits, w[0, 1:], reduction="sum"))
         count += w.shape[1] - 1
     return math.exp(nll / count)
+
+
+def vllm_prompt_logprobs(checkpoint: str, ws: torch.Tensor, vllm_python: str, dtype: str = "float16",
+                         max_tokens: int = 1) -> list[dict]:
+    """Per window, vLLM's log-prob of each token after the first (and its greedy continuation), computed in a
+    separate Python that has vLLM."""
+    with tempfile.TemporaryDirectory() as tmp:
+        prompts, out = Path(tmp) / "prompts.json", Path(tmp) / "out.json"
+        prompts.write_text(json.dumps(ws.tolist()))
+        cmd = [vllm_python, str(LOGPROBS_SCRIPT), str(checkpoint), str(prompts), str(out), "--dtype", dtype,
+               "--max-tokens", str(max_tokens), "--max-model-len", str(ws.shape[1] + max_tokens + 16)]
+        done = subprocess.run(cmd, env={**os.environ, **VLLM_ENV})
+        if done.returncode != 0 or not out.is_file():
+            raise TbqError(f"vLLM ({vllm_python}) failed on {checkpoint} (exit {done.returncode}); its log is above")
+        return json.loads(out.read_text())
+
+
+def vllm_perplexity(checkpoint: str, ws: torch.Tensor, vllm_python: str, dtype: str = "float16") -> float:
+    """exp(mean next-token NLL) from vLLM's prompt log-probs over the same windows as :func:`perplexity`."""
+    got = vllm_prompt_logprobs(checkpoint, ws, vllm_python, dtype)
+    nll = -sum(sum(o["prompt_logprobs"]) for o in got)
+    return math.exp(nll / sum(len(o["prompt_logprobs"]) for o in got))
 
 
 def load_for_eval(target: str, dtype: torch.dtype | None = None):
@@ -50,20 +92,39 @@ def load_for_eval(target: str, dtype: torch.dtype | None = None):
     return load_model(resolve_model(target))
 
 
+def default_vllm_python() -> str:
+    return os.environ.get("TBQ_VLLM_PYTHON", sys.executable)
+
+
 def main(argv: list[str] | None = None) -> dict:
+    from transformers import AutoTokenizer
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("target")
     ap.add_argument("--dataset", default="exl2-wiki")
-    ap.add_argument("--split", default="test")
+    ap.add_argument("--split", default="test", help="exl2-wiki: test = the held-out 20%% of articles")
     ap.add_argument("--seqlen", type=int, default=2048)
-    ap.add_argument("--device", default="auto")
+    ap.add_argument("--max-windows", type=int)
+    ap.add_argument("--backend", choices=("torch", "vllm"), default="torch")
+    ap.add_argument("--vllm-python", default=default_vllm_python())
+    ap.add_argument("--dtype", default="float16", help="vllm backend: activation dtype")
+    ap.add_argument("--device", default="auto", help="torch backend")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args(argv)
-    model, tok = load_for_eval(a.target)
-    ids = tokenize(tok, load_text(a.dataset, a.split))
-    ppl = perplexity(model, ids, a.seqlen, pick_device(a.device))
-    result = {"target": a.target, "dataset": a.dataset, "split": a.split, "seqlen": a.seqlen,
-              "tokens": int(windows(ids, a.seqlen).numel()), "ppl": ppl}
+    try:
+        if a.backend == "torch":
+            model, tok = load_for_eval(a.target)
+            ws = eval_windows(tok, a.dataset, a.seqlen, a.max_windows, a.split)
+            ppl = perplexity(model, ws, pick_device(a.device))
+        else:
+            if not (Path(a.target) / "config.json").is_file():
+                raise TbqError(f"{a.target} is not a checkpoint folder; the vllm backend takes a `tbq export` folder")
+            ws = eval_windows(AutoTokenizer.from_pretrained(a.target), a.dataset, a.seqlen, a.max_windows, a.split)
+            ppl = vllm_perplexity(a.target, ws, a.vllm_python, a.dtype)
+    except TbqError as e:
+        raise SystemExit(f"error: {e}") from None
+    result = {"target": a.target, "backend": a.backend, "dataset": a.dataset, "split": a.split,
+              "seqlen": a.seqlen, "windows": int(ws.shape[0]), "tokens": int(ws.numel()), "ppl": ppl}
     print(json.dumps(result))
     if a.json:
         a.json.write_text(json.dumps(result, indent=2))

@@ -1,7 +1,8 @@
 """The evaluation protocol of algorithm.md section 8 for a list of methods and bit widths: quantize, then
-held-out perplexity of each run (and of the unquantized model). Appends one JSON line per run.
+held-out perplexity of each run (and of the unquantized model), with ``--c4`` also on the bundled C4 text
+(never used for calibration). Appends one JSON line per run to OUT/results.jsonl.
 
-    python -m eval.protocol --model smollm2-135m --runs rtn:w3,gptq:w3,turboboa:w3 --out results/
+    python -m eval.protocol --model smollm2-135m --runs rtn:w3,gptq:w3,turboboa:w3-g64 --out results/ [--fp] [--c4]
 """
 
 from __future__ import annotations
@@ -11,11 +12,10 @@ import json
 import time
 from pathlib import Path
 
-from turboboa_export.calibration import load_text, tokenize
 from turboboa_export.config import PRESETS, build_config
 from turboboa_export.pipeline.sequential import pick_device, quantize_model
 
-from .ppl import load_for_eval, perplexity
+from .ppl import eval_windows, load_for_eval, perplexity
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -27,28 +27,34 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seqlen", type=int, default=2048)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--fp", action="store_true", help="also evaluate the unquantized model")
+    ap.add_argument("--c4", action="store_true", help="also perplexity on the bundled C4 text (exl2-c4)")
     a = ap.parse_args(argv)
     a.out.mkdir(parents=True, exist_ok=True)
     device = pick_device(a.device)
     log = a.out / "results.jsonl"
-    ids = None
+    texts = {"ppl": "exl2-wiki"} | ({"c4_ppl": "exl2-c4"} if a.c4 else {})
+    cached: dict = {}
 
     def record(row: dict) -> None:
         print(json.dumps(row), flush=True)
         with open(log, "a") as f:
             f.write(json.dumps(row) + "\n")
 
-    def ppl_of(target: str) -> float:
-        nonlocal ids
+    def ppl_of(target: str) -> dict[str, float]:
         model, tok = load_for_eval(target)
-        if ids is None:
-            ids = tokenize(tok, load_text("exl2-wiki", "test"))
-        return perplexity(model, ids, 2048, device, progress=False)
+        for key, dataset in texts.items():
+            if key not in cached:
+                cached[key] = eval_windows(tok, dataset, 2048)
+        return {key: perplexity(model, cached[key], device, progress=False) for key in texts}
 
     if a.fp:
-        record({"run": "fp", "ppl": ppl_of(a.model)})
-    for item in a.runs.split(","):
+        record({"run": "fp", "method": "fp", "bits": 32, **ppl_of(a.model)})
+    items = a.runs.split(",")
+    for n, item in enumerate(items, 1):
+        if item.count(":") != 1:
+            raise SystemExit(f"error: run {item!r} is not METHOD:PRESET (e.g. turboboa:w3-g64)")
         method, preset = item.split(":")
+        print(f"[{n}/{len(items)}] {item}: quantizing", flush=True)
         cfg = build_config(a.model, preset=preset, quant={"method": method},
                            calib={"dataset": "exl2-wiki", "nsamples": a.nsamples, "seqlen": a.seqlen, "seed": 0},
                            device=str(device))
@@ -57,8 +63,8 @@ def main(argv: list[str] | None = None) -> None:
         quantize_model(cfg, run_dir, overwrite=True, progress=False)
         wall = time.time() - t0
         info = json.loads((run_dir / "run.json").read_text())
-        record({"run": f"{method}-{preset}", "method": method, "preset": preset, **PRESETS[preset],
-                "ppl": ppl_of(str(run_dir)), "quantize_s": info["timings"]["quantize_seconds"], "wall_s": wall})
+        record({"run": f"{method}-{preset}", "method": method, "preset": preset, "group_size": -1, **PRESETS[preset],
+                **ppl_of(str(run_dir)), "quantize_s": info["timings"]["quantize_seconds"], "wall_s": wall})
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from eval import ppl, random_checkpoint, throughput
 from turboboa_export.config import build_config
 from turboboa_export.export.compressed_tensors import export_vllm
 from turboboa_export.pipeline.sequential import quantize_model
@@ -113,6 +114,38 @@ def test_openai_server_answers_completions(vllm_model, tmp_path):
         reply = json.loads(urllib.request.urlopen(req, timeout=60).read())
         assert reply["choices"][0]["finish_reason"] in ("length", "stop")
         assert reply["usage"]["completion_tokens"] >= 1
+        rows = throughput.main(["serve", f"http://127.0.0.1:{port}", "--concurrency", "1,2", "--requests", "3",
+                                "--input-len", "8", "--output-len", "5", "--json", str(tmp_path / "serve.json")])
+        assert [r["concurrency"] for r in rows] == [1, 2]
+        assert all(r["output_tokens"] == 15 and r["output_tok_s"] > 0 and r["ttft_s_median"] > 0 for r in rows)
     finally:
         server.terminate()
         server.wait(timeout=60)
+
+
+def test_ppl_vllm_backend_matches_torch(vllm_model, tmp_path):
+    """eval.ppl scores the same windows through vLLM (the export) and PyTorch (the run)."""
+    root, text = vllm_model
+    cfg = build_config(str(root / "fp"), quant={"method": "gptq", "bits": 4, "sym": True, "group_size": 128},
+                       calib={"dataset": str(text), "nsamples": 4, "seqlen": 64})
+    run = quantize_model(cfg, tmp_path / "run", progress=False)
+    ckpt = export_vllm(run, tmp_path / "export")
+    common = ["--dataset", str(text), "--seqlen", "96", "--max-windows", "3"]
+    got = ppl.main([str(ckpt), "--backend", "vllm", "--vllm-python", VLLM_PYTHON, *common])
+    want = ppl.main([str(run), "--device", "cpu", *common])
+    fp = ppl.main([str(root / "fp"), "--device", "cpu", *common])
+    assert got["tokens"] == want["tokens"] == 3 * 96
+    assert abs(got["ppl"] / want["ppl"] - 1) < 0.01, (got, want)
+    assert abs(fp["ppl"] / want["ppl"] - 1) > 0.01  # the comparison can fail: fp weights score differently
+
+
+def test_offline_throughput_of_random_checkpoints(tmp_path):
+    """Random-weight fp16 and int4 checkpoints of one shape both run through vLLM's offline generate."""
+    fp16 = random_checkpoint.main(["tiny-llama", "-o", str(tmp_path / "fp16")])
+    int4 = random_checkpoint.main(["tiny-llama", "-o", str(tmp_path / "int4"), "--format", "vllm"])
+    rows = throughput.main(["offline", str(fp16), str(int4), "--labels", "fp16,int4", "--batch-sizes", "1,3",
+                            "--input-len", "8", "--output-len", "6", "--enforce-eager", "--vllm-python", VLLM_PYTHON,
+                            "--json", str(tmp_path / "t.json")])
+    assert [(r["label"], r["batch"]) for r in rows] == [("fp16", 1), ("fp16", 3), ("int4", 1), ("int4", 3)]
+    assert all(r["output_tokens"] == 6 * r["batch"] and r["output_tok_s"] > 0 for r in rows)
+    assert json.loads((tmp_path / "t.json").read_text()) == rows

@@ -99,8 +99,10 @@ class RunConfig(_Strict):
 
 PRESETS: dict[str, dict] = {
     "w4-g128": {"bits": 4, "group_size": 128},
+    "w4-g64": {"bits": 4, "group_size": 64},
     "w4": {"bits": 4},
     "w3-g128": {"bits": 3, "group_size": 128},
+    "w3-g64": {"bits": 3, "group_size": 64},
     "w3": {"bits": 3},
     "w2": {"bits": 2},
     "w8": {"bits": 8},

@@ -137,16 +137,12 @@ def write_atomically(out: Path, overwrite: bool, fill) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def export_vllm(run: Path, out: Path, overwrite: bool = False) -> Path:
-    """Write the run as a compressed-tensors pack-quantized checkpoint at ``out``."""
-    from transformers import AutoConfig
-
-    run = Path(run)
-    info, weights = load_run(run)
-    q = info["config"]["quant"]
-    bits, sym, gs = q["bits"], q["sym"], q["group_size"]
-    check_vllm_support(bits, sym, gs)
-    config = AutoConfig.from_pretrained(run)
+def write_vllm_checkpoint(out: Path, weights: dict[str, QuantizedWeight], rest: dict[str, torch.Tensor], config,
+                          bits: int, sym: bool, group_size: int, info: dict, side_files: Path | None = None,
+                          overwrite: bool = False) -> Path:
+    """Write quantized linears plus the other tensors as a pack-quantized checkpoint at ``out`` (atomically).
+    ``config`` is the model's transformers config; ``side_files`` a folder whose tokenizer files are copied."""
+    check_vllm_support(bits, sym, group_size)
     dtype = export_dtype(getattr(config, "dtype", None) or torch.float32)
 
     def fill(tmp: Path) -> None:
@@ -156,17 +152,30 @@ def export_vllm(run: Path, out: Path, overwrite: bool = False) -> Path:
             part = linear_tensors(name, w, bits, sym, dtype)
             act_groups |= f"{name}.weight_g_idx" in part
             tensors.update(part)
-        for key, t in load_file(run / "rest.safetensors").items():
+        for key, t in rest.items():
             tensors[key] = t.to(dtype) if t.is_floating_point() else t
         save_sharded(tensors, tmp)
         config.dtype = dtype
-        config.quantization_config = quantization_config(bits, sym, gs, act_groups and gs != -1)
+        config.quantization_config = quantization_config(bits, sym, group_size, act_groups and group_size != -1)
         config.save_pretrained(tmp)
-        copy_side_files(run, tmp)
-        (tmp / EXPORT_INFO).write_text(json.dumps({"run": str(run.resolve()), "format": "vllm", "bits": bits,
-                                                   "sym": sym, "group_size": gs, "dtype": str(dtype)}, indent=2))
+        if side_files is not None:
+            copy_side_files(side_files, tmp)
+        (tmp / EXPORT_INFO).write_text(json.dumps({**info, "format": "vllm", "bits": bits, "sym": sym,
+                                                   "group_size": group_size, "dtype": str(dtype)}, indent=2))
 
     return write_atomically(out, overwrite, fill)
+
+
+def export_vllm(run: Path, out: Path, overwrite: bool = False) -> Path:
+    """Write the run as a compressed-tensors pack-quantized checkpoint at ``out``."""
+    from transformers import AutoConfig
+
+    run = Path(run)
+    info, weights = load_run(run)
+    q = info["config"]["quant"]
+    check_vllm_support(q["bits"], q["sym"], q["group_size"])
+    return write_vllm_checkpoint(out, weights, load_file(run / "rest.safetensors"), AutoConfig.from_pretrained(run),
+                                 q["bits"], q["sym"], q["group_size"], {"run": str(run.resolve())}, run, overwrite)
 
 
 def export_hf(run: Path, out: Path, overwrite: bool = False) -> Path:

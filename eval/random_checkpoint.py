@@ -1,0 +1,124 @@
+"""Random-weight checkpoints of real model shapes, for throughput runs (speed does not depend on the values).
+
+    python -m eval.random_checkpoint llama2-7b -o DIR [--format fp16|vllm] [--bits 4] [--group-size 128]
+                                     [--asym] [--layers N] [--seed 0]
+
+``fp16``: a dense Hugging Face checkpoint. ``vllm``: random integer codes, scales and zeros written by the same
+code as ``tbq export --format vllm`` (compressed-tensors pack-quantized). No tokenizer: feed token ids.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from turboboa_export.algorithms.grid import GridSpec
+from turboboa_export.algorithms.quantized import QuantizedWeight, contiguous_g_idx
+from turboboa_export.arch import spec_for
+from turboboa_export.errors import TbqError
+from turboboa_export.export.compressed_tensors import save_sharded, write_atomically, write_vllm_checkpoint
+
+SHAPES: dict[str, dict] = {
+    "llama2-7b": dict(hidden_size=4096, intermediate_size=11008, num_attention_heads=32, num_key_value_heads=32,
+                      num_hidden_layers=32, vocab_size=32000, max_position_embeddings=4096),
+    "llama3-8b": dict(hidden_size=4096, intermediate_size=14336, num_attention_heads=32, num_key_value_heads=8,
+                      num_hidden_layers=32, vocab_size=128256, rope_theta=500000.0, max_position_embeddings=8192),
+    "smollm2-135m": dict(hidden_size=576, intermediate_size=1536, num_attention_heads=9, num_key_value_heads=3,
+                         num_hidden_layers=30, vocab_size=49152, tie_word_embeddings=True, rope_theta=100000.0,
+                         max_position_embeddings=8192),
+    "tiny-llama": dict(hidden_size=256, intermediate_size=512, num_attention_heads=4, num_key_value_heads=2,
+                       num_hidden_layers=2, vocab_size=512, max_position_embeddings=1024),
+}
+
+
+def shape_config(shape: str, layers: int | None = None):
+    """The LlamaConfig of a named shape (fp16), optionally with fewer layers."""
+    from transformers import LlamaConfig
+
+    if shape not in SHAPES:
+        raise TbqError(f"unknown shape {shape!r}; choose one of {', '.join(SHAPES)}")
+    cfg = LlamaConfig(**{**SHAPES[shape], **({"num_hidden_layers": layers} if layers else {})})
+    cfg.dtype = torch.float16
+    return cfg
+
+
+def random_tensors(config, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """Every tensor of the model: N(0, 0.02) matrices, norm weights of one, in fp16."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        names = AutoModelForCausalLM.from_config(config).state_dict()
+    out = {}
+    for name, t in names.items():
+        if "norm" in name:
+            out[name] = torch.ones(t.shape, dtype=torch.float16)
+        else:
+            out[name] = (0.02 * torch.randn(t.shape, generator=gen)).to(torch.float16)
+    if getattr(config, "tie_word_embeddings", False):
+        out.pop("lm_head.weight", None)
+    return out
+
+
+def random_quantized(out_f: int, in_f: int, spec: GridSpec, group_size: int, gen: torch.Generator) -> QuantizedWeight:
+    """Uniform random codes; scales in [0.002, 0.003); zeros mid-grid (symmetric) or uniform (asymmetric)."""
+    groups = 1 if group_size == -1 else in_f // group_size
+    codes = torch.randint(0, spec.maxq + 1, (out_f, in_f), generator=gen, dtype=torch.uint8)
+    scale = 0.002 + 0.001 * torch.rand(out_f, groups, generator=gen)
+    zero = (torch.full_like(scale, spec.sym_zero) if spec.sym
+            else torch.randint(0, spec.maxq + 1, (out_f, groups), generator=gen).float())
+    return QuantizedWeight(codes, scale, zero, contiguous_g_idx(in_f, group_size))
+
+
+def write_random(shape: str, out: Path, fmt: str = "fp16", bits: int = 4, group_size: int = 128, sym: bool = True,
+                 layers: int | None = None, seed: int = 0, overwrite: bool = False) -> Path:
+    """Write a random-weight checkpoint of ``shape`` to ``out``."""
+    config = shape_config(shape, layers)
+    gen = torch.Generator().manual_seed(seed)
+    tensors = random_tensors(config, gen)
+    info = {"random_shape": shape, "layers": config.num_hidden_layers, "seed": seed}
+    if fmt == "fp16":
+        def fill(tmp: Path) -> None:
+            save_sharded(tensors, tmp)
+            config.save_pretrained(tmp)
+            (tmp / "tbq_random.json").write_text(json.dumps({**info, "format": "fp16"}, indent=2))
+
+        return write_atomically(out, overwrite, fill)
+    if fmt != "vllm":
+        raise TbqError(f"unknown format {fmt!r}; choose fp16 or vllm")
+    spec = spec_for(config)
+    weights = {}
+    for i in range(config.num_hidden_layers):
+        for path in spec.linears().values():
+            name = f"{spec.layers}.{i}.{path}"
+            out_f, in_f = tensors.pop(f"{name}.weight").shape
+            if group_size != -1 and in_f % group_size:
+                raise TbqError(f"group size {group_size} does not divide in_features {in_f} of {name}")
+            weights[name] = random_quantized(out_f, in_f, GridSpec(bits, sym), group_size, gen)
+    return write_vllm_checkpoint(out, weights, tensors, config, bits, sym, group_size, info, overwrite=overwrite)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("shape", help=", ".join(SHAPES))
+    ap.add_argument("-o", "--out", type=Path, required=True)
+    ap.add_argument("--format", choices=("fp16", "vllm"), default="fp16")
+    ap.add_argument("--bits", type=int, default=4)
+    ap.add_argument("--group-size", type=int, default=128)
+    ap.add_argument("--asym", action="store_true")
+    ap.add_argument("--layers", type=int)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--overwrite", action="store_true")
+    a = ap.parse_args(argv)
+    try:
+        path = write_random(a.shape, a.out, a.format, a.bits, a.group_size, not a.asym, a.layers, a.seed, a.overwrite)
+    except TbqError as e:
+        raise SystemExit(f"error: {e}") from None
+    print(path)
+    return path
+
+
+if __name__ == "__main__":
+    main()

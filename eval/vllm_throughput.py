@@ -1,0 +1,65 @@
+"""vLLM offline decode throughput of one checkpoint at several batch sizes, as JSON. Runs in a Python with vLLM
+(the CPU build in CI, the GPU bundle on the lent machine); `python -m eval.throughput offline` drives it.
+
+    python eval/vllm_throughput.py CHECKPOINT OUT.json [--batch-sizes 1,16,128] [--input-len 128]
+                                   [--output-len 256] [--dtype float16] [--enforce-eager] [--seed 0]
+
+Each batch is that many random-token prompts generated to exactly --output-len tokens (ignore_eos), after one
+warm-up; output tokens per second = batch * output-len / wall seconds of the generate call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import time
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("checkpoint")
+    ap.add_argument("out")
+    ap.add_argument("--batch-sizes", default="1,16,128")
+    ap.add_argument("--input-len", type=int, default=128)
+    ap.add_argument("--output-len", type=int, default=256)
+    ap.add_argument("--dtype", default="float16")
+    ap.add_argument("--enforce-eager", action="store_true")
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args()
+    from vllm import LLM, SamplingParams
+
+    sizes = [int(b) for b in a.batch_sizes.split(",")]
+    vocab = json.load(open(os.path.join(a.checkpoint, "config.json")))["vocab_size"]
+    length = a.input_len + a.output_len
+    llm = LLM(a.checkpoint, dtype=a.dtype, max_model_len=length + 8, max_num_seqs=max(sizes), seed=a.seed,
+              max_num_batched_tokens=max(length + 8, 2048), enforce_eager=a.enforce_eager, skip_tokenizer_init=True)
+    rng = random.Random(a.seed)
+    params = SamplingParams(max_tokens=a.output_len, min_tokens=a.output_len, ignore_eos=True, temperature=0.0,
+                            detokenize=False)
+
+    def prompts(n):
+        return [{"prompt_token_ids": [rng.randrange(3, vocab) for _ in range(a.input_len)]} for _ in range(n)]
+
+    llm.generate(prompts(2), SamplingParams(max_tokens=8, ignore_eos=True, detokenize=False), use_tqdm=False)
+    rows = []
+    for b in sizes:
+        batch = prompts(b)
+        t0 = time.perf_counter()
+        outs = llm.generate(batch, params, use_tqdm=False)
+        seconds = time.perf_counter() - t0
+        generated = sum(len(o.outputs[0].token_ids) for o in outs)
+        rows.append({"batch": b, "input_len": a.input_len, "output_len": a.output_len, "seconds": seconds,
+                     "output_tokens": generated, "output_tok_s": generated / seconds})
+        print(f"[throughput] batch {b}: {generated / seconds:.1f} output tok/s", file=sys.stderr, flush=True)
+    with open(a.out, "w") as f:
+        json.dump(rows, f)
+
+
+if __name__ == "__main__":
+    main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # skip vLLM's teardown (its CPU build can abort there after the work is written)
