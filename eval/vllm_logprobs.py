@@ -5,15 +5,16 @@ Runs in a Python that has vLLM (the CPU build in CI, the GPU bundle on the lent 
     python eval/vllm_logprobs.py CHECKPOINT PROMPTS.json OUT.json [--dtype float16] [--max-tokens 8]
 
 PROMPTS.json is a list of token-id lists; OUT.json gets, per prompt, the log-prob vLLM gives each prompt token
-after the first and the greedy continuation.
+after the first and the greedy continuation. $TBQ_VLLM_GPU_MEMORY (a fraction) caps vLLM's share of GPU memory
+when other work shares the GPU.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
+
+from vllm_common import leave, memory_share  # sibling module: these scripts run as files
 
 
 def main() -> None:
@@ -29,7 +30,7 @@ def main() -> None:
 
     prompts = json.load(open(a.prompts))
     llm = LLM(a.checkpoint, dtype=a.dtype, max_model_len=a.max_model_len, enforce_eager=True,
-              max_num_batched_tokens=a.max_model_len, max_num_seqs=8, skip_tokenizer_init=True)
+              max_num_batched_tokens=a.max_model_len, max_num_seqs=8, skip_tokenizer_init=True, **memory_share())
     params = SamplingParams(max_tokens=a.max_tokens, temperature=0.0, prompt_logprobs=1, detokenize=False)
     outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params)
     result = []
@@ -42,7 +43,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-    # vLLM's CPU build sometimes aborts in its own teardown ("terminate called without an active exception")
-    # after the work is done and written; leave without running interpreter teardown.
-    sys.stdout.flush()
-    os._exit(0)
+    leave()

@@ -6,6 +6,7 @@
 
 Each batch is that many random-token prompts generated to exactly --output-len tokens (ignore_eos), after one
 warm-up; output tokens per second = batch * output-len / wall seconds of the generate call.
+$TBQ_VLLM_GPU_MEMORY (a fraction) caps vLLM's share of GPU memory.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import os
 import random
 import sys
 import time
+
+from vllm_common import leave, memory_share  # sibling module: these scripts run as files
 
 
 def main() -> None:
@@ -35,7 +38,8 @@ def main() -> None:
     vocab = json.load(open(os.path.join(a.checkpoint, "config.json")))["vocab_size"]
     length = a.input_len + a.output_len
     llm = LLM(a.checkpoint, dtype=a.dtype, max_model_len=length + 8, max_num_seqs=max(sizes), seed=a.seed,
-              max_num_batched_tokens=max(length + 8, 2048), enforce_eager=a.enforce_eager, skip_tokenizer_init=True)
+              max_num_batched_tokens=max(length + 8, 2048), enforce_eager=a.enforce_eager, skip_tokenizer_init=True,
+              **memory_share())
     rng = random.Random(a.seed)
     params = SamplingParams(max_tokens=a.output_len, min_tokens=a.output_len, ignore_eos=True, temperature=0.0,
                             detokenize=False)
@@ -60,6 +64,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)  # skip vLLM's teardown (its CPU build can abort there after the work is written)
+    leave()

@@ -4,7 +4,6 @@ precision orders TurboBoA <= BoA < GPTQ < RTN at 2 and 3 bits per channel."""
 import json
 
 import pytest
-import torch
 
 from turboboa_export.config import build_config
 from turboboa_export.pipeline.sequential import quantize_model
