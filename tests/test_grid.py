@@ -69,3 +69,21 @@ def test_flat_rows_get_a_valid_grid():
     assert torch.all(s > 0)
     q = quantize(w, s, z, 15)
     assert torch.all(dequantize(q, s, z) == 0)
+
+
+@pytest.mark.parametrize("search", ["mse", "hessian"])
+@pytest.mark.parametrize("sym", [False, True])
+@pytest.mark.parametrize("elements", [2**25, 1000])  # all candidates at once, and many small chunks
+def test_batched_search_equals_one_candidate_at_a_time(monkeypatch, search, sym, elements):
+    from turboboa_export.algorithms import grid
+
+    from .reference import find_params_ref
+
+    monkeypatch.setattr(grid, "SEARCH_ELEMENTS", elements)
+    w, h, _ = random_layer(10, 48, 192, seed=21 + sym)
+    w = w.reshape(2, 5, 3, 16)  # a batch dim, rows, groups, group size
+    hb = diagonal_blocks(h, 16).expand(2, -1, -1, -1)
+    spec = GridSpec(3, sym, search)
+    got = find_params(w, spec, hb if search == "hessian" else None)
+    want = find_params_ref(w, spec, hb if search == "hessian" else None)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])

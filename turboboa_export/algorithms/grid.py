@@ -14,6 +14,7 @@ from .precision import tf32_matmuls
 
 SEARCHES = ("minmax", "mse", "hessian")
 SHRINK_STEPS = 100  # p = 1 - i/100, i = 0..99
+SEARCH_ELEMENTS = 2**25  # candidate weights scored at once (x ~4 float temporaries)
 MSE_NORM = 2.4
 
 
@@ -71,6 +72,20 @@ def _score(w: torch.Tensor, what: torch.Tensor, search: str, h_blocks: torch.Ten
     return d.abs().pow(MSE_NORM).sum(-1)
 
 
+def candidates(wmin: torch.Tensor, wmax: torch.Tensor, spec: GridSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every (scale, zero) the searches try, stacked on a new leading dim in search order: for the shrink
+    p = 1 - i/100 (i = 0..99), s = p (max - min) / maxq and z = clamp(floor or ceil of -p min / s) (asymmetric)
+    or z = 2^(b-1) (symmetric)."""
+    shape = (-1,) + (1,) * wmin.dim()
+    p = 1.0 - torch.arange(SHRINK_STEPS, dtype=wmin.dtype, device=wmin.device).reshape(shape) / SHRINK_STEPS
+    scale = p * (wmax - wmin) / spec.maxq
+    if spec.sym:
+        return scale, torch.full_like(scale, spec.sym_zero)
+    z = -p * wmin / scale
+    zero = torch.stack((torch.floor(z), torch.ceil(z)), dim=1).clamp(0, spec.maxq).flatten(0, 1)  # floor, ceil per p
+    return scale.repeat_interleave(2, dim=0), zero
+
+
 def find_params(
     w: torch.Tensor, spec: GridSpec, h_blocks: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,37 +93,33 @@ def find_params(
     tensors.
 
     ``h_blocks`` ([..., groups, gs, gs]) are the diagonal blocks of H_in for the groups' columns, needed by the
-    ``hessian`` search.
+    ``hessian`` search. The searches score all candidates (``candidates``) in chunks of at most
+    SEARCH_ELEMENTS weights and keep, per row and group, the first candidate with the lowest score.
     """
     if spec.search not in SEARCHES:
         raise ValueError(f"unknown grid search {spec.search!r}; choose one of {', '.join(SEARCHES)}")
     if spec.search == "hessian" and h_blocks is None:
         raise ValueError("the hessian grid search needs the diagonal blocks of H_in")
     wmin, wmax = _range(w, spec.sym)
-    maxq = spec.maxq
     if spec.search == "minmax":
-        scale = (wmax - wmin) / maxq
+        scale = (wmax - wmin) / spec.maxq
         zero = torch.full_like(scale, spec.sym_zero) if spec.sym else torch.round(-wmin / scale)
         return scale, zero
+    all_scales, all_zeros = candidates(wmin, wmax, spec)
     best_score = torch.full_like(wmin, float("inf"))
     best_scale = torch.zeros_like(wmin)
     best_zero = torch.zeros_like(wmin)
-    for i in range(SHRINK_STEPS):
-        p = 1.0 - i / SHRINK_STEPS
-        scale = p * (wmax - wmin) / maxq
-        if spec.sym:
-            zeros = (torch.full_like(scale, spec.sym_zero),)
-        else:
-            z = -p * wmin / scale
-            zeros = (torch.floor(z), torch.ceil(z))
-        for zero in zeros:
-            zero = torch.clamp(zero, 0, maxq)
-            what = fake_quantize(w, scale.unsqueeze(-1), zero.unsqueeze(-1), maxq)
-            score = _score(w, what, spec.search, h_blocks)
-            better = score < best_score
-            best_score = torch.where(better, score, best_score)
-            best_scale = torch.where(better, scale, best_scale)
-            best_zero = torch.where(better, zero, best_zero)
+    chunk = max(1, SEARCH_ELEMENTS // max(1, w.numel()))
+    for c in range(0, all_scales.shape[0], chunk):
+        scale, zero = all_scales[c : c + chunk], all_zeros[c : c + chunk]
+        what = fake_quantize(w, scale.unsqueeze(-1), zero.unsqueeze(-1), spec.maxq)
+        score = torch.nan_to_num(_score(w, what, spec.search, h_blocks), nan=float("inf"))
+        idx = score.argmin(0, keepdim=True)  # the first lowest within the chunk
+        low = score.gather(0, idx)[0]
+        better = low < best_score  # an earlier chunk keeps ties
+        best_score = torch.where(better, low, best_score)
+        best_scale = torch.where(better, scale.gather(0, idx)[0], best_scale)
+        best_zero = torch.where(better, zero.gather(0, idx)[0], best_zero)
     return best_scale, best_zero
 
 

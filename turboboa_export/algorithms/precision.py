@@ -7,13 +7,14 @@ from typing import Iterator
 
 import torch
 
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+
 
 @contextmanager
-def tf32_matmuls(device: torch.device) -> Iterator[None]:
-    """Inside the block, float32 matmuls on a CUDA ``device`` use TF32 inputs (10-bit mantissa) with float32
-    accumulation; used for the large sums behind statistics and grid scores, never for the column updates.
-    Elsewhere (CPU, float64) nothing changes."""
-    if device.type != "cuda":
+def tf32_matmuls(device: torch.device, enabled: bool = True) -> Iterator[None]:
+    """Inside the block, float32 matmuls on a CUDA ``device`` take TF32 inputs (10 mantissa bits) and accumulate
+    in float32, when ``enabled``. Elsewhere (CPU, float64, disabled) nothing changes."""
+    if device.type != "cuda" or not enabled:
         yield
         return
     before = torch.get_float32_matmul_precision()
@@ -22,3 +23,9 @@ def tf32_matmuls(device: torch.device) -> Iterator[None]:
         yield
     finally:
         torch.set_float32_matmul_precision(before)
+
+
+def half_activations(x: torch.Tensor) -> bool:
+    """True for fp16/bf16 activations: the model's own arithmetic is then no finer than TF32, so statistics
+    summed from them may use TF32 (exactly, for the activations themselves)."""
+    return x.dtype in HALF_DTYPES

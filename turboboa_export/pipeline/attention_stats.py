@@ -5,8 +5,8 @@
   R_l is the rotate-half RoPE rotation at position l; G = diag(gain of q_norm/k_norm) where the model has them.
 - v: per query head Z_h = A_h X (causal softmax attention probabilities), H_v = (2/T) sum Z^T Z and, for F2,
   R_v = (2/T) sum (Z_fp - Z_q)^T Z_q, both averaged over the heads sharing a kv head.
-On a GPU the products A X, Z^T Z and (Z_fp - Z_q)^T Z_q run in TF32 (float32 accumulation); the attention
-scores and the small q/k covariances stay in full float32.
+On a GPU, for fp16/bf16 models (whose own attention runs no finer), the products A X, Z^T Z and (Z_fp - Z_q)^T Z_q
+run in TF32 (float32 accumulation); the attention scores and the small q/k covariances stay in full float32.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..algorithms.precision import tf32_matmuls
+from ..algorithms.precision import half_activations, tf32_matmuls
 from ..arch import ArchSpec, AttentionShape
 
 
@@ -99,7 +99,7 @@ class AttentionStatistics:
         q, k = self.queries_keys(x, kwargs)
         k_rep = k.repeat_interleave(self.shape.group, dim=0)
         probs = attention_probs(q, k_rep, self.attn.scaling, getattr(self.attn, "sliding_window", None), self.dtype)
-        with tf32_matmuls(x.device):
+        with tf32_matmuls(x.device, half_activations(x)):
             return q, k, probs @ x.to(self.dtype)
 
     @torch.no_grad()
@@ -112,7 +112,7 @@ class AttentionStatistics:
         self._kk += k.transpose(-1, -2) @ k
         zq_g = zq.reshape(s.kv_heads, s.group * zq.shape[1], -1)
         zf = self.weighted_inputs(x_fp, kwargs)[2].reshape_as(zq_g) if self.with_r else None
-        with tf32_matmuls(x_q.device):  # the largest products of the statistics pass
+        with tf32_matmuls(x_q.device, half_activations(x_q)):  # the largest products of the statistics pass
             self._zz += zq_g.transpose(-1, -2) @ zq_g  # sum over the group's heads of Z^T Z
             if zf is not None:
                 self._dz += (zf - zq_g).transpose(-1, -2) @ zq_g

@@ -1,8 +1,8 @@
 """Per-linear second-moment statistics from recorded layer inputs (algorithm.md section 1).
 
 H_in = (2/T) sum x_q x_q^T and, for propagated-error correction, R = (2/T) sum (x_fp - x_q) x_q^T, both
-accumulated in float32 over all T calibration tokens. On a GPU the products take TF32 inputs, which hold
-bf16 and fp16 activations exactly, so only float32 models see their inputs rounded (to 10 mantissa bits).
+accumulated in float32 over all T calibration tokens. On a GPU, when the activations are fp16/bf16, the products
+take TF32 inputs, which hold those activations exactly; float32 models keep full float32 products.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..algorithms.precision import tf32_matmuls
+from ..algorithms.precision import half_activations, tf32_matmuls
 
 
 @contextmanager
@@ -54,7 +54,7 @@ class SecondMoments:
     def add(self, x_q: torch.Tensor, x_fp: torch.Tensor | None = None) -> None:
         """Add tokens [t, d] of the quantized stream (and the same tokens of the full-precision stream)."""
         xq = x_q.to(self.dtype)
-        with tf32_matmuls(xq.device):
+        with tf32_matmuls(xq.device, half_activations(x_q)):
             self.h_sum += xq.T @ xq  # sum x_q x_q^T
             if self.with_r:
                 self.r_sum += (x_fp.to(self.dtype) - xq).T @ xq  # sum (x_fp - x_q) x_q^T
