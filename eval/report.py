@@ -44,7 +44,7 @@ def config_name(row: dict) -> str:
 
 def _sort_key(row: dict):
     method = row.get("method", "fp")
-    return (row.get("bits", 32), row.get("group_size", -1) or -1, METHOD_ORDER.index(method) if method in METHOD_ORDER else 99,
+    return (-1 if method == "fp" else row.get("bits", 32), row.get("group_size", -1) or -1, METHOD_ORDER.index(method) if method in METHOD_ORDER else 99,
             row.get("run", ""))
 
 
@@ -57,7 +57,7 @@ def ppl_table(rows: list[dict], official: bool) -> str:
     if official:
         entries += [{"run": r, "bits": b, "group_size": g, "method": "official", "ppl": p, "quantize_s": s}
                     for r, b, g, p, s in OFFICIAL]
-        entries = sorted(entries, key=lambda r: (r.get("bits", 32), r.get("group_size", -1)))
+        entries = sorted(entries, key=lambda r: _sort_key(r)[:2])
     for r in entries:
         c4 = f"{r['c4_ppl']:.3f} | " if "c4_ppl" in r else ("- | " if has_c4 else "")
         secs = f"{r['quantize_s']:.0f}" if "quantize_s" in r else "-"
