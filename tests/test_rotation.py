@@ -1,0 +1,102 @@
+"""Rotation (QuaRot recipe): Hadamard matrices, function-preserving weight rotation, online transforms,
+activation fake-quantization."""
+
+import pytest
+import torch
+
+from turboboa_export.arch import spec_for
+from turboboa_export.errors import TbqError
+from turboboa_export.rotation.hadamard import apply_hadamard, base_orders, factor, hadamard_matrix, random_hadamard
+from turboboa_export.rotation.fuse import rotate_model
+from turboboa_export.rotation.online import install_transforms, quantize_activations
+from turboboa_export.rotation.paley import DATA, paley_hadamard
+
+from .tiny import tiny_config
+
+SIZES = [1, 2, 16, 64, 12, 48, 96, 576, 1536, 20 * 8, 28 * 64, 44 * 2]
+
+
+@pytest.mark.parametrize("m", [12, 20, 28, 44])
+def test_shipped_bases_are_hadamard_and_paley(m):
+    text = (DATA / f"had{m}.txt").read_text().split()
+    h = torch.tensor([[1.0 if c == "+" else -1.0 for c in row] for row in text], dtype=torch.float64)
+    assert torch.equal(h @ h.T, m * torch.eye(m, dtype=torch.float64))
+    assert torch.equal(h, paley_hadamard(m - 1).double())
+
+
+@pytest.mark.parametrize("n", SIZES)
+def test_hadamard_orthonormal_and_fast_transform_equals_matrix(n):
+    h = hadamard_matrix(n)
+    assert torch.allclose(h @ h.T, torch.eye(n, dtype=torch.float64), rtol=0, atol=1e-12)
+    assert torch.allclose(h.abs(), torch.full_like(h, n ** -0.5), rtol=0, atol=1e-15)  # entries +-1/sqrt(n)
+    q = random_hadamard(n, seed=n)
+    assert torch.allclose(q @ q.T, torch.eye(n, dtype=torch.float64), rtol=0, atol=1e-12)
+    x = torch.randn(3, 4, n, dtype=torch.float64, generator=torch.Generator().manual_seed(n))
+    want = torch.einsum("...i,ij->...j", x, h)  # explicit product, element by element
+    assert torch.allclose(apply_hadamard(x), want, rtol=0, atol=1e-12)
+
+
+def test_unsupported_size_is_a_clear_error():
+    with pytest.raises(TbqError, match="no Hadamard matrix of order 11008"):
+        factor(11008)
+    assert 12 in base_orders() and 144 in base_orders()
+    assert factor(14336) == (28, 512) and factor(1536) == (12, 128) and factor(576) == (144, 4)
+
+
+def tiny_model(kind, **over):
+    from transformers import AutoModelForCausalLM
+
+    cfg = tiny_config(kind, 160)
+    for k, v in over.items():
+        setattr(cfg, k, v)
+    torch.manual_seed(1)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float64).eval()
+    with torch.no_grad():  # non-trivial norm weights and biases, so that fusing them is tested
+        for name, p in model.named_parameters():
+            if "norm" in name or name.endswith("bias"):
+                p.add_(0.3 * torch.randn_like(p))
+    return model
+
+
+@pytest.mark.parametrize("kind,over", [("llama", {}), ("qwen3", {}), ("llama", {"intermediate_size": 96}),
+                                       ("qwen3", {"hidden_size": 48, "intermediate_size": 160})])
+def test_rotation_preserves_logits(kind, over):
+    model = tiny_model(kind, **over)
+    ids = torch.randint(0, 160, (2, 24), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = model(input_ids=ids).logits
+        spec = spec_for(model.config)
+        rotate_model(model, spec, seed=3)
+        install_transforms(model, spec, rotated=True, act_bits=None)
+        got = model(input_ids=ids).logits
+    # float64 model, but transformers' RMSNorm computes in float32: agreement to ~1e-7, not 1e-15
+    assert float((got - want).abs().max() / want.abs().max()) < 1e-5
+    assert not model.config.tie_word_embeddings
+    norm = model.get_submodule("model.layers.0.input_layernorm").weight
+    assert torch.equal(norm, torch.ones_like(norm))
+    # the check can fail: without the online Hadamard on down_proj's input the logits change
+    for h in list(model.get_submodule("model.layers.0.mlp.down_proj")._forward_pre_hooks):
+        del model.get_submodule("model.layers.0.mlp.down_proj")._forward_pre_hooks[h]
+    with torch.no_grad():
+        assert float((model(input_ids=ids).logits - want).abs().max() / want.abs().max()) > 1e-3
+
+
+def test_gemma3_rotation_is_refused():
+    model = tiny_model("gemma3")
+    with pytest.raises(TbqError, match="supports llama"):
+        rotate_model(model, spec_for(model.config), seed=0)
+
+
+@pytest.mark.parametrize("bits,clip", [(4, 1.0), (4, 0.9), (8, 0.95)])
+def test_activation_quantization_matches_float64_reference(bits, clip):
+    x = torch.randn(7, 33, dtype=torch.float64, generator=torch.Generator().manual_seed(bits))
+    x[3] = 0  # a zero token stays zero
+    got = quantize_activations(x, bits, clip)
+    qmax = 2 ** (bits - 1) - 1
+    for t in range(7):
+        s = clip * max(abs(float(v)) for v in x[t]) / qmax
+        for j in range(33):
+            v = float(x[t, j])
+            want = 0.0 if s == 0 else min(max(round(v / s), -qmax - 1), qmax) * s
+            assert abs(float(got[t, j]) - want) < 1e-12
+    assert len(torch.unique(got[0])) <= 2**bits

@@ -1,0 +1,84 @@
+"""Offline rotation of a model's weights (QuaRot, algorithm.md section 6), exact in real arithmetic:
+
+- RMSNorm scales fused into the following linears (q/k/v, gate/up, lm_head), norm weights set to one;
+- a seeded random Hadamard Q on the residual stream: E <- E Q; W <- W Q for q/k/v/gate/up/lm_head (inputs);
+  W <- Q^T W, b <- b Q for o/down (outputs), since RMSNorm(x Q) = RMSNorm(x) Q for unit norm weights;
+- an exact Hadamard H_d per head on v's output rows (W_v <- H_d^T W_v per kv head) and o's input columns
+  (W_o <- W_o (I kron H_d));
+- down's weight W_down <- W_down H_i, undone online by x <- x H_i on its input (``online.py``).
+Tied embeddings are untied (lm_head carries the final norm's scale). Done in float64, stored in the model dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..arch import ArchSpec, attention_shape
+from ..errors import TbqError
+from .hadamard import factor, hadamard_matrix, random_hadamard
+
+ROTATABLE = ("llama", "mistral", "qwen2", "qwen3")  # RMSNorm x * w before each sub-block, nothing in the residual
+
+
+def check_rotatable(config, spec: ArchSpec) -> None:
+    """A clear error for families or sizes the rotation does not cover."""
+    if spec.family not in ROTATABLE:
+        raise TbqError(f"--rotate hadamard supports {', '.join(ROTATABLE)}, not {spec.family} (its norms sit in the "
+                       "residual stream or scale by 1 + w); quantize without --rotate")
+    for what, n in (("hidden size", config.hidden_size), ("intermediate size", config.intermediate_size),
+                    ("head dim", attention_shape(config).head_dim)):
+        try:
+            factor(n)
+        except TbqError as e:
+            raise TbqError(f"cannot rotate: {what} {n}: {e}") from None
+
+
+def _set(module: nn.Linear, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
+    module.weight.data = weight.to(module.weight.dtype).contiguous()
+    if bias is not None:
+        module.bias.data = bias.to(module.bias.dtype)
+
+
+def _fuse_norm_then_rotate(norm: nn.Module, linears: list[nn.Linear], q: torch.Tensor) -> None:
+    """W <- W diag(w_norm) Q for each linear reading the norm's output; norm weight <- 1."""
+    scale = norm.weight.data.double()
+    for m in linears:
+        _set(m, (m.weight.data.double() * scale[None, :]) @ q)
+    norm.weight.data.fill_(1.0)
+
+
+def _rotate_output(m: nn.Linear, q: torch.Tensor) -> None:
+    """y <- y Q: W <- Q^T W, b <- b Q."""
+    _set(m, q.T @ m.weight.data.double(), m.bias.data.double() @ q if m.bias is not None else None)
+
+
+@torch.no_grad()
+def rotate_model(model: nn.Module, spec: ArchSpec, seed: int) -> None:
+    """Rotate ``model`` in place (see the module docstring); its function is unchanged once ``online`` transforms
+    are installed."""
+    config = model.config
+    check_rotatable(config, spec)
+    shape = attention_shape(config)
+    q = random_hadamard(config.hidden_size, seed)
+    h_d = hadamard_matrix(shape.head_dim)
+    h_i = hadamard_matrix(config.intermediate_size)
+    embed = model.get_submodule(spec.embed)
+    head = model.get_submodule(spec.lm_head)
+    if getattr(config, "tie_word_embeddings", False) or head.weight is embed.weight:
+        head.weight = nn.Parameter(embed.weight.data.clone())
+        config.tie_word_embeddings = False
+    embed.weight.data = (embed.weight.data.double() @ q).to(embed.weight.dtype)
+    for block in model.get_submodule(spec.layers):
+        lin = {role: block.get_submodule(path) for role, path in spec.linears().items()}
+        _fuse_norm_then_rotate(block.get_submodule(spec.input_norm), [lin["q"], lin["k"], lin["v"]], q)
+        _fuse_norm_then_rotate(block.get_submodule(spec.post_attn_norm), [lin["gate"], lin["up"]], q)
+        _rotate_output(lin["o"], q)
+        _rotate_output(lin["down"], q)
+        v = lin["v"].weight.data.double().reshape(shape.kv_heads, shape.head_dim, -1)
+        v_bias = lin["v"].bias.data.double().reshape(shape.kv_heads, shape.head_dim) @ h_d if lin["v"].bias is not None else None
+        _set(lin["v"], (h_d.T @ v).reshape(lin["v"].weight.shape), None if v_bias is None else v_bias.reshape(-1))
+        o = lin["o"].weight.data.double().reshape(-1, shape.heads, shape.head_dim)
+        _set(lin["o"], (o @ h_d).reshape(lin["o"].weight.shape))
+        _set(lin["down"], lin["down"].weight.data.double() @ h_i)
+    _fuse_norm_then_rotate(model.get_submodule(spec.final_norm), [head], q)

@@ -1,0 +1,69 @@
+"""What runs at inference on top of the rotated weights: the online Hadamard on down_proj's input and, for W4A4,
+per-token symmetric fake quantization of every quantized linear's input (lm_head excluded), as forward pre-hooks
+(the Hadamard first), so calibration statistics see exactly what the quantized layers will see.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..arch import ArchSpec
+from .hadamard import apply_hadamard
+
+
+def quantize_activations(x: torch.Tensor, bits: int, clip: float) -> torch.Tensor:
+    """Per token (last dim): s = clip max|x| / (2^(b-1) - 1), x_hat = s clamp(round(x / s), -2^(b-1), 2^(b-1) - 1)."""
+    qmax = 2 ** (bits - 1) - 1
+    s = clip * x.abs().amax(-1, keepdim=True) / qmax
+    s = torch.where(s > 0, s, torch.ones_like(s))
+    return torch.clamp(torch.round(x / s), -qmax - 1, qmax) * s
+
+
+@dataclass
+class OnlineTransforms:
+    """The installed hooks; ``act_quant_off()`` runs the model with activations unquantized (the full-precision
+    stream of calibration), the online Hadamard staying on."""
+
+    act_bits: int | None
+    act_clip: float
+    act_quant_on: bool = True
+    handles: list = field(default_factory=list)
+
+    @contextmanager
+    def act_quant_off(self):
+        before, self.act_quant_on = self.act_quant_on, False
+        try:
+            yield
+        finally:
+            self.act_quant_on = before
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles.clear()
+
+
+def install_transforms(model: nn.Module, spec: ArchSpec, rotated: bool, act_bits: int | None,
+                       act_clip: float = 0.9) -> OnlineTransforms:
+    """Register the pre-hooks on every block of ``model`` (in place) and return their handle object."""
+    t = OnlineTransforms(act_bits, act_clip)
+
+    def hadamard_hook(_module, args):
+        return (apply_hadamard(args[0]),) + args[1:]
+
+    def act_hook(_module, args):
+        if not t.act_quant_on:
+            return None
+        return (quantize_activations(args[0], t.act_bits, t.act_clip),) + args[1:]
+
+    for block in model.get_submodule(spec.layers):
+        if rotated:
+            t.handles.append(block.get_submodule(spec.down).register_forward_pre_hook(hadamard_hook))
+        if act_bits:
+            for path in spec.linears().values():
+                t.handles.append(block.get_submodule(path).register_forward_pre_hook(act_hook))
+    return t
