@@ -1,6 +1,8 @@
 """Rotation (QuaRot recipe): Hadamard matrices, function-preserving weight rotation, online transforms,
 activation fake-quantization."""
 
+import math
+
 import pytest
 import torch
 
@@ -100,3 +102,50 @@ def test_activation_quantization_matches_float64_reference(bits, clip):
             want = 0.0 if s == 0 else min(max(round(v / s), -qmax - 1), qmax) * s
             assert abs(float(got[t, j]) - want) < 1e-12
     assert len(torch.unique(got[0])) <= 2**bits
+
+
+def test_rotated_run_end_to_end(tiny_models, calib_text, tmp_path):
+    """A rotated W8 run evaluates like the original model (the online Hadamard is restored on load), W4A4 runs
+    complete, and exporting a rotated run is refused in one line."""
+    from typer.testing import CliRunner
+
+    from cli.main import app
+    from eval.ppl import eval_windows, load_for_eval, perplexity
+
+    runner = CliRunner()
+    common = ["quantize", str(tiny_models["llama"]), "--dataset", str(calib_text), "--nsamples", "4", "--seqlen", "48",
+              "--quiet", "--method", "turboboa", "--rotate", "hadamard"]
+    res = runner.invoke(app, common + ["--bits", "8", "-o", str(tmp_path / "w8")])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, common + ["--bits", "4", "--act-bits", "4", "-o", str(tmp_path / "w4a4")])
+    assert res.exit_code == 0, res.output
+    fp, tok = load_for_eval(str(tiny_models["llama"]))
+    ws = eval_windows(tok, str(calib_text), 40, 3)
+    cpu = torch.device("cpu")
+    base = perplexity(fp, ws, cpu, progress=False)
+    w8 = perplexity(load_for_eval(str(tmp_path / "w8"))[0], ws, cpu, progress=False)
+    assert abs(w8 / base - 1) < 0.01, (w8, base)
+    w4a4_model = load_for_eval(str(tmp_path / "w4a4"))[0]
+    assert math.isfinite(perplexity(w4a4_model, ws, cpu, progress=False))
+    down = w4a4_model.get_submodule("model.layers.0.mlp.down_proj")
+    assert len(down._forward_pre_hooks) == 2  # online Hadamard, then activation quantization
+    x = torch.randn(5, down.in_features, generator=torch.Generator().manual_seed(0))
+    hooked = down(x)
+    with torch.no_grad():
+        plain = torch.nn.functional.linear(x @ hadamard_matrix(down.in_features).float(), down.weight)
+    assert not torch.allclose(hooked, plain, atol=1e-4)  # the activations are quantized ...
+    assert torch.allclose(hooked, plain, rtol=0.3, atol=0.3)  # ... after the same Hadamard
+    res = runner.invoke(app, ["export", str(tmp_path / "w8"), "-o", str(tmp_path / "x")])
+    assert res.exit_code == 2 and "rotated" in res.output and "Traceback" not in res.output
+
+
+def test_bad_transform_settings_are_clear(tiny_models, tmp_path):
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    res = CliRunner().invoke(app, ["quantize", str(tiny_models["llama"]), "--act-bits", "3", "-o", str(tmp_path / "r")])
+    assert res.exit_code == 2 and "activation bits must be 4 or 8" in res.output
+    res = CliRunner().invoke(app, ["quantize", str(tiny_models["gemma3"]), "--rotate", "hadamard", "--nsamples", "2",
+                                   "--seqlen", "32", "--dataset", "exl2-wiki", "-o", str(tmp_path / "g")])
+    assert res.exit_code == 2 and "supports llama" in res.output

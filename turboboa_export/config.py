@@ -87,12 +87,36 @@ class CalibConfig(_Strict):
         return v
 
 
+class TransformConfig(_Strict):
+    """Rotation and activation quantization (W4A4, algorithm.md section 6)."""
+
+    rotate: Literal["none", "hadamard"] = "none"
+    act_bits: int | None = None
+    act_clip: float = 0.9
+    seed: int = 0
+
+    @field_validator("act_bits")
+    @classmethod
+    def _act_bits(cls, v: int | None) -> int | None:
+        if v is not None and v not in (4, 8):
+            raise ValueError(f"activation bits must be 4 or 8, got {v}")
+        return v
+
+    @field_validator("act_clip")
+    @classmethod
+    def _clip(cls, v: float) -> float:
+        if not 0 < v <= 1:
+            raise ValueError(f"activation clip ratio must be in (0, 1], got {v}")
+        return v
+
+
 class RunConfig(_Strict):
     """One quantization run."""
 
     model: str
     quant: QuantConfig = QuantConfig()
     calib: CalibConfig = CalibConfig()
+    transform: TransformConfig = TransformConfig()
     device: str = "auto"
     trust_remote_code: bool = False
 
@@ -122,11 +146,13 @@ def build_config(
     config_file: Path | None = None,
     quant: dict | None = None,
     calib: dict | None = None,
+    transform: dict | None = None,
     **run: object,
 ) -> RunConfig:
     """Merge a preset, a JSON config file and explicit settings (later wins) into a validated RunConfig."""
     q: dict = {}
     c: dict = {}
+    t: dict = {}
     r: dict = {}
     if preset is not None:
         if preset not in PRESETS:
@@ -141,12 +167,15 @@ def build_config(
             raise TbqError(f"config file {config_file} is not valid JSON ({e.msg} at line {e.lineno})") from None
         q.update(data.pop("quant", {}))
         c.update(data.pop("calib", {}))
+        t.update(data.pop("transform", {}))
         data.pop("model", None)
         r.update(data)
     q.update({k: v for k, v in (quant or {}).items() if v is not None})
     c.update({k: v for k, v in (calib or {}).items() if v is not None})
+    t.update({k: v for k, v in (transform or {}).items() if v is not None})
     r.update({k: v for k, v in run.items() if v is not None})
     try:
-        return RunConfig(model=model, quant=QuantConfig(**q), calib=CalibConfig(**c), **r)
+        return RunConfig(model=model, quant=QuantConfig(**q), calib=CalibConfig(**c), transform=TransformConfig(**t),
+                         **r)
     except ValidationError as e:
         raise TbqError(_explain(e)) from None

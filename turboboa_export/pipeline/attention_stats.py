@@ -57,6 +57,11 @@ def attention_probs(q: torch.Tensor, k: torch.Tensor, scaling: float, window: in
     return torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)
 
 
+def _project(linear: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """x W^T + b without the module's hooks: x was recorded after them (online transforms, activation quant)."""
+    return torch.nn.functional.linear(x, linear.weight, linear.bias)
+
+
 @dataclass
 class AttentionStatistics:
     """Accumulates the statistics of one attention layer over calibration sequences."""
@@ -85,8 +90,8 @@ class AttentionStatistics:
         """Post-norm, post-RoPE queries [heads, L, d] and keys [kv_heads, L, d] of attention input x [L, in]."""
         s = self.shape
         n = x.shape[0]
-        q = self._module(self.spec.q)(x).view(n, s.heads, s.head_dim)
-        k = self._module(self.spec.k)(x).view(n, s.kv_heads, s.head_dim)
+        q = _project(self._module(self.spec.q), x).view(n, s.heads, s.head_dim)
+        k = _project(self._module(self.spec.k), x).view(n, s.kv_heads, s.head_dim)
         q_norm, k_norm = self._module(self.spec.q_norm), self._module(self.spec.k_norm)
         if q_norm is not None:
             q, k = q_norm(q), k_norm(k)

@@ -18,8 +18,10 @@ from safetensors.torch import load_file
 
 from ..algorithms.quantized import QuantizedWeight
 from ..atomic import atomic_save_tensors, atomic_write_bytes, check_output_dir, replace_dir
-from ..config import RunConfig
+from ..arch import spec_for
+from ..config import RunConfig, TransformConfig
 from ..errors import TbqError
+from ..rotation.online import install_transforms
 
 FIELDS = ("codes", "scale", "zero", "g_idx")
 
@@ -122,11 +124,12 @@ def load_run(path: Path) -> tuple[dict, dict[str, QuantizedWeight]]:
 
 
 def load_fake_quant_model(path: Path, dtype: torch.dtype | None = None):
-    """The run's model with dequantized weights in place of the originals (for evaluation and export checks)."""
+    """The run's model with dequantized weights in place of the originals (for evaluation and export checks),
+    with the run's online Hadamard and activation fake-quantization hooks installed."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     path = Path(path)
-    _, weights = load_run(path)
+    info, weights = load_run(path)
     config = AutoConfig.from_pretrained(path)
     model = AutoModelForCausalLM.from_config(config, dtype=dtype or config.dtype)
     state = load_file(path / "rest.safetensors")
@@ -139,5 +142,8 @@ def load_fake_quant_model(path: Path, dtype: torch.dtype | None = None):
         missing.discard("lm_head.weight")
     if missing:
         raise TbqError(f"run {path} lacks tensors {sorted(missing)[:3]}...; re-run `tbq quantize`")
+    t = TransformConfig(**info["config"].get("transform", {}))
+    if t.rotate != "none" or t.act_bits:  # the weights are stored rotated; put back what runs online
+        install_transforms(model, spec_for(config), t.rotate == "hadamard", t.act_bits, t.act_clip)
     model.eval()
     return model

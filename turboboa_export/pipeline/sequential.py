@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import resource
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -22,6 +23,8 @@ from ..calibration import calibration_batch
 from ..config import RunConfig
 from ..errors import TbqError
 from ..methods import get_method
+from ..rotation.fuse import rotate_model
+from ..rotation.online import OnlineTransforms, install_transforms
 from ..models import load_model, resolve_model
 from .capture import capture_inputs, run_block, to_device
 from .rundir import RunWriter
@@ -52,6 +55,14 @@ def check_group_size(model, spec: ArchSpec, group_size: int) -> None:
                 )
 
 
+def apply_transforms(model, spec: ArchSpec, transform) -> OnlineTransforms:
+    """Rotate the weights (``--rotate hadamard``) and install the online transforms and activation quantization
+    a run's config asks for (a saved run's weights are already rotated: ``rundir`` only installs the hooks)."""
+    if transform.rotate == "hadamard":
+        rotate_model(model, spec, transform.seed)
+    return install_transforms(model, spec, transform.rotate == "hadamard", transform.act_bits, transform.act_clip)
+
+
 def peak_memory_bytes(device: torch.device) -> int:
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
@@ -59,8 +70,10 @@ def peak_memory_bytes(device: torch.device) -> int:
 
 
 @torch.no_grad()
-def collect_statistics(block, spec: ArchSpec, fp_in, q_in, kwargs, with_r: bool, attention_stats=None):
-    """Statistics pass: returns (BlockStatistics, full-precision outputs)."""
+def collect_statistics(block, spec: ArchSpec, fp_in, q_in, kwargs, with_r: bool, attention_stats=None,
+                       full_precision=nullcontext):
+    """Statistics pass: returns (BlockStatistics, full-precision outputs). ``full_precision()`` is entered for the
+    full-precision stream (it turns activation quantization off)."""
     modules = {role: block.get_submodule(path) for role, path in spec.linears().items()}
     first_role = {}
     for role, key in INPUT_OF.items():
@@ -71,7 +84,8 @@ def collect_statistics(block, spec: ArchSpec, fp_in, q_in, kwargs, with_r: bool,
     fp_out = []
     with record_inputs(modules) as seen:
         for x_fp, x_q in zip(fp_in, q_in):
-            fp_out.append(run_block(block, x_fp, kwargs))
+            with full_precision():
+                fp_out.append(run_block(block, x_fp, kwargs))
             fp_seen = dict(seen)
             run_block(block, x_q, kwargs)
             for key, role in first_role.items():
@@ -118,6 +132,7 @@ def quantize_model(config: RunConfig, out: Path, overwrite: bool = False, resume
     model, tokenizer = load_model(resolved, config.trust_remote_code)
     spec = spec_for(model.config)
     check_group_size(model, spec, config.quant.group_size)
+    transforms = apply_transforms(model, spec, config.transform)
     method = get_method(config.quant.method)
     device = pick_device(config.device)
     shape = attention_shape(model.config)
@@ -140,7 +155,8 @@ def quantize_model(config: RunConfig, out: Path, overwrite: bool = False, resume
         names += full.values()
         if i < writer.blocks_done:
             saved = writer.load_block(i)
-            fp = [run_block(block, x, kwargs) for x in fp]
+            with transforms.act_quant_off():
+                fp = [run_block(block, x, kwargs) for x in fp]
             for role, m in modules.items():
                 set_weight(m, saved[full[role]])
             q = [run_block(block, x, kwargs) for x in q]
@@ -149,7 +165,8 @@ def quantize_model(config: RunConfig, out: Path, overwrite: bool = False, resume
                 torch.cuda.reset_peak_memory_stats(device)
             t0 = time.time()
             stats, fp = collect_statistics(block, spec, fp, q, kwargs, method.needs_r(config.quant),
-                                           method.attention_statistics(config.quant, spec, shape))
+                                           method.attention_statistics(config.quant, spec, shape),
+                                           transforms.act_quant_off)
             t_stats = time.time() - t0
             weights, metrics = quantize_linears(modules, full, stats, config.quant, method, shape, device)
             q = [run_block(block, x, kwargs) for x in q]
