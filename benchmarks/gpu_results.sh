@@ -2,7 +2,7 @@
 # Every GPU number of the closing note and the README, as one detached job on the lent GPU machine:
 #   1. quant_speed: one Llama-3-8B-shaped block, 128 x 2048 tokens, each method (alone on the GPU);
 #   2. SmolLM2-135M under algorithm.md section 8 (+ C4 text): RTN, GPTQ, BoA, TurboBoA at W2/W3 per-channel
-#      and W4/W3 g64, in two concurrent workers (per-channel, grouped);
+#      and W4/W3 g64, in two concurrent workers (per-channel; grouped then rotated W4A4/W4A16);
 #   3. as soon as vLLM and the TurboBoA W4 g64 run exist: export it, and compare vLLM's perplexity (prompt
 #      log-probs, all held-out windows) with ours (issue 4);
 #   4. after the protocol: vLLM offline decode throughput, fp16 vs the TurboBoA W4 g64 export, batch 1/16/128.
@@ -24,9 +24,12 @@ wait_for /tmp/smol_ready
 stage protocol
 python3 -m eval.protocol --fp --c4 --out "$RES/channel" \
   --runs "${CHANNEL_RUNS:-turboboa:w3,boa:w3,gptq:w3,rtn:w3,turboboa:w2,boa:w2,gptq:w2,rtn:w2}" > "$RES/channel.txt" 2>&1 &
-python3 -m eval.protocol --c4 --out "$RES/grouped" \
+(python3 -m eval.protocol --c4 --out "$RES/grouped" \
   --runs "${GROUPED_RUNS:-turboboa:w4-g64,gptq:w4-g64,rtn:w4-g64,boa:w4-g64,turboboa:w3-g64,gptq:w3-g64,rtn:w3-g64,boa:w3-g64}" \
-  > "$RES/grouped.txt" 2>&1 &
+  > "$RES/grouped.txt" 2>&1
+ python3 -m eval.protocol --c4 --out "$RES/w4a4" \
+  --runs "${W4A4_RUNS:-turboboa:w4:rot:a4,gptq:w4:rot:a4,rtn:w4:rot:a4,turboboa:w4:a4,turboboa:w4:rot,gptq:w4:rot,rtn:w4:rot}" \
+  > "$RES/w4a4.txt" 2>&1) &
 
 wait_for /tmp/vllm_ready
 wait_for "$RES/grouped/turboboa-w4-g64/run.json"
@@ -40,7 +43,7 @@ stage throughput
 fp=$(python3 -c "from turboboa_export.models import resolve_model; print(resolve_model('smollm2-135m'))")
 python3 -m eval.throughput offline "$fp" /tmp/exp/turboboa-w4-g64 --labels "fp16,turboboa-w4-g64" \
   --vllm-python python3 --json "$RES/throughput.json" >> "$RES/throughput.txt" 2>&1
-python3 -m eval.report --protocol "$RES/channel/results.jsonl" "$RES/grouped/results.jsonl" \
+python3 -m eval.report --protocol "$RES/channel/results.jsonl" "$RES/grouped/results.jsonl" "$RES/w4a4/results.jsonl" \
   --throughput "$RES/throughput.json" -o "$RES/report" --official > "$RES/report.txt" 2>&1
 stage done
 touch "$RES/done"

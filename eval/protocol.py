@@ -3,6 +3,9 @@ held-out perplexity of each run (and of the unquantized model), with ``--c4`` al
 (never used for calibration). Appends one JSON line per run to OUT/results.jsonl.
 
     python -m eval.protocol --model smollm2-135m --runs rtn:w3,gptq:w3,turboboa:w3-g64 --out results/ [--fp] [--c4]
+
+A run is METHOD:PRESET, optionally followed by ``:rot`` (Hadamard rotation) and ``:a4`` / ``:a8`` (per-token
+activation bits), e.g. ``turboboa:w4:rot:a4`` for rotated W4A4.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from .ppl import eval_windows, load_for_eval, perplexity
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--runs", required=True, help="METHOD:PRESET pairs, e.g. turboboa:w3,gptq:w2")
+    ap.add_argument("--runs", required=True, help="METHOD:PRESET[:rot][:a4|:a8] items, e.g. turboboa:w3,gptq:w4:rot:a4")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--nsamples", type=int, default=128)
     ap.add_argument("--seqlen", type=int, default=2048)
@@ -51,19 +54,22 @@ def main(argv: list[str] | None = None) -> None:
         record({"run": "fp", "method": "fp", "bits": 32, **ppl_of(a.model)})
     items = a.runs.split(",")
     for n, item in enumerate(items, 1):
-        if item.count(":") != 1:
-            raise SystemExit(f"error: run {item!r} is not METHOD:PRESET (e.g. turboboa:w3-g64)")
-        method, preset = item.split(":")
+        method, preset, *extra = (item.split(":") + [""])[:2] + item.split(":")[2:]
+        if not preset or set(extra) - {"rot", "a4", "a8"}:
+            raise SystemExit(f"error: run {item!r} is not METHOD:PRESET[:rot][:a4|:a8] (e.g. turboboa:w4:rot:a4)")
+        transform = {"rotate": "hadamard" if "rot" in extra else "none",
+                     "act_bits": next((int(e[1:]) for e in extra if e in ("a4", "a8")), None)}
         print(f"[{n}/{len(items)}] {item}: quantizing", flush=True)
-        cfg = build_config(a.model, preset=preset, quant={"method": method},
+        cfg = build_config(a.model, preset=preset, quant={"method": method}, transform=transform,
                            calib={"dataset": "exl2-wiki", "nsamples": a.nsamples, "seqlen": a.seqlen, "seed": 0},
                            device=str(device))
-        run_dir = a.out / f"{method}-{preset}"
+        name = "-".join([method, preset, *extra])
+        run_dir = a.out / name
         t0 = time.time()
         quantize_model(cfg, run_dir, overwrite=True, progress=False)
         wall = time.time() - t0
         info = json.loads((run_dir / "run.json").read_text())
-        record({"run": f"{method}-{preset}", "method": method, "preset": preset, "group_size": -1, **PRESETS[preset],
+        record({"run": name, "method": method, "preset": preset, "group_size": -1, **PRESETS[preset], **transform,
                 **ppl_of(str(run_dir)), "quantize_s": info["timings"]["quantize_seconds"], "wall_s": wall})
 
 

@@ -39,12 +39,15 @@ def config_name(row: dict) -> str:
     if row.get("method") == "fp" or row.get("run") == "fp":
         return "fp"
     gs = row.get("group_size", -1)
-    return f"W{row['bits']} " + ("per-channel" if gs in (-1, None) else f"g{gs}")
+    name = f"W{row['bits']}" + (f"A{row['act_bits']}" if row.get("act_bits") else "")
+    name += " " + ("per-channel" if gs in (-1, None) else f"g{gs}")
+    return name + (" rotated" if row.get("rotate") == "hadamard" else "")
 
 
 def _sort_key(row: dict):
     method = row.get("method", "fp")
-    return (-1 if method == "fp" else row.get("bits", 32), row.get("group_size", -1) or -1, METHOD_ORDER.index(method) if method in METHOD_ORDER else 99,
+    return (-1 if method == "fp" else row.get("bits", 32), row.get("group_size", -1) or -1,
+            row.get("act_bits") or 16, row.get("rotate", "none"), METHOD_ORDER.index(method) if method in METHOD_ORDER else 99,
             row.get("run", ""))
 
 
@@ -57,7 +60,7 @@ def ppl_table(rows: list[dict], official: bool) -> str:
     if official:
         entries += [{"run": r, "bits": b, "group_size": g, "method": "official", "ppl": p, "quantize_s": s}
                     for r, b, g, p, s in OFFICIAL]
-        entries = sorted(entries, key=lambda r: _sort_key(r)[:2])
+        entries = sorted(entries, key=lambda r: _sort_key(r)[:4])
     for r in entries:
         c4 = f"{r['c4_ppl']:.3f} | " if "c4_ppl" in r else ("- | " if has_c4 else "")
         secs = f"{r['quantize_s']:.0f}" if "quantize_s" in r else "-"
