@@ -28,6 +28,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from turboboa_export.errors import TbqError
+from turboboa_export.export.compressed_tensors import check_stock_vllm_servable
 
 from .ppl import VLLM_ENV, default_vllm_python
 
@@ -38,6 +39,8 @@ def offline(checkpoints: list[str], labels: list[str], batch_sizes: list[int], i
             vllm_python: str, enforce_eager: bool = False) -> list[dict]:
     """One row per (checkpoint, batch size): output tokens per second of vLLM's offline generate."""
     rows = []
+    for ckpt in checkpoints:
+        check_stock_vllm_servable(Path(ckpt))
     for ckpt, label in zip(checkpoints, labels):
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "rows.json"

@@ -12,6 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
+from turboboa_export.errors import TbqError
 from turboboa_export.pipeline.sequential import pick_device
 
 from .ppl import default_vllm_python, eval_windows, load_for_eval, perplexity, vllm_perplexity
@@ -28,11 +29,14 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--device", default="auto", help="device of the PyTorch evaluation")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args(argv)
-    model, tok = load_for_eval(a.run)
-    ws = eval_windows(tok, a.dataset, a.seqlen, a.windows or None)
-    result = {"export": a.export, "run": a.run, "windows": int(ws.shape[0]), "tokens": int(ws.numel()),
-              "vllm_ppl": vllm_perplexity(a.export, ws, a.vllm_python),
-              "tbq_ppl": perplexity(model, ws, pick_device(a.device), progress=False)}
+    try:
+        model, tok = load_for_eval(a.run)
+        ws = eval_windows(tok, a.dataset, a.seqlen, a.windows or None)
+        result = {"export": a.export, "run": a.run, "windows": int(ws.shape[0]), "tokens": int(ws.numel()),
+                  "vllm_ppl": vllm_perplexity(a.export, ws, a.vllm_python),
+                  "tbq_ppl": perplexity(model, ws, pick_device(a.device), progress=False)}
+    except TbqError as e:
+        raise SystemExit(f"error: {e}") from None
     result["relative_difference"] = abs(result["vllm_ppl"] / result["tbq_ppl"] - 1)
     print(json.dumps(result))
     if a.json:

@@ -1,6 +1,7 @@
 """Rotation (QuaRot recipe): Hadamard matrices, function-preserving weight rotation, online transforms,
 activation fake-quantization."""
 
+import json
 import math
 
 import pytest
@@ -135,8 +136,23 @@ def test_rotated_run_end_to_end(tiny_models, calib_text, tmp_path):
         plain = torch.nn.functional.linear(x @ hadamard_matrix(down.in_features).float(), down.weight)
     assert not torch.allclose(hooked, plain, atol=1e-4)  # the activations are quantized ...
     assert torch.allclose(hooked, plain, rtol=0.3, atol=0.3)  # ... after the same Hadamard
-    res = runner.invoke(app, ["export", str(tmp_path / "w8"), "-o", str(tmp_path / "x")])
+    res = runner.invoke(app, ["export", str(tmp_path / "w8"), "--format", "hf", "-o", str(tmp_path / "x")])
     assert res.exit_code == 2 and "rotated" in res.output and "Traceback" not in res.output
+    # the W4A4 export: compressed-tensors parses its config; tbq's vLLM paths refuse it in one line
+    from compressed_tensors.quantization import QuantizationConfig
+    from compressed_tensors.transform import TransformConfig
+
+    from eval import ppl as ppl_mod
+    from turboboa_export.export.compressed_tensors import export_vllm
+
+    out = export_vllm(tmp_path / "w4a4", tmp_path / "w4a4-export")
+    raw = json.loads((out / "config.json").read_text())["quantization_config"]
+    parsed = QuantizationConfig.model_validate(raw)
+    acts = parsed.config_groups["group_0"].input_activations
+    assert (acts.num_bits, acts.strategy, acts.dynamic, acts.symmetric) == (4, "token", True, True)
+    assert TransformConfig.model_validate(raw["transform_config"]).config_groups["tbq_down_hadamard"].apply[0].location == "input"
+    with pytest.raises(SystemExit, match="W4A4"):
+        ppl_mod.main([str(out), "--backend", "vllm", "--dataset", str(calib_text), "--seqlen", "40"])
 
 
 def test_bad_transform_settings_are_clear(tiny_models, tmp_path):

@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..algorithms.quantized import QuantizedWeight, contiguous_g_idx
+from ..arch import spec_for
 from ..atomic import check_output_dir, replace_dir
 from ..errors import TbqError
 from ..pipeline.rundir import load_run
@@ -26,6 +27,7 @@ from .pack import pack_rows, unpack_rows
 VLLM_GROUP_SIZES = (-1, 32, 64, 128)
 SHARD_BYTES = 4 * 2**30
 EXPORT_INFO = "tbq_export.json"
+DOWN_TRANSFORM = "tbq_down_hadamard"
 
 
 def check_vllm_support(bits: int, sym: bool, group_size: int) -> None:
@@ -39,16 +41,42 @@ def check_vllm_support(bits: int, sym: bool, group_size: int) -> None:
         )
 
 
-def check_not_transformed(info: dict, run: Path) -> None:
-    """Rotated or activation-quantized runs need transforms at inference that the exports do not carry yet."""
+def check_stock_vllm_servable(checkpoint: Path) -> None:
+    """Refuse checkpoints stock vLLM 0.25 has no kernels for: int4 activations (W4A4)."""
+    qcfg = json.loads((Path(checkpoint) / "config.json").read_text()).get("quantization_config", {})
+    for group in qcfg.get("config_groups", {}).values():
+        acts = group.get("input_activations") or {}
+        if acts.get("num_bits") == 4:
+            raise TbqError(f"{checkpoint} is W4A4 (int4 activations); stock vLLM 0.25 has no kernel for it; "
+                           "evaluate the run with `python -m eval.ppl RUN` instead")
+
+
+def check_dense_exportable(info: dict, run: Path) -> None:
+    """A dense checkpoint cannot carry the online Hadamard or activation quantization of a transformed run."""
     t = info["config"].get("transform", {})
     if t.get("rotate", "none") != "none" or t.get("act_bits"):
-        raise TbqError(f"run {run} is rotated or activation-quantized; exporting it (online Hadamard in "
-                       "transform_config, W4A4) is not supported yet: evaluate it with `python -m eval.ppl RUN`")
+        raise TbqError(f"run {run} is rotated or activation-quantized, which a dense checkpoint cannot express; "
+                       "export it with --format vllm")
 
 
-def quantization_config(bits: int, sym: bool, group_size: int, act_order_groups: bool) -> dict:
-    """The ``quantization_config`` block, built with compressed-tensors' own models."""
+def down_transform(spec_down: str, n: int) -> tuple[dict, torch.Tensor]:
+    """The compressed-tensors ``transform_config`` for the online Hadamard on down_proj's input, and the matrix
+    to store per layer. vLLM applies every type but ``hadamard`` (Sylvester only, via hadacore) densely: with
+    ``inverse`` false it computes linear(x, W^T) / sqrt(n) = x W / sqrt(n), so storing W = sqrt(n) H_n gives x H_n."""
+    from compressed_tensors.transform import TransformArgs, TransformConfig, TransformScheme
+
+    from ..rotation.hadamard import hadamard_matrix
+
+    scheme = TransformScheme(type="random-hadamard", apply=[TransformArgs(targets=[f"re:.*{spec_down}$"],
+                                                                          location="input")])
+    config = TransformConfig(config_groups={DOWN_TRANSFORM: scheme}).model_dump(mode="json")
+    return config, (hadamard_matrix(n) * n**0.5).float().contiguous()
+
+
+def quantization_config(bits: int, sym: bool, group_size: int, act_order_groups: bool, act_bits: int | None = None,
+                        transform: dict | None = None) -> dict:
+    """The ``quantization_config`` block, built with compressed-tensors' own models; ``act_bits`` adds dynamic
+    per-token symmetric input activations (W4A4), ``transform`` a ``transform_config``."""
     from compressed_tensors.quantization import QuantizationArgs, QuantizationConfig, QuantizationScheme
 
     args = QuantizationArgs(
@@ -56,13 +84,18 @@ def quantization_config(bits: int, sym: bool, group_size: int, act_order_groups:
         group_size=None if group_size == -1 else group_size, actorder="group" if act_order_groups else None,
         dynamic=False,
     )
+    acts = None if act_bits is None else QuantizationArgs(num_bits=act_bits, type="int", symmetric=True,
+                                                          strategy="token", dynamic=True)
     cfg = QuantizationConfig(
-        config_groups={"group_0": QuantizationScheme(targets=["Linear"], weights=args, input_activations=None)},
+        config_groups={"group_0": QuantizationScheme(targets=["Linear"], weights=args, input_activations=acts)},
         quant_method="compressed-tensors", format="pack-quantized", quantization_status="compressed",
         ignore=["lm_head"],
     )
     # keys left at None are dropped so that older compressed-tensors (vLLM 0.25 pins 0.17) accept the config
-    return cfg.model_dump(exclude_none=True)
+    out = cfg.model_dump(exclude_none=True)
+    if transform is not None:
+        out["transform_config"] = transform
+    return out
 
 
 def linear_tensors(name: str, q: QuantizedWeight, bits: int, sym: bool, dtype: torch.dtype) -> dict[str, torch.Tensor]:
@@ -147,9 +180,11 @@ def write_atomically(out: Path, overwrite: bool, fill) -> Path:
 
 def write_vllm_checkpoint(out: Path, weights: dict[str, QuantizedWeight], rest: dict[str, torch.Tensor], config,
                           bits: int, sym: bool, group_size: int, info: dict, side_files: Path | None = None,
-                          overwrite: bool = False) -> Path:
+                          overwrite: bool = False, act_bits: int | None = None,
+                          transform: tuple[dict, dict[str, torch.Tensor]] | None = None) -> Path:
     """Write quantized linears plus the other tensors as a pack-quantized checkpoint at ``out`` (atomically).
-    ``config`` is the model's transformers config; ``side_files`` a folder whose tokenizer files are copied."""
+    ``config`` is the model's transformers config; ``side_files`` a folder whose tokenizer files are copied;
+    ``act_bits`` declares dynamic per-token activations; ``transform`` is (transform_config, its tensors)."""
     check_vllm_support(bits, sym, group_size)
     dtype = export_dtype(getattr(config, "dtype", None) or torch.float32)
 
@@ -162,9 +197,12 @@ def write_vllm_checkpoint(out: Path, weights: dict[str, QuantizedWeight], rest: 
             tensors.update(part)
         for key, t in rest.items():
             tensors[key] = t.to(dtype) if t.is_floating_point() else t
+        if transform is not None:
+            tensors.update(transform[1])
         save_sharded(tensors, tmp)
         config.dtype = dtype
-        config.quantization_config = quantization_config(bits, sym, group_size, act_groups and group_size != -1)
+        config.quantization_config = quantization_config(bits, sym, group_size, act_groups and group_size != -1,
+                                                         act_bits, transform[0] if transform else None)
         config.save_pretrained(tmp)
         if side_files is not None:
             copy_side_files(side_files, tmp)
@@ -180,11 +218,18 @@ def export_vllm(run: Path, out: Path, overwrite: bool = False) -> Path:
 
     run = Path(run)
     info, weights = load_run(run)
-    check_not_transformed(info, run)
-    q = info["config"]["quant"]
+    q, t = info["config"]["quant"], info["config"].get("transform", {})
     check_vllm_support(q["bits"], q["sym"], q["group_size"])
-    return write_vllm_checkpoint(out, weights, load_file(run / "rest.safetensors"), AutoConfig.from_pretrained(run),
-                                 q["bits"], q["sym"], q["group_size"], {"run": str(run.resolve())}, run, overwrite)
+    config = AutoConfig.from_pretrained(run)
+    transform = None
+    if t.get("rotate", "none") == "hadamard":
+        spec = spec_for(config)
+        tcfg, matrix = down_transform(spec.down, config.intermediate_size)
+        transform = (tcfg, {f"{spec.layers}.{i}.{spec.down}.{DOWN_TRANSFORM}_input.weight": matrix.clone()
+                            for i in range(config.num_hidden_layers)})
+    info_out = {"run": str(run.resolve()), **({"act_clip": t["act_clip"]} if t.get("act_bits") else {})}
+    return write_vllm_checkpoint(out, weights, load_file(run / "rest.safetensors"), config, q["bits"], q["sym"],
+                                 q["group_size"], info_out, run, overwrite, t.get("act_bits"), transform)
 
 
 def export_hf(run: Path, out: Path, overwrite: bool = False) -> Path:
@@ -194,7 +239,7 @@ def export_hf(run: Path, out: Path, overwrite: bool = False) -> Path:
     from ..pipeline.rundir import load_fake_quant_model
 
     run = Path(run)
-    check_not_transformed(load_run(run)[0], run)
+    check_dense_exportable(load_run(run)[0], run)
     model = load_fake_quant_model(run)
     tok = AutoTokenizer.from_pretrained(run)
 
