@@ -55,6 +55,7 @@ def quantize(
     rotate: Optional[str] = typer.Option(None, help="none | hadamard: QuaRot rotation before quantizing (default none)."),
     act_bits: Optional[int] = typer.Option(None, help="Fake-quantize linear inputs per token to 4 or 8 bits (W4A4)."),
     act_clip: Optional[float] = typer.Option(None, help="Activation clip ratio in (0, 1] (default 0.9)."),
+    kv_bits: Optional[int] = typer.Option(None, help="Fake-quantize keys and values per token and head to 4 or 8 bits."),
     rotation_seed: Optional[int] = typer.Option(None, help="Seed of the random Hadamard (default 0)."),
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda[:N] (default auto)."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model code from the model folder."),
@@ -72,7 +73,7 @@ def quantize(
                    act_order=act_order, row_act_order=row_act_order, rows=rows, alpha=alpha,
                    refine_iters=refine_iters, adaptive_grid=adaptive_grid),
         calib=dict(dataset=dataset, nsamples=nsamples, seqlen=seqlen, seed=seed),
-        transform=dict(rotate=rotate, act_bits=act_bits, act_clip=act_clip, seed=rotation_seed),
+        transform=dict(rotate=rotate, act_bits=act_bits, act_clip=act_clip, kv_bits=kv_bits, seed=rotation_seed),
         device=device, trust_remote_code=trust_remote_code or None,
     )
     path = quantize_model(cfg, output, overwrite=overwrite, resume=resume, progress=not quiet)

@@ -165,3 +165,42 @@ def test_bad_transform_settings_are_clear(tiny_models, tmp_path):
     res = CliRunner().invoke(app, ["quantize", str(tiny_models["gemma3"]), "--rotate", "hadamard", "--nsamples", "2",
                                    "--seqlen", "32", "--dataset", "exl2-wiki", "-o", str(tmp_path / "g")])
     assert res.exit_code == 2 and "supports llama" in res.output
+
+
+def test_qk_hadamard_is_exact_and_kv_quantization_is_applied():
+    """With KV quantization on a rotated model, the post-RoPE q/k Hadamard leaves the logits unchanged (quantizers
+    off); with the quantizers on, the logits move (4-bit keys and values) but stay close."""
+    model = tiny_model("qwen3")
+    ids = torch.randint(0, 160, (2, 24), generator=torch.Generator().manual_seed(1))
+    spec = spec_for(model.config)
+    with torch.no_grad():
+        want = model(input_ids=ids).logits
+        rotate_model(model, spec, seed=5)
+        t = install_transforms(model, spec, rotated=True, act_bits=None, kv_bits=4)
+        assert model.config._attn_implementation == "tbq_kv" and t.qk_hadamard
+        with t.act_quant_off():
+            exact = model(input_ids=ids).logits
+        quant = model(input_ids=ids).logits
+    scale = float(want.abs().max())
+    assert float((exact - want).abs().max()) / scale < 1e-5
+    assert 1e-3 < float((quant - want).abs().max()) / scale < 0.5
+
+
+def test_kv_quantized_run_and_its_export_refusal(tiny_models, calib_text, tmp_path):
+    from typer.testing import CliRunner
+
+    from cli.main import app
+    from turboboa_export.pipeline.rundir import load_fake_quant_model
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["quantize", str(tiny_models["llama"]), "--dataset", str(calib_text), "--nsamples", "4",
+                              "--seqlen", "48", "--quiet", "--rotate", "hadamard", "--kv-bits", "4", "--bits", "4",
+                              "-o", str(tmp_path / "kv")])
+    assert res.exit_code == 0, res.output
+    model = load_fake_quant_model(tmp_path / "kv")
+    assert model.config._attn_implementation == "tbq_kv"
+    assert model.model.layers[0].self_attn.tbq_kv.kv_bits == 4
+    res = runner.invoke(app, ["export", str(tmp_path / "kv"), "-o", str(tmp_path / "x")])
+    assert res.exit_code == 2 and "KV cache" in res.output
+    res = runner.invoke(app, ["quantize", str(tiny_models["llama"]), "--kv-bits", "5", "-o", str(tmp_path / "r")])
+    assert res.exit_code == 2 and "KV-cache bits must be 4 or 8" in res.output

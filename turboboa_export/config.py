@@ -93,13 +93,15 @@ class TransformConfig(_Strict):
     rotate: Literal["none", "hadamard"] = "none"
     act_bits: int | None = None
     act_clip: float = 0.9
+    kv_bits: int | None = None
     seed: int = 0
 
-    @field_validator("act_bits")
+    @field_validator("act_bits", "kv_bits")
     @classmethod
-    def _act_bits(cls, v: int | None) -> int | None:
+    def _act_bits(cls, v: int | None, info) -> int | None:
         if v is not None and v not in (4, 8):
-            raise ValueError(f"activation bits must be 4 or 8, got {v}")
+            what = "activation" if info.field_name == "act_bits" else "KV-cache"
+            raise ValueError(f"{what} bits must be 4 or 8, got {v}")
         return v
 
     @field_validator("act_clip")

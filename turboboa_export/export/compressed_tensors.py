@@ -52,10 +52,10 @@ def check_stock_vllm_servable(checkpoint: Path) -> None:
 
 
 def check_dense_exportable(info: dict, run: Path) -> None:
-    """A dense checkpoint cannot carry the online Hadamard or activation quantization of a transformed run."""
+    """A dense checkpoint cannot carry the online transforms or activation/KV quantization of a transformed run."""
     t = info["config"].get("transform", {})
-    if t.get("rotate", "none") != "none" or t.get("act_bits"):
-        raise TbqError(f"run {run} is rotated or activation-quantized, which a dense checkpoint cannot express; "
+    if t.get("rotate", "none") != "none" or t.get("act_bits") or t.get("kv_bits"):
+        raise TbqError(f"run {run} is rotated or activation/KV-quantized, which a dense checkpoint cannot express; "
                        "export it with --format vllm")
 
 
@@ -220,6 +220,9 @@ def export_vllm(run: Path, out: Path, overwrite: bool = False) -> Path:
     info, weights = load_run(run)
     q, t = info["config"]["quant"], info["config"].get("transform", {})
     check_vllm_support(q["bits"], q["sym"], q["group_size"])
+    if t.get("kv_bits"):
+        raise TbqError(f"run {run} fake-quantizes the KV cache to int{t['kv_bits']}, which stock vLLM cannot express; "
+                       "quantize without --kv-bits to export")
     config = AutoConfig.from_pretrained(run)
     transform = None
     if t.get("rotate", "none") == "hadamard":

@@ -143,7 +143,7 @@ def load_fake_quant_model(path: Path, dtype: torch.dtype | None = None):
     if missing:
         raise TbqError(f"run {path} lacks tensors {sorted(missing)[:3]}...; re-run `tbq quantize`")
     t = TransformConfig(**info["config"].get("transform", {}))
-    if t.rotate != "none" or t.act_bits:  # the weights are stored rotated; put back what runs online
-        install_transforms(model, spec_for(config), t.rotate == "hadamard", t.act_bits, t.act_clip)
+    if t.rotate != "none" or t.act_bits or t.kv_bits:  # the weights are stored rotated; put back what runs online
+        install_transforms(model, spec_for(config), t.rotate == "hadamard", t.act_bits, t.act_clip, t.kv_bits)
     model.eval()
     return model

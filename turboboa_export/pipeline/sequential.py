@@ -60,7 +60,8 @@ def apply_transforms(model, spec: ArchSpec, transform) -> OnlineTransforms:
     a run's config asks for (a saved run's weights are already rotated: ``rundir`` only installs the hooks)."""
     if transform.rotate == "hadamard":
         rotate_model(model, spec, transform.seed)
-    return install_transforms(model, spec, transform.rotate == "hadamard", transform.act_bits, transform.act_clip)
+    return install_transforms(model, spec, transform.rotate == "hadamard", transform.act_bits, transform.act_clip,
+                              transform.kv_bits)
 
 
 def peak_memory_bytes(device: torch.device) -> int:

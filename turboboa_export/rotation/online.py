@@ -1,6 +1,9 @@
 """What runs at inference on top of the rotated weights: the online Hadamard on down_proj's input and, for W4A4,
 per-token symmetric fake quantization of every quantized linear's input (lm_head excluded), as forward pre-hooks
-(the Hadamard first), so calibration statistics see exactly what the quantized layers will see.
+(the Hadamard first), so calibration statistics see exactly what the quantized layers will see. For KV-cache
+quantization (``kv_bits``) the attention runs through a registered transformers attention function: keys and
+values fake-quantized per token and head after an online Hadamard on post-RoPE queries and keys (rotated models;
+(q H)(k H)^T = q k^T), then PyTorch's scaled-dot-product attention.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ class OnlineTransforms:
 
     act_bits: int | None
     act_clip: float
+    kv_bits: int | None = None
+    qk_hadamard: bool = False
     act_quant_on: bool = True
     handles: list = field(default_factory=list)
 
@@ -47,10 +52,42 @@ class OnlineTransforms:
         self.handles.clear()
 
 
+KV_ATTENTION = "tbq_kv"
+KV_CLIP = 1.0  # keys and values keep their full range
+
+
+def kv_attention(module, query, key, value, attention_mask, **kwargs):
+    """SDPA attention after the q/k Hadamard and K/V fake quantization set on ``module.tbq_kv``."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    t = getattr(module, "tbq_kv", None)
+    if t is not None:
+        if t.qk_hadamard:
+            query, key = apply_hadamard(query), apply_hadamard(key)
+        if t.kv_bits and t.act_quant_on:
+            key, value = quantize_activations(key, t.kv_bits, KV_CLIP), quantize_activations(value, t.kv_bits, KV_CLIP)
+    return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+
+def register_kv_attention() -> None:
+    """Make ``tbq_kv`` a transformers attention implementation (with SDPA's masks); idempotent."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(KV_ATTENTION, kv_attention)
+    AttentionMaskInterface.register(KV_ATTENTION, sdpa_mask)
+
+
 def install_transforms(model: nn.Module, spec: ArchSpec, rotated: bool, act_bits: int | None,
-                       act_clip: float = 0.9) -> OnlineTransforms:
-    """Register the pre-hooks on every block of ``model`` (in place) and return their handle object."""
-    t = OnlineTransforms(act_bits, act_clip)
+                       act_clip: float = 0.9, kv_bits: int | None = None) -> OnlineTransforms:
+    """Register the pre-hooks on every block of ``model`` (in place), and the KV attention when ``kv_bits``;
+    return their handle object."""
+    t = OnlineTransforms(act_bits, act_clip, kv_bits, qk_hadamard=rotated and bool(kv_bits))
+    if kv_bits:
+        register_kv_attention()
+        for block in model.get_submodule(spec.layers):
+            block.get_submodule(spec.attn).tbq_kv = t
+        model.set_attn_implementation(KV_ATTENTION)
 
     def hadamard_hook(_module, args):
         return (apply_hadamard(args[0]),) + args[1:]
