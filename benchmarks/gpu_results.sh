@@ -28,7 +28,7 @@ python3 -m eval.protocol --fp --c4 --out "$RES/channel" \
   --runs "${GROUPED_RUNS:-turboboa:w4-g64,gptq:w4-g64,rtn:w4-g64,boa:w4-g64,turboboa:w3-g64,gptq:w3-g64,rtn:w3-g64,boa:w3-g64}" \
   > "$RES/grouped.txt" 2>&1
  python3 -m eval.protocol --c4 --out "$RES/w4a4" \
-  --runs "${W4A4_RUNS:-turboboa:w4:rot:a4,gptq:w4:rot:a4,rtn:w4:rot:a4,turboboa:w4:a4,turboboa:w4:rot,gptq:w4:rot,rtn:w4:rot}" \
+  --runs "${W4A4_RUNS:-turboboa:w4:rot:a4,gptq:w4:rot:a4,rtn:w4:rot:a4,turboboa:w4:a4,turboboa:w4:rot:a4:kv4,turboboa:w4:rot,gptq:w4:rot,rtn:w4:rot}" \
   > "$RES/w4a4.txt" 2>&1) &
 
 wait_for /tmp/vllm_ready

@@ -4,8 +4,8 @@ held-out perplexity of each run (and of the unquantized model), with ``--c4`` al
 
     python -m eval.protocol --model smollm2-135m --runs rtn:w3,gptq:w3,turboboa:w3-g64 --out results/ [--fp] [--c4]
 
-A run is METHOD:PRESET, optionally followed by ``:rot`` (Hadamard rotation) and ``:a4`` / ``:a8`` (per-token
-activation bits), e.g. ``turboboa:w4:rot:a4`` for rotated W4A4.
+A run is METHOD:PRESET, optionally followed by ``:rot`` (Hadamard rotation), ``:a4`` / ``:a8`` (per-token
+activation bits) and ``:kv4`` / ``:kv8`` (KV-cache bits), e.g. ``turboboa:w4:rot:a4:kv4`` for rotated W4A4KV4.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from .ppl import eval_windows, load_for_eval, perplexity
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--runs", required=True, help="METHOD:PRESET[:rot][:a4|:a8] items, e.g. turboboa:w3,gptq:w4:rot:a4")
+    ap.add_argument("--runs", required=True, help="METHOD:PRESET[:rot][:a4|:a8][:kv4|:kv8] items, e.g. gptq:w4:rot:a4")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--nsamples", type=int, default=128)
     ap.add_argument("--seqlen", type=int, default=2048)
@@ -55,10 +55,12 @@ def main(argv: list[str] | None = None) -> None:
     items = a.runs.split(",")
     for n, item in enumerate(items, 1):
         method, preset, *extra = (item.split(":") + [""])[:2] + item.split(":")[2:]
-        if not preset or set(extra) - {"rot", "a4", "a8"}:
-            raise SystemExit(f"error: run {item!r} is not METHOD:PRESET[:rot][:a4|:a8] (e.g. turboboa:w4:rot:a4)")
+        if not preset or set(extra) - {"rot", "a4", "a8", "kv4", "kv8"}:
+            raise SystemExit(f"error: run {item!r} is not METHOD:PRESET[:rot][:a4|:a8][:kv4|:kv8] "
+                             "(e.g. turboboa:w4:rot:a4:kv4)")
         transform = {"rotate": "hadamard" if "rot" in extra else "none",
-                     "act_bits": next((int(e[1:]) for e in extra if e in ("a4", "a8")), None)}
+                     "act_bits": next((int(e[1:]) for e in extra if e in ("a4", "a8")), None),
+                     "kv_bits": next((int(e[2:]) for e in extra if e in ("kv4", "kv8")), None)}
         print(f"[{n}/{len(items)}] {item}: quantizing", flush=True)
         cfg = build_config(a.model, preset=preset, quant={"method": method}, transform=transform,
                            calib={"dataset": "exl2-wiki", "nsamples": a.nsamples, "seqlen": a.seqlen, "seed": 0},

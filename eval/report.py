@@ -40,6 +40,7 @@ def config_name(row: dict) -> str:
         return "fp"
     gs = row.get("group_size", -1)
     name = f"W{row['bits']}" + (f"A{row['act_bits']}" if row.get("act_bits") else "")
+    name += f"KV{row['kv_bits']}" if row.get("kv_bits") else ""
     name += " " + ("per-channel" if gs in (-1, None) else f"g{gs}")
     return name + (" rotated" if row.get("rotate") == "hadamard" else "")
 
