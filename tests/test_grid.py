@@ -79,7 +79,7 @@ def test_batched_search_equals_one_candidate_at_a_time(monkeypatch, search, sym,
 
     from .reference import find_params_ref
 
-    monkeypatch.setattr(grid, "SEARCH_ELEMENTS", elements)
+    monkeypatch.setattr(grid, "SEARCH_ELEMENTS", {"cpu": elements, "cuda": elements})
     w, h, _ = random_layer(10, 48, 192, seed=21 + sym)
     w = w.reshape(2, 5, 3, 16)  # a batch dim, rows, groups, group size
     hb = diagonal_blocks(h, 16).expand(2, -1, -1, -1)

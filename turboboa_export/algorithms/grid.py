@@ -14,7 +14,9 @@ from .precision import tf32_matmuls
 
 SEARCHES = ("minmax", "mse", "hessian")
 SHRINK_STEPS = 100  # p = 1 - i/100, i = 0..99
-SEARCH_ELEMENTS = 2**25  # candidate weights scored at once (x ~4 float temporaries)
+# candidate weights scored at once (x ~4 float temporaries): large batches amortize GPU launches, small ones keep
+# the CPU's working set in cache
+SEARCH_ELEMENTS = {"cuda": 2**25, "cpu": 2**17}
 MSE_NORM = 2.4
 
 
@@ -93,8 +95,8 @@ def find_params(
     tensors.
 
     ``h_blocks`` ([..., groups, gs, gs]) are the diagonal blocks of H_in for the groups' columns, needed by the
-    ``hessian`` search. The searches score all candidates (``candidates``) in chunks of at most
-    SEARCH_ELEMENTS weights and keep, per row and group, the first candidate with the lowest score.
+    ``hessian`` search. The searches score all candidates (``candidates``) in chunks of about
+    SEARCH_ELEMENTS[device] weights and keep, per row and group, the first candidate with the lowest score.
     """
     if spec.search not in SEARCHES:
         raise ValueError(f"unknown grid search {spec.search!r}; choose one of {', '.join(SEARCHES)}")
@@ -109,7 +111,8 @@ def find_params(
     best_score = torch.full_like(wmin, float("inf"))
     best_scale = torch.zeros_like(wmin)
     best_zero = torch.zeros_like(wmin)
-    chunk = max(1, SEARCH_ELEMENTS // max(1, w.numel()))
+    budget = SEARCH_ELEMENTS.get(w.device.type, SEARCH_ELEMENTS["cpu"])
+    chunk = max(1, budget // max(1, w.numel()))
     for c in range(0, all_scales.shape[0], chunk):
         scale, zero = all_scales[c : c + chunk], all_zeros[c : c + chunk]
         what = fake_quantize(w, scale.unsqueeze(-1), zero.unsqueeze(-1), spec.maxq)
