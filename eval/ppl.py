@@ -94,6 +94,13 @@ def load_for_eval(target: str, dtype: torch.dtype | None = None):
     return load_model(resolve_model(target))
 
 
+def report_result(result: dict, path: Path | None) -> None:
+    """Print ``result`` as one JSON line and, when ``path`` is given, write it there indented."""
+    print(json.dumps(result))
+    if path:
+        path.write_text(json.dumps(result, indent=2))
+
+
 def default_vllm_python() -> str:
     return os.environ.get("TBQ_VLLM_PYTHON", sys.executable)
 
@@ -127,9 +134,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"error: {e}") from None
     result = {"target": a.target, "backend": a.backend, "dataset": a.dataset, "split": a.split,
               "seqlen": a.seqlen, "windows": int(ws.shape[0]), "tokens": int(ws.numel()), "ppl": ppl}
-    print(json.dumps(result))
-    if a.json:
-        a.json.write_text(json.dumps(result, indent=2))
+    report_result(result, a.json)
     return result
 
 

@@ -54,10 +54,11 @@ def main(argv: list[str] | None = None) -> None:
         record({"run": "fp", "method": "fp", "bits": 32, **ppl_of(a.model)})
     items = a.runs.split(",")
     for n, item in enumerate(items, 1):
-        method, preset, *extra = (item.split(":") + [""])[:2] + item.split(":")[2:]
-        if not preset or set(extra) - {"rot", "a4", "a8", "kv4", "kv8"}:
+        parts = item.split(":")
+        if len(parts) < 2 or not parts[1] or set(parts[2:]) - {"rot", "a4", "a8", "kv4", "kv8"}:
             raise SystemExit(f"error: run {item!r} is not METHOD:PRESET[:rot][:a4|:a8][:kv4|:kv8] "
                              "(e.g. turboboa:w4:rot:a4:kv4)")
+        method, preset, *extra = parts
         transform = {"rotate": "hadamard" if "rot" in extra else "none",
                      "act_bits": next((int(e[1:]) for e in extra if e in ("a4", "a8")), None),
                      "kv_bits": next((int(e[2:]) for e in extra if e in ("kv4", "kv8")), None)}

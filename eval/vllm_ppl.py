@@ -9,13 +9,12 @@ PY is a Python with vLLM (default: $TBQ_VLLM_PYTHON); on a GPU machine use the G
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from turboboa_export.errors import TbqError
 from turboboa_export.pipeline.sequential import pick_device
 
-from .ppl import default_vllm_python, eval_windows, load_for_eval, perplexity, vllm_perplexity
+from .ppl import default_vllm_python, eval_windows, load_for_eval, perplexity, report_result, vllm_perplexity
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -38,9 +37,7 @@ def main(argv: list[str] | None = None) -> dict:
     except TbqError as e:
         raise SystemExit(f"error: {e}") from None
     result["relative_difference"] = abs(result["vllm_ppl"] / result["tbq_ppl"] - 1)
-    print(json.dumps(result))
-    if a.json:
-        a.json.write_text(json.dumps(result, indent=2))
+    report_result(result, a.json)
     return result
 
 

@@ -21,7 +21,7 @@ from ..atomic import atomic_save_tensors, atomic_write_bytes, check_output_dir, 
 from ..arch import spec_for
 from ..config import RunConfig, TransformConfig
 from ..errors import TbqError
-from ..rotation.online import install_transforms
+from ..rotation.online import install_configured
 
 FIELDS = ("codes", "scale", "zero", "g_idx")
 
@@ -142,8 +142,7 @@ def load_fake_quant_model(path: Path, dtype: torch.dtype | None = None):
         missing.discard("lm_head.weight")
     if missing:
         raise TbqError(f"run {path} lacks tensors {sorted(missing)[:3]}...; re-run `tbq quantize`")
-    t = TransformConfig(**info["config"].get("transform", {}))
-    if t.rotate != "none" or t.act_bits or t.kv_bits:  # the weights are stored rotated; put back what runs online
-        install_transforms(model, spec_for(config), t.rotate == "hadamard", t.act_bits, t.act_clip, t.kv_bits)
+    # the weights are stored rotated; put back what runs online (nothing for plain runs)
+    install_configured(model, spec_for(config), TransformConfig(**info["config"].get("transform", {})))
     model.eval()
     return model

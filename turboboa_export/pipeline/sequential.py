@@ -24,7 +24,7 @@ from ..config import RunConfig
 from ..errors import TbqError
 from ..methods import get_method
 from ..rotation.fuse import rotate_model
-from ..rotation.online import OnlineTransforms, install_transforms
+from ..rotation.online import OnlineTransforms, install_configured
 from ..models import load_model, resolve_model
 from .capture import capture_inputs, run_block, to_device
 from .rundir import RunWriter
@@ -60,8 +60,7 @@ def apply_transforms(model, spec: ArchSpec, transform) -> OnlineTransforms:
     a run's config asks for (a saved run's weights are already rotated: ``rundir`` only installs the hooks)."""
     if transform.rotate == "hadamard":
         rotate_model(model, spec, transform.seed)
-    return install_transforms(model, spec, transform.rotate == "hadamard", transform.act_bits, transform.act_clip,
-                              transform.kv_bits)
+    return install_configured(model, spec, transform)
 
 
 def peak_memory_bytes(device: torch.device) -> int:

@@ -9,7 +9,7 @@ values fake-quantized per token and head after an online Hadamard on post-RoPE q
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -28,15 +28,14 @@ def quantize_activations(x: torch.Tensor, bits: int, clip: float) -> torch.Tenso
 
 @dataclass
 class OnlineTransforms:
-    """The installed hooks; ``act_quant_off()`` runs the model with activations unquantized (the full-precision
-    stream of calibration), the online Hadamard staying on."""
+    """What the installed hooks read; ``act_quant_off()`` runs the model with activations (and K/V) unquantized
+    (the full-precision stream of calibration), the online Hadamards staying on."""
 
     act_bits: int | None
     act_clip: float
     kv_bits: int | None = None
     qk_hadamard: bool = False
     act_quant_on: bool = True
-    handles: list = field(default_factory=list)
 
     @contextmanager
     def act_quant_off(self):
@@ -45,11 +44,6 @@ class OnlineTransforms:
             yield
         finally:
             self.act_quant_on = before
-
-    def remove(self) -> None:
-        for h in self.handles:
-            h.remove()
-        self.handles.clear()
 
 
 KV_ATTENTION = "tbq_kv"
@@ -81,7 +75,7 @@ def register_kv_attention() -> None:
 def install_transforms(model: nn.Module, spec: ArchSpec, rotated: bool, act_bits: int | None,
                        act_clip: float = 0.9, kv_bits: int | None = None) -> OnlineTransforms:
     """Register the pre-hooks on every block of ``model`` (in place), and the KV attention when ``kv_bits``;
-    return their handle object."""
+    return the settings object the hooks read."""
     t = OnlineTransforms(act_bits, act_clip, kv_bits, qk_hadamard=rotated and bool(kv_bits))
     if kv_bits:
         register_kv_attention()
@@ -99,8 +93,14 @@ def install_transforms(model: nn.Module, spec: ArchSpec, rotated: bool, act_bits
 
     for block in model.get_submodule(spec.layers):
         if rotated:
-            t.handles.append(block.get_submodule(spec.down).register_forward_pre_hook(hadamard_hook))
+            block.get_submodule(spec.down).register_forward_pre_hook(hadamard_hook)
         if act_bits:
             for path in spec.linears().values():
-                t.handles.append(block.get_submodule(path).register_forward_pre_hook(act_hook))
+                block.get_submodule(path).register_forward_pre_hook(act_hook)
     return t
+
+
+def install_configured(model: nn.Module, spec: ArchSpec, transform) -> OnlineTransforms:
+    """:func:`install_transforms` as a run's ``TransformConfig`` asks."""
+    return install_transforms(model, spec, transform.rotate == "hadamard", transform.act_bits, transform.act_clip,
+                              transform.kv_bits)
