@@ -48,8 +48,9 @@ def gain_of(norm, d):
     return rms(torch.ones(d, dtype=torch.float64), norm)
 
 
+@pytest.mark.parametrize("route", ["z", "gram"])
 @pytest.mark.parametrize("kind", ["llama", "qwen3", "gemma3"])
-def test_statistics_equal_brute_force_definitions(tiny_models, kind):
+def test_statistics_equal_brute_force_definitions(tiny_models, kind, route):
     model, spec, layers, cap = setup(tiny_models[kind])
     li = 0
     block = layers[li]
@@ -60,7 +61,7 @@ def test_statistics_equal_brute_force_definitions(tiny_models, kind):
     g = torch.Generator().manual_seed(1)
     xs_q = [ln(x).detach() for x in cap.inputs]
     xs_fp = [x + 0.05 * torch.randn(x.shape, generator=g, dtype=x.dtype) for x in xs_q]
-    stats = AttentionStatistics(attn, spec, shape, with_r=True, dtype=torch.float64)
+    stats = AttentionStatistics(attn, spec, shape, with_r=True, dtype=torch.float64, route=route)
     with torch.no_grad():
         for xq, xf in zip(xs_q, xs_fp):
             stats.add(xq, xf, kwargs)

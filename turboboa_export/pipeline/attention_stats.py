@@ -5,13 +5,18 @@
   R_l is the rotate-half RoPE rotation at position l; G = diag(gain of q_norm/k_norm) where the model has them.
 - v: per query head Z_h = A_h X (causal softmax attention probabilities), H_v = (2/T) sum Z^T Z and, for F2,
   R_v = (2/T) sum (Z_fp - Z_q)^T Z_q, both averaged over the heads sharing a kv head.
-On a GPU, for fp16/bf16 models (whose own attention runs no finer), the products A X, Z^T Z and (Z_fp - Z_q)^T Z_q
-run in TF32 (float32 accumulation); the attention scores and the small q/k covariances stay in full float32.
+Two exact routes to the V sums, chosen per sequence by their FLOP count:
+- "z": form Z_h = A_h X for every head, then Z^T Z (cheap when the sequence is long next to the width, as SmolLM2's);
+- "gram": sum_h Z_h^T Z_h = X^T (sum_h A_h^T A_h) X and sum_h Z_fp,h^T Z_q,h = X_fp^T (sum_h A_fp,h^T A_q,h) X_q
+  (cheap when the width is large, as Llama's: about 2.4x fewer FLOPs at Llama-3-8B shapes and 2048 tokens).
+On a GPU, for fp16/bf16 models (whose own attention runs no finer), these large products run in TF32 (float32
+accumulation); the attention scores and the small q/k covariances stay in full float32.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -71,6 +76,7 @@ class AttentionStatistics:
     shape: AttentionShape
     with_r: bool
     dtype: torch.dtype = torch.float32
+    route: Literal["z", "gram"] | None = None  # None: the cheaper for each sequence's length
 
     def __post_init__(self):
         s = self.shape
@@ -99,28 +105,63 @@ class AttentionStatistics:
         self.cos, self.sin = cos.to(self.dtype), sin.to(self.dtype)
         return apply_rope(q.transpose(0, 1), cos, sin), apply_rope(k.transpose(0, 1), cos, sin)
 
-    def weighted_inputs(self, x: torch.Tensor, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(queries, keys, Z) with Z_h = A_h X: [heads, L, in]."""
+    def probabilities(self, x: torch.Tensor, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(queries, keys, A) with A_h the causal softmax attention probabilities of head h: [heads, L, L]."""
         q, k = self.queries_keys(x, kwargs)
         k_rep = k.repeat_interleave(self.shape.group, dim=0)
-        probs = attention_probs(q, k_rep, self.attn.scaling, getattr(self.attn, "sliding_window", None), self.dtype)
+        window = getattr(self.attn, "sliding_window", None)
+        return q, k, attention_probs(q, k_rep, self.attn.scaling, window, self.dtype)
+
+    def weighted_inputs(self, x: torch.Tensor, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(queries, keys, Z) with Z_h = A_h X: [heads, L, in]."""
+        q, k, probs = self.probabilities(x, kwargs)
         with tf32_matmuls(x.device, half_activations(x)):
             return q, k, probs @ x.to(self.dtype)
+
+    def _route(self, n: int, width: int) -> str:
+        """The cheaper way to the V sums for a sequence of n tokens: Z per head, or the grouped Gram of A."""
+        if self.route is not None:
+            return self.route
+        s = self.shape
+        z_flops = s.heads * (n * n * width + n * width * width)  # A X, Z^T Z
+        gram_flops = s.heads * n ** 3 + s.kv_heads * (n * n * width + n * width * width)  # A^T A, S X, X^T (S X)
+        return "gram" if gram_flops < z_flops else "z"
+
+    def _grouped(self, t: torch.Tensor) -> torch.Tensor:
+        """[heads, L, c] -> [kv_heads, group * L, c]: each kv head's query heads stacked along the rows."""
+        return t.reshape(self.shape.kv_heads, self.shape.group * t.shape[1], -1)
+
+    def _add_z(self, x_q: torch.Tensor, x_fp: torch.Tensor, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        q, k, zq = self.weighted_inputs(x_q, kwargs)
+        zq_g = self._grouped(zq)
+        zf = self._grouped(self.weighted_inputs(x_fp, kwargs)[2]) if self.with_r else None
+        with tf32_matmuls(x_q.device, half_activations(x_q)):
+            self._zz += zq_g.transpose(-1, -2) @ zq_g  # sum over the group's heads of Z^T Z
+            if zf is not None:
+                self._dz += (zf - zq_g).transpose(-1, -2) @ zq_g  # sum (Z_fp - Z_q)^T Z_q
+        return q, k
+
+    def _add_gram(self, x_q: torch.Tensor, x_fp: torch.Tensor, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        q, k, a_q = self.probabilities(x_q, kwargs)
+        a_q = self._grouped(a_q)
+        xq = x_q.to(self.dtype)
+        with tf32_matmuls(x_q.device, half_activations(x_q)):
+            zz = xq.T @ ((a_q.transpose(-1, -2) @ a_q) @ xq)  # X^T (sum_h A_h^T A_h) X
+            self._zz += zz
+            if self.with_r:
+                a_f = self._grouped(self.probabilities(x_fp, kwargs)[2])
+                cross = x_fp.to(self.dtype).T @ ((a_f.transpose(-1, -2) @ a_q) @ xq)  # X_fp^T (sum A_fp^T A_q) X_q
+                self._dz += cross - zz
+        return q, k
 
     @torch.no_grad()
     def add(self, x_q: torch.Tensor, x_fp: torch.Tensor, kwargs: dict) -> None:
         """Add one sequence's attention input in the quantized and full-precision streams ([L, in] each)."""
-        s = self.shape
-        q, k, zq = self.weighted_inputs(x_q, kwargs)
+        route = self._route(*x_q.shape)
+        q, k = (self._add_gram if route == "gram" else self._add_z)(x_q, x_fp, kwargs)
         q, k = q.to(self.dtype), k.to(self.dtype)
         self._qq += q.transpose(-1, -2) @ q  # sum q q^T per head
         self._kk += k.transpose(-1, -2) @ k
-        zq_g = zq.reshape(s.kv_heads, s.group * zq.shape[1], -1)
-        zf = self.weighted_inputs(x_fp, kwargs)[2].reshape_as(zq_g) if self.with_r else None
-        with tf32_matmuls(x_q.device, half_activations(x_q)):  # the largest products of the statistics pass
-            self._zz += zq_g.transpose(-1, -2) @ zq_g  # sum over the group's heads of Z^T Z
-            if zf is not None:
-                self._dz += (zf - zq_g).transpose(-1, -2) @ zq_g
         self.tokens += x_q.shape[0]
 
     def h_out_q(self) -> torch.Tensor:
