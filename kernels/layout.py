@@ -1,0 +1,64 @@
+"""The kernels' weight layout, made at load time from an exported linear's compressed-tensors tensors.
+
+Kept as exported: ``packed`` int32 [N, K*b/32] (value k of row n at bits [(k % (32/b))*b, +b) of word k // (32/b),
+offset binary) and ``scale`` [N, groups]. The one repack: zero points, exported packed along N as int32
+[N*b/32, groups], are unpacked to the activation dtype [N, groups] (symmetric weights get none: their zero point is
+2^(b-1)). Dequantisation: w[n, k] = (u[n, k] - z[n, k // group]) * scale[n, k // group].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from turboboa_export.export.pack import unpack_rows
+
+SUPPORTED_BITS = (4, 8)
+
+
+@dataclass
+class DequantWeight:
+    """One linear's quantized weight in the kernels' layout."""
+
+    packed: torch.Tensor  # int32 [N, K * bits / 32]
+    scale: torch.Tensor  # [N, groups], activation dtype
+    zero: torch.Tensor | None  # [N, groups], activation dtype; None: symmetric (2^(bits-1))
+    bits: int
+    group_size: int  # K for channel-wise
+    in_features: int
+
+    @property
+    def out_features(self) -> int:
+        return self.packed.shape[0]
+
+    def __post_init__(self):
+        if self.bits not in SUPPORTED_BITS:
+            raise ValueError(f"{self.bits}-bit weights are not supported by the kernels; use one of {SUPPORTED_BITS}")
+        n, k, g = self.out_features, self.in_features, self.group_size
+        if k % g or g % 16:
+            raise ValueError(f"group size {g} must divide K={k} and be a multiple of 16")
+        if tuple(self.packed.shape) != (n, k * self.bits // 32) or self.packed.dtype != torch.int32:
+            raise ValueError(f"packed weight must be int32 [{n}, {k * self.bits // 32}], got "
+                             f"{self.packed.dtype} {list(self.packed.shape)}")
+        for name, t in (("scale", self.scale), ("zero", self.zero)):
+            if t is not None and tuple(t.shape) != (n, k // g):
+                raise ValueError(f"{name} must be [{n}, {k // g}], got {list(t.shape)}")
+
+    def to(self, device: torch.device | str) -> "DequantWeight":
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return DequantWeight(move(self.packed), move(self.scale), move(self.zero), self.bits, self.group_size,
+                             self.in_features)
+
+
+def from_compressed_tensors(weight_packed: torch.Tensor, weight_scale: torch.Tensor, bits: int,
+                            weight_zero_point: torch.Tensor | None = None,
+                            dtype: torch.dtype | None = None) -> DequantWeight:
+    """The load-time repack of one exported linear (``<p>.weight_packed``, ``weight_scale``, ``weight_zero_point``)."""
+    n, k = weight_packed.shape[0], weight_packed.shape[1] * 32 // bits
+    dtype = dtype or weight_scale.dtype
+    groups = weight_scale.shape[1]
+    zero = None
+    if weight_zero_point is not None:
+        zero = unpack_rows(weight_zero_point.T.contiguous(), bits, n).T.to(dtype).contiguous()
+    return DequantWeight(weight_packed.contiguous(), weight_scale.to(dtype).contiguous(), zero, bits, k // groups, k)

@@ -1,0 +1,22 @@
+"""Plain-torch definition of the dequant-GEMM: the reference every kernel is tested against."""
+
+from __future__ import annotations
+
+import torch
+
+from turboboa_export.export.pack import unpack_rows
+
+from .layout import DequantWeight
+
+
+def dequantize_ref(w: DequantWeight) -> torch.Tensor:
+    """W [N, K] in float64: (u - z) * scale per group."""
+    u = unpack_rows(w.packed.cpu(), w.bits, w.in_features).double()
+    zero = 2.0 ** (w.bits - 1) if w.zero is None else w.zero.cpu().double().repeat_interleave(w.group_size, 1)
+    return (u - zero) * w.scale.cpu().double().repeat_interleave(w.group_size, 1)
+
+
+def dequant_gemm_ref(x: torch.Tensor, w: DequantWeight) -> torch.Tensor:
+    """y = x W^T computed in float64, returned in x's dtype and device; x [..., K]."""
+    y = x.cpu().double() @ dequantize_ref(w).T
+    return y.to(dtype=x.dtype, device=x.device)

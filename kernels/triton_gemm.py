@@ -1,0 +1,82 @@
+"""Triton dequant-GEMM kernels over the exported layout (see layout.py): a GEMV for a few rows, a tiled
+tl.dot GEMM otherwise; both split K across programs for small M (float32 atomics) to fill the GPU.
+
+A K-tile never crosses a group (BLOCK_K divides the group size), so one scale and zero serve a whole tile row.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _codes(w_ptr, z_ptr, offs_n, n_mask, k0, g, stride_wn, stride_zn,
+           BITS: tl.constexpr, HAS_ZERO: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """u - z for columns k0 .. k0 + BLOCK_K of rows offs_n: float32 [BLOCK_N, BLOCK_K]."""
+    PACK: tl.constexpr = 32 // BITS
+    offs_w = k0 // PACK + tl.arange(0, BLOCK_K // PACK)
+    words = tl.load(w_ptr + offs_n[:, None] * stride_wn + offs_w[None, :], mask=n_mask[:, None], other=0)
+    shifts = tl.arange(0, PACK) * BITS
+    u = (words[:, :, None] >> shifts[None, None, :]) & ((1 << BITS) - 1)  # value i of word j is column j*PACK + i
+    u = tl.reshape(u, (BLOCK_N, BLOCK_K)).to(tl.float32)
+    if HAS_ZERO:
+        z = tl.load(z_ptr + offs_n * stride_zn + g, mask=n_mask, other=0.0).to(tl.float32)
+        return u - z[:, None]
+    else:
+        return u - (1 << (BITS - 1))
+
+
+@triton.jit
+def gemv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, y_ptr, N, K, group_size,
+                stride_xm, stride_wn, stride_sn, stride_zn, stride_ym,
+                BITS: tl.constexpr, HAS_ZERO: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                SPLIT_K: tl.constexpr):
+    """y[m, n] (+)= sum_k x[m, k] (u[n, k] - z) s[n, g(k)]; grid (N / BLOCK_N, SPLIT_K, M)."""
+    pid_n, pid_k, m = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = offs_n < N
+    k_len = K // SPLIT_K
+    acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+    for step in range(0, k_len // BLOCK_K):
+        k0 = pid_k * k_len + step * BLOCK_K
+        x = tl.load(x_ptr + m * stride_xm + k0 + tl.arange(0, BLOCK_K)).to(tl.float32)
+        g = k0 // group_size
+        c = _codes(w_ptr, z_ptr, offs_n, n_mask, k0, g, stride_wn, stride_zn, BITS, HAS_ZERO, BLOCK_N, BLOCK_K)
+        s = tl.load(s_ptr + offs_n * stride_sn + g, mask=n_mask, other=0.0).to(tl.float32)
+        acc += s * tl.sum(c * x[None, :], axis=1)  # s_n sum_k (u - z) x
+    out = y_ptr + m * stride_ym + offs_n
+    if SPLIT_K == 1:
+        tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=n_mask)
+    else:
+        tl.atomic_add(out, acc, mask=n_mask)
+
+
+@triton.jit
+def gemm_kernel(x_ptr, w_ptr, s_ptr, z_ptr, y_ptr, M, N, K, group_size,
+                stride_xm, stride_wn, stride_sn, stride_zn, stride_ym,
+                BITS: tl.constexpr, HAS_ZERO: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr):
+    """y = x W^T with W dequantized tile by tile into x's dtype; grid (M / BLOCK_M * N / BLOCK_N, SPLIT_K)."""
+    pid, pid_k = tl.program_id(0), tl.program_id(1)
+    blocks_n = tl.cdiv(N, BLOCK_N)
+    offs_m = (pid // blocks_n) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = (pid % blocks_n) * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_mask, n_mask = offs_m < M, offs_n < N
+    k_len = K // SPLIT_K
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for step in range(0, k_len // BLOCK_K):
+        k0 = pid_k * k_len + step * BLOCK_K
+        x = tl.load(x_ptr + offs_m[:, None] * stride_xm + (k0 + tl.arange(0, BLOCK_K))[None, :],
+                    mask=m_mask[:, None], other=0.0)
+        g = k0 // group_size
+        c = _codes(w_ptr, z_ptr, offs_n, n_mask, k0, g, stride_wn, stride_zn, BITS, HAS_ZERO, BLOCK_N, BLOCK_K)
+        s = tl.load(s_ptr + offs_n * stride_sn + g, mask=n_mask, other=0.0).to(tl.float32)
+        w = (c * s[:, None]).to(x.dtype)
+        acc = tl.dot(x, tl.trans(w), acc)
+    out = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :]
+    mask = m_mask[:, None] & n_mask[None, :]
+    if SPLIT_K == 1:
+        tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=mask)
+    else:
+        tl.atomic_add(out, acc, mask=mask)
