@@ -45,21 +45,21 @@ def shape_config(shape: str, layers: int | None = None):
     return cfg
 
 
-def random_tensors(config, gen: torch.Generator) -> dict[str, torch.Tensor]:
-    """Every tensor of the model: N(0, 0.02) matrices, norm weights of one, in fp16."""
+def tensor_shapes(config) -> dict[str, torch.Size]:
+    """Every tensor's name and shape, from a model built on the meta device (tied lm_head left out)."""
     from transformers import AutoModelForCausalLM
 
     with torch.device("meta"):
-        names = AutoModelForCausalLM.from_config(config).state_dict()
-    out = {}
-    for name, t in names.items():
-        if "norm" in name:
-            out[name] = torch.ones(t.shape, dtype=torch.float16)
-        else:
-            out[name] = (0.02 * torch.randn(t.shape, generator=gen)).to(torch.float16)
+        shapes = {name: t.shape for name, t in AutoModelForCausalLM.from_config(config).state_dict().items()}
     if getattr(config, "tie_word_embeddings", False):
-        out.pop("lm_head.weight", None)
-    return out
+        shapes.pop("lm_head.weight", None)
+    return shapes
+
+
+def random_tensors(shapes: dict[str, torch.Size], gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """N(0, 0.02) matrices and norm weights of one, in fp16."""
+    return {name: torch.ones(shape, dtype=torch.float16) if "norm" in name
+            else (0.02 * torch.randn(shape, generator=gen)).to(torch.float16) for name, shape in shapes.items()}
 
 
 def random_quantized(out_f: int, in_f: int, spec: GridSpec, group_size: int, gen: torch.Generator) -> QuantizedWeight:
@@ -77,9 +77,11 @@ def write_random(shape: str, out: Path, fmt: str = "fp16", bits: int = 4, group_
     """Write a random-weight checkpoint of ``shape`` to ``out``."""
     config = shape_config(shape, layers)
     gen = torch.Generator().manual_seed(seed)
-    tensors = random_tensors(config, gen)
+    shapes = tensor_shapes(config)
     info = {"random_shape": shape, "layers": config.num_hidden_layers, "seed": seed}
     if fmt == "fp16":
+        tensors = random_tensors(shapes, gen)
+
         def fill(tmp: Path) -> None:
             save_sharded(tensors, tmp)
             config.save_pretrained(tmp)
@@ -93,11 +95,11 @@ def write_random(shape: str, out: Path, fmt: str = "fp16", bits: int = 4, group_
     for i in range(config.num_hidden_layers):
         for path in spec.linears().values():
             name = f"{spec.layers}.{i}.{path}"
-            out_f, in_f = tensors.pop(f"{name}.weight").shape
+            out_f, in_f = shapes.pop(f"{name}.weight")
             if group_size != -1 and in_f % group_size:
                 raise TbqError(f"group size {group_size} does not divide in_features {in_f} of {name}")
             weights[name] = random_quantized(out_f, in_f, GridSpec(bits, sym), group_size, gen)
-    return write_vllm_checkpoint(out, weights, tensors, config, bits, sym, group_size, info, overwrite=overwrite)
+    return write_vllm_checkpoint(out, weights, random_tensors(shapes, gen), config, bits, sym, group_size, info, overwrite=overwrite)
 
 
 def main(argv: list[str] | None = None) -> Path:

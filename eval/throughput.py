@@ -2,12 +2,14 @@
 
     python -m eval.throughput offline CKPT [CKPT ...] [--labels fp16,w4] [--batch-sizes 1,16,128]
                               [--input-len 128] [--output-len 256] [--vllm-python PY] [--json OUT]
+                              [--disabled-kernels ";TbqDequantLinearKernel,MacheteLinearKernel"]
     python -m eval.throughput serve URL [--model NAME] [--concurrency 1,16] [--requests 32]
                               [--input-len 128] [--output-len 128] [--json OUT]
 
 ``offline`` runs each checkpoint in turn in a Python with vLLM (default $TBQ_VLLM_PYTHON, else this one), in
 one invocation so the numbers sit side by side; ``eval.random_checkpoint`` makes real shapes with random
-weights. ``serve`` streams completions from an OpenAI-compatible server (`vllm serve`) at each concurrency and
+weights. A checkpoint may repeat with other ``--disabled-kernels`` (vLLM's VLLM_DISABLED_KERNELS, one
+';'-separated entry per checkpoint) to compare linear kernels: tbq's plugin, Machete, Marlin. ``serve`` streams completions from an OpenAI-compatible server (`vllm serve`) at each concurrency and
 reports output tokens per second, time to first token and latency. Both print a Markdown table and write JSON.
 """
 
@@ -36,17 +38,18 @@ WORKER = Path(__file__).with_name("vllm_throughput.py")
 
 
 def offline(checkpoints: list[str], labels: list[str], batch_sizes: list[int], input_len: int, output_len: int,
-            vllm_python: str, enforce_eager: bool = False) -> list[dict]:
+            vllm_python: str, enforce_eager: bool = False, disabled_kernels: list[str] | None = None) -> list[dict]:
     """One row per (checkpoint, batch size): output tokens per second of vLLM's offline generate."""
     rows = []
     for ckpt in checkpoints:
         check_stock_vllm_servable(Path(ckpt))
-    for ckpt, label in zip(checkpoints, labels):
+    for ckpt, label, disabled in zip(checkpoints, labels, disabled_kernels or [None] * len(checkpoints)):
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "rows.json"
             cmd = [vllm_python, str(WORKER), ckpt, str(out), "--batch-sizes", ",".join(map(str, batch_sizes)),
                    "--input-len", str(input_len), "--output-len", str(output_len)]
-            done = subprocess.run(cmd + (["--enforce-eager"] if enforce_eager else []), env={**os.environ, **VLLM_ENV})
+            env = {**os.environ, **VLLM_ENV, **({} if disabled is None else {"VLLM_DISABLED_KERNELS": disabled})}
+            done = subprocess.run(cmd + (["--enforce-eager"] if enforce_eager else []), env=env)
             if done.returncode != 0 or not out.is_file():
                 raise TbqError(f"vLLM ({vllm_python}) failed on {ckpt} (exit {done.returncode}); its log is above")
             rows += [{"label": label, "checkpoint": ckpt, **r} for r in json.loads(out.read_text())]
@@ -141,6 +144,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     off.add_argument("--output-len", type=int, default=256)
     off.add_argument("--vllm-python", default=default_vllm_python())
     off.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs (what the CPU build runs)")
+    off.add_argument("--disabled-kernels", help="';'-separated VLLM_DISABLED_KERNELS, one entry per checkpoint")
     srv = sub.add_parser("serve", help="streamed completions against a running OpenAI-compatible server")
     srv.add_argument("url")
     srv.add_argument("--model")
@@ -155,10 +159,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     try:
         if a.mode == "offline":
             labels = a.labels.split(",") if a.labels else [Path(c).name for c in a.checkpoints]
-            if len(labels) != len(a.checkpoints):
-                raise TbqError(f"{len(labels)} labels for {len(a.checkpoints)} checkpoints; give one label each")
+            disabled = a.disabled_kernels.split(";") if a.disabled_kernels is not None else None
+            for name, given in (("labels", labels), ("--disabled-kernels entries", disabled or a.checkpoints)):
+                if len(given) != len(a.checkpoints):
+                    raise TbqError(f"{len(given)} {name} for {len(a.checkpoints)} checkpoints; give one each")
             rows = offline(a.checkpoints, labels, a.batch_sizes, a.input_len, a.output_len, a.vllm_python,
-                           a.enforce_eager)
+                           a.enforce_eager, disabled)
             table = offline_table(rows)
         else:
             rows = serve(a.url, a.model, a.concurrency, a.requests, a.input_len, a.output_len, a.vocab_size)

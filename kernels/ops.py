@@ -86,3 +86,15 @@ def dequant_gemm(x: torch.Tensor, w: DequantWeight, config: LaunchConfig | None 
         triton_gemm.gemm_kernel[grid](*args, m, n, k, w.group_size, *strides, BLOCK_M=cfg.block_m,
                                       num_stages=cfg.num_stages, **meta)
     return y.to(x.dtype).reshape(*lead, n)
+
+
+@torch.library.custom_op("tbq::dequant_gemm", mutates_args=(),
+                         schema="(Tensor x, Tensor packed, Tensor scale, Tensor? zero, int bits, int group_size) -> Tensor")
+def dequant_gemm_op(x, packed, scale, zero, bits, group_size):
+    """``dequant_gemm`` as an opaque torch op, so torch.compile (vLLM) traces around the Triton launch."""
+    return dequant_gemm(x, DequantWeight(packed, scale, zero, bits, group_size, x.shape[-1]))
+
+
+@dequant_gemm_op.register_fake
+def _(x, packed, scale, zero, bits, group_size):
+    return x.new_empty(*x.shape[:-1], packed.shape[0])

@@ -17,8 +17,8 @@ def _kernel_class():
     from vllm.platforms import current_platform
     from vllm.scalar_type import scalar_types
 
-    from .layout import DequantWeight, from_compressed_tensors
-    from .ops import dequant_gemm
+    from .layout import from_compressed_tensors
+    from .ops import dequant_gemm_op
 
     supported = {scalar_types.uint4b8: (4, False), scalar_types.uint8b128: (8, False),
                  scalar_types.uint4: (4, True), scalar_types.uint8: (8, True)}
@@ -53,13 +53,13 @@ def _kernel_class():
             self._transform_param(layer, self.w_s_name, lambda _: w.scale)
             if w.zero is not None:
                 self._transform_param(layer, self.w_zp_name, lambda _: w.zero)
-            self._shape = (bits, w.group_size, w.in_features)
+            self._shape = (bits, w.group_size)
 
         def apply_weights(self, layer: torch.nn.Module, x: torch.Tensor,
                           bias: torch.Tensor | None = None) -> torch.Tensor:
             w_q, w_s, w_zp, _ = self._get_weight_params(layer)
-            bits, group, k = self._shape
-            y = dequant_gemm(x, DequantWeight(w_q, w_s, w_zp if self.config.zero_points else None, bits, group, k))
+            bits, group = self._shape
+            y = dequant_gemm_op(x, w_q, w_s, w_zp if self.config.zero_points else None, bits, group)
             return y if bias is None else y + bias
 
     return TbqDequantLinearKernel

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from kernels import DequantWeight, dequant_gemm, dequant_gemm_ref, from_compressed_tensors
-from kernels.ops import GEMV_MAX_ROWS, check_inputs, launch_config
+from kernels.ops import GEMV_MAX_ROWS, check_inputs, dequant_gemm_op, launch_config
 from kernels.reference import dequantize_ref
 from turboboa_export.algorithms.quantized import QuantizedWeight
 from turboboa_export.export.compressed_tensors import dequantize_exported, linear_tensors
@@ -86,6 +86,17 @@ def test_launch_configs_tile_k_within_groups():
             assert (cfg.block_m == 0) == (m <= GEMV_MAX_ROWS)
 
 
+def test_custom_op_has_a_shape_only_fake_for_tracing():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    gen = torch.Generator().manual_seed(0)
+    w = random_weight(48, 256, 4, 128, True, torch.float16, gen)
+    with FakeTensorMode() as mode:
+        x = mode.from_tensor(torch.randn(2, 5, 256).half())
+        y = dequant_gemm_op(x, *(mode.from_tensor(t) for t in (w.packed, w.scale, w.zero)), 4, 128)
+    assert y.shape == (2, 5, 48) and y.dtype == torch.float16
+
+
 CASES = [  # m, n, k, bits, group, asym, dtype
     (1, 96, 256, 4, 128, False, torch.float16), (3, 64, 512, 4, 64, True, torch.bfloat16),
     (1, 64, 512, 8, 512, False, torch.float16), (16, 64, 256, 4, 256, True, torch.float16),
@@ -101,6 +112,8 @@ def check_against_reference(device: str, dtypes: tuple = (torch.float16, torch.b
         got, want = dequant_gemm(x, w).double().cpu(), dequant_gemm_ref(x, w).double().cpu()
         rel = float((got - want).norm() / want.norm())
         assert not got.isnan().any() and rel < 1e-2, (m, n, k, bits, group, asym, dtype, rel)
+        as_op = dequant_gemm_op(x, w.packed, w.scale, w.zero, bits, group)  # what the vLLM plugin calls
+        assert torch.equal(as_op.double().cpu(), got)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton not installed")

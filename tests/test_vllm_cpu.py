@@ -190,3 +190,30 @@ def test_vllm_cpu_serves_rotated_export(tmp_path):
                       for p, o in zip(prompts, got))
     assert worst < 0.05, worst
     assert worst_plain > 0.05, worst_plain
+
+
+PLUGIN_CHECK = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import torch
+from kernels.vllm_plugin import register
+from vllm.model_executor.kernels.linear import _POSSIBLE_KERNELS
+from vllm.model_executor.kernels.linear.mixed_precision import MPLinearLayerConfig
+from vllm.platforms import PlatformEnum
+from vllm.scalar_type import scalar_types
+register(); register()
+names = [k.__name__ for k in _POSSIBLE_KERNELS[PlatformEnum.CUDA]]
+assert names.count("TbqDequantLinearKernel") == 1 and names[0] == "TbqDequantLinearKernel", names
+ours = _POSSIBLE_KERNELS[PlatformEnum.CUDA][0]
+ok, why = ours.can_implement(
+    MPLinearLayerConfig((4096, 4096), (4096, 4096), scalar_types.uint4b8, torch.float16, 128, False, False))
+assert not ok and "CUDA" in why, (ok, why)
+"""
+
+
+def test_kernel_plugin_registers_first_once_and_declines_off_cuda():
+    """The vLLM plugin is idempotent, puts our kernel ahead of Machete/Marlin, and leaves CPU vLLM alone."""
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([VLLM_PYTHON, "-c", PLUGIN_CHECK, str(root)], env=ENV, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
