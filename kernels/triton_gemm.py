@@ -28,15 +28,15 @@ def _codes(w_ptr, z_ptr, offs_n, n_mask, k0, g, stride_wn, stride_zn,
 
 
 @triton.jit
-def gemv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, y_ptr, N, K, group_size,
+def gemv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, y_ptr, N, K, group_size, k_len,
                 stride_xm, stride_wn, stride_sn, stride_zn, stride_ym,
                 BITS: tl.constexpr, HAS_ZERO: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                SPLIT_K: tl.constexpr):
-    """y[m, n] (+)= sum_k x[m, k] (u[n, k] - z) s[n, g(k)]; grid (N / BLOCK_N, SPLIT_K, M)."""
+                ATOMIC: tl.constexpr):
+    """y[m, n] (+)= sum_k x[m, k] (u[n, k] - z) s[n, g(k)] over one split of k_len columns;
+    grid (N / BLOCK_N, K / k_len, M); ATOMIC: several splits add into a float32 y."""
     pid_n, pid_k, m = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = offs_n < N
-    k_len = K // SPLIT_K
     acc = tl.zeros([BLOCK_N], dtype=tl.float32)
     for step in range(0, k_len // BLOCK_K):
         k0 = pid_k * k_len + step * BLOCK_K
@@ -46,24 +46,23 @@ def gemv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, y_ptr, N, K, group_size,
         s = tl.load(s_ptr + offs_n * stride_sn + g, mask=n_mask, other=0.0).to(tl.float32)
         acc += s * tl.sum(c * x[None, :], axis=1)  # s_n sum_k (u - z) x
     out = y_ptr + m * stride_ym + offs_n
-    if SPLIT_K == 1:
-        tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=n_mask)
-    else:
+    if ATOMIC:
         tl.atomic_add(out, acc, mask=n_mask)
+    else:
+        tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=n_mask)
 
 
 @triton.jit
-def gemm_kernel(x_ptr, w_ptr, s_ptr, z_ptr, y_ptr, M, N, K, group_size,
+def gemm_kernel(x_ptr, w_ptr, s_ptr, z_ptr, y_ptr, M, N, K, group_size, k_len,
                 stride_xm, stride_wn, stride_sn, stride_zn, stride_ym,
                 BITS: tl.constexpr, HAS_ZERO: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr):
-    """y = x W^T with W dequantized tile by tile into x's dtype; grid (M / BLOCK_M * N / BLOCK_N, SPLIT_K)."""
+                BLOCK_K: tl.constexpr, ATOMIC: tl.constexpr):
+    """y = x W^T with W dequantized tile by tile into x's dtype; grid (M / BLOCK_M * N / BLOCK_N, K / k_len)."""
     pid, pid_k = tl.program_id(0), tl.program_id(1)
     blocks_n = tl.cdiv(N, BLOCK_N)
     offs_m = (pid // blocks_n) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = (pid % blocks_n) * BLOCK_N + tl.arange(0, BLOCK_N)
     m_mask, n_mask = offs_m < M, offs_n < N
-    k_len = K // SPLIT_K
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for step in range(0, k_len // BLOCK_K):
         k0 = pid_k * k_len + step * BLOCK_K
@@ -76,7 +75,7 @@ def gemm_kernel(x_ptr, w_ptr, s_ptr, z_ptr, y_ptr, M, N, K, group_size,
         acc = tl.dot(x, tl.trans(w), acc)
     out = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :]
     mask = m_mask[:, None] & n_mask[None, :]
-    if SPLIT_K == 1:
-        tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=mask)
-    else:
+    if ATOMIC:
         tl.atomic_add(out, acc, mask=mask)
+    else:
+        tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=mask)

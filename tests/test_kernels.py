@@ -97,6 +97,23 @@ def test_custom_op_has_a_shape_only_fake_for_tracing():
     assert y.shape == (2, 5, 48) and y.dtype == torch.float16
 
 
+def test_tuned_table_is_used_only_where_it_fits(tmp_path, monkeypatch):
+    from kernels import ops
+
+    monkeypatch.setattr(ops, "TUNED", tmp_path / "tuned.json")
+    ops.tuned_table.cache_clear()
+    gen = torch.Generator().manual_seed(0)
+    w = random_weight(64, 1024, 4, 128, False, torch.float16, gen)
+    good, misfit = ops.LaunchConfig(0, 16, 64, 8, 2), ops.LaunchConfig(0, 16, 256, 1, 2)  # 256 > group 128
+    ops.record_tuned({ops.tuned_key(1, w): good, ops.tuned_key(16, w): misfit})
+    try:
+        assert launch_config(1, w) == good
+        assert launch_config(16, w) == ops.heuristic_config(16, w)
+        assert launch_config(3, w) == ops.heuristic_config(3, w)  # m=3 looks up the m4 entry: none
+    finally:
+        ops.tuned_table.cache_clear()
+
+
 CASES = [  # m, n, k, bits, group, asym, dtype
     (1, 96, 256, 4, 128, False, torch.float16), (3, 64, 512, 4, 64, True, torch.bfloat16),
     (1, 64, 512, 8, 512, False, torch.float16), (16, 64, 256, 4, 256, True, torch.float16),

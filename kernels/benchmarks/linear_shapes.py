@@ -1,13 +1,14 @@
 """Dequant-GEMM timing on Llama-2-7B and Llama-3-8B linear shapes, side by side in one run (CUDA).
 
     python -m kernels.benchmarks.linear_shapes [--models llama2-7b,llama3-8b] [--m 1,4,16,64,256,2048]
-                                               [--group-size 128] [--sweep] [--json OUT]
+                                               [--group-size 128] [--sweep [--write-tuned]] [--json OUT]
 
 Per shape and M: torch fp16 matmul (cuBLAS), tbq's kernel (int4 symmetric, the export's layout), and vLLM's
 Machete and Marlin on the same codes when vLLM is importable. Each time is the median per-call time of a CUDA
 graph of 20 calls (no launch overhead). Bandwidth: (int4 weights + scales + x + y bytes) / time, next to a measured
 device copy. The summary sums one decoder layer's seven linears. ``--sweep`` also times other tile/split choices
-for tbq's kernel and prints the fastest per shape (what ``kernels.ops.launch_config`` should pick).
+for tbq's kernel and prints the fastest per shape; ``--write-tuned`` records them in kernels/tuned_configs.json
+(what ``kernels.ops.launch_config`` reads) and re-times the kernel with them for the summary.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from pathlib import Path
 import torch
 
 from kernels.layout import DequantWeight
-from kernels.ops import LaunchConfig, dequant_gemm, launch_config
-from kernels.reference import dequant_gemm_ref
+from kernels.ops import GEMV_MAX_ROWS, LaunchConfig, dequant_gemm, launch_config, record_tuned, tuned_key
+from kernels.reference import dequantize_ref
 from turboboa_export.export.pack import pack_rows
 
 SHAPES = {  # name: (N out, K in)
@@ -102,27 +103,27 @@ def vllm_kernel(name: str, w: DequantWeight):
 
 
 def sweep_configs(m: int, w: DequantWeight) -> list[LaunchConfig]:
-    """Candidate launches around the default for one shape."""
-    group = w.group_size
-    out = []
-    for split in (1, 2, 4, 8, 16):
-        if m <= 4:
-            out += [LaunchConfig(0, bn, min(bk, group), split, nw) for bn in (16, 32, 64) for bk in (64, 128, 256)
-                    for nw in (2, 4, 8) if w.in_features % (min(bk, group) * split) == 0 and group % min(bk, group) == 0]
-        else:
-            out += [LaunchConfig(bm, bn, min(bk, group), split, nw, ns) for bm in (16, 32, 64, 128) if bm <= max(16, m)
-                    for bn in (32, 64, 128) for bk in (32, 64, 128) for nw in (4, 8) for ns in (3, 4)
-                    if w.in_features % (min(bk, group) * split) == 0 and group % min(bk, group) == 0]
-    return out
+    """Candidate launches for one shape and row count (those that fit it)."""
+    splits = (1, 2, 4, 8, 16)
+    if m <= GEMV_MAX_ROWS:
+        cands = [LaunchConfig(0, bn, bk, split, nw) for bn in (16, 32, 64) for bk in (64, 128, 256)
+                 for nw in (2, 4, 8) for split in splits]
+    else:
+        bm = 16 if m <= 16 else 64 if m <= 128 else 128
+        cands = [LaunchConfig(bm, bn, bk, split, nw, ns) for bn in (32, 64, 128) for bk in (64, 128) for nw in (4, 8)
+                 for ns in (3, 4) for split in splits[:3]]
+    return [c for c in cands if c.fits(m, w)]
 
 
-def rel_error(y: torch.Tensor, x: torch.Tensor, w: DequantWeight) -> float:
-    ref = dequant_gemm_ref(x, w).double()
-    return float((y.double().cpu() - ref).norm() / ref.norm())
+def rel_error(y: torch.Tensor, x: torch.Tensor, w64: torch.Tensor) -> float:
+    """|y - x W^T| / |x W^T| with W the float64 dequantized weight (on the GPU)."""
+    ref = x.double() @ w64.T
+    return float((y.double() - ref).norm() / ref.norm())
 
 
 def bench_shape(n: int, k: int, ms: list[int], group: int, sweep: bool, gen: torch.Generator) -> list[dict]:
     w = random_int4(n, k, group, gen)
+    w64 = dequantize_ref(w).cuda()
     dense = torch.randn(n, k, generator=gen).half().cuda()
     others = {name: vllm_kernel(name, w) for name in ("Machete", "Marlin")}
     rows = []
@@ -131,20 +132,32 @@ def bench_shape(n: int, k: int, ms: list[int], group: int, sweep: bool, gen: tor
         row = {"n": n, "k": k, "m": m, "group": group,
                "fp16_s": graph_time(lambda: torch.nn.functional.linear(x, dense)),
                "tbq_s": graph_time(lambda: dequant_gemm(x, w)), "tbq_config": str(launch_config(m, w)),
-               "tbq_rel_err": rel_error(dequant_gemm(x, w), x, w)}
+               "tbq_rel_err": rel_error(dequant_gemm(x, w), x, w64)}
         for name, fn in others.items():
             if callable(fn):
                 row[f"{name.lower()}_s"] = graph_time(lambda: fn(x))
-                row[f"{name.lower()}_rel_err"] = rel_error(fn(x), x, w)
+                row[f"{name.lower()}_rel_err"] = rel_error(fn(x), x, w64)
             else:
                 row[f"{name.lower()}_why"] = fn
         if sweep:
             best = min(((graph_time(lambda: dequant_gemm(x, w, c), reps=3), c) for c in sweep_configs(m, w)),
                        key=lambda t: t[0])
-            row["tbq_best_s"], row["tbq_best_config"] = best[0], str(best[1])
+            row["tbq_best_s"], row["tbq_best_config"], row["tuned_key"] = best[0], best[1], tuned_key(m, w)
         row["tbq_bytes"] = n * k // 2 + n * (k // group) * 2 + (m * k + m * n) * 2
         rows.append(row)
     return rows
+
+
+def retime(shapes: set[tuple[int, int]], ms: list[int], group: int) -> dict[tuple[int, int, int], float]:
+    """Seconds per call of ``dequant_gemm`` with its current launch choice, per (N, K, M), on fresh inputs."""
+    gen = torch.Generator().manual_seed(1)
+    out = {}
+    for n, k in sorted(shapes):
+        w = random_int4(n, k, group, gen)
+        for m in ms:
+            x = torch.randn(m, k, generator=gen).half().cuda()
+            out[(n, k, m)] = graph_time(lambda: dequant_gemm(x, w))
+    return out
 
 
 def summary(rows: list[dict], copy_bw: float) -> str:
@@ -170,7 +183,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--models", default="llama2-7b,llama3-8b")
     ap.add_argument("--m", default="1,4,16,64,256,2048")
     ap.add_argument("--group-size", type=int, default=128)
-    ap.add_argument("--sweep", action="store_true")
+    ap.add_argument("--sweep", action="store_true", help="time other launches for tbq's kernel; print the fastest")
+    ap.add_argument("--write-tuned", action="store_true",
+                    help="with --sweep: record the fastest launches in kernels/tuned_configs.json, then measure again")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args(argv)
     if not torch.cuda.is_available():
@@ -193,9 +208,14 @@ def main(argv: list[str] | None = None) -> None:
                       f"{r['tbq_s'] * 1e6:.1f} us (err {r['tbq_rel_err']:.1e}), machete "
                       f"{r.get('machete_s', 0) * 1e6:.1f} {r.get('machete_why', '')}, marlin "
                       f"{r.get('marlin_s', 0) * 1e6:.1f} {r.get('marlin_why', '')}{extra}", flush=True)
+    if a.sweep and a.write_tuned:
+        record_tuned({r["tuned_key"]: r["tbq_best_config"] for r in rows})
+        tuned = retime(set(measured), ms, a.group_size)  # the kernel as shipped now, measured like the others
+        for r in rows:
+            r["tbq_s_untuned"], r["tbq_s"] = r["tbq_s"], tuned[(r["n"], r["k"], r["m"])]
     print(summary(rows, copy_bw))
     if a.json:
-        a.json.write_text(json.dumps({"copy_bandwidth": copy_bw, "rows": rows}, indent=2))
+        a.json.write_text(json.dumps({"copy_bandwidth": copy_bw, "rows": rows}, indent=2, default=str))
 
 
 if __name__ == "__main__":

@@ -47,5 +47,8 @@ def unpack_rows(packed: torch.Tensor, bits: int, k: int) -> torch.Tensor:
     """Inverse of ``pack_rows``: int32 [rows, words] -> int64 [rows, k] in 0..2^b-1."""
     rows, words = packed.shape
     w = packed.to(torch.int64) & 0xFFFFFFFF
+    if 32 % bits == 0:  # value i of word j: bits [i*b, i*b + b)
+        shifts = torch.arange(32 // bits, device=w.device) * bits
+        return ((w.unsqueeze(-1) >> shifts) & (2**bits - 1)).reshape(rows, -1)[:, :k]
     stream = ((w.unsqueeze(-1) >> torch.arange(32, device=w.device)) & 1).reshape(rows, words * 32)[:, : k * bits]
     return (stream.reshape(rows, k, bits) << torch.arange(bits, device=w.device)).sum(-1)
