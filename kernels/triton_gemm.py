@@ -13,18 +13,22 @@ import triton.language as tl
 @triton.jit
 def _codes(w_ptr, z_ptr, offs_n, n_mask, k0, g, stride_wn, stride_zn,
            BITS: tl.constexpr, HAS_ZERO: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """u - z for columns k0 .. k0 + BLOCK_K of rows offs_n: float32 [BLOCK_N, BLOCK_K]."""
+    """u - z for columns k0 .. k0 + BLOCK_K of rows offs_n: float32 [BLOCK_N, BLOCK_K].
+
+    No integer-to-float conversion (a quarter-rate instruction, the GEMV's bottleneck): the code's bits are OR-ed
+    into the mantissa of 2^23, whose float32 value is then exactly 2^23 + u.
+    """
     PACK: tl.constexpr = 32 // BITS
     offs_w = k0 // PACK + tl.arange(0, BLOCK_K // PACK)
     words = tl.load(w_ptr + offs_n[:, None] * stride_wn + offs_w[None, :], mask=n_mask[:, None], other=0)
     shifts = tl.arange(0, PACK) * BITS
     u = (words[:, :, None] >> shifts[None, None, :]) & ((1 << BITS) - 1)  # value i of word j is column j*PACK + i
-    u = tl.reshape(u, (BLOCK_N, BLOCK_K)).to(tl.float32)
+    u = (tl.reshape(u, (BLOCK_N, BLOCK_K)) | 0x4B000000).to(tl.float32, bitcast=True)  # 2^23 + u
     if HAS_ZERO:
         z = tl.load(z_ptr + offs_n * stride_zn + g, mask=n_mask, other=0.0).to(tl.float32)
-        return u - z[:, None]
+        return u - (8388608.0 + z)[:, None]
     else:
-        return u - (1 << (BITS - 1))
+        return u - (8388608.0 + (1 << (BITS - 1)))
 
 
 @triton.jit

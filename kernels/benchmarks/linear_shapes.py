@@ -106,8 +106,8 @@ def sweep_configs(m: int, w: DequantWeight) -> list[LaunchConfig]:
     """Candidate launches for one shape and row count (those that fit it)."""
     splits = (1, 2, 4, 8, 16)
     if m <= GEMV_MAX_ROWS:
-        cands = [LaunchConfig(0, bn, bk, split, nw) for bn in (16, 32, 64) for bk in (64, 128)
-                 for nw in (2, 4) for split in splits]
+        cands = [LaunchConfig(0, bn, bk, split, nw) for bn in (16, 32, 64, 128) for bk in (64, 128)
+                 for nw in (2, 4, 8) for split in splits]
     else:
         bm, nw = (16, 4) if m <= 16 else (64, 4) if m <= 128 else (128, 8)
         cands = [LaunchConfig(bm, bn, bk, split, nw, ns) for bn in (64, 128) for bk in (64, 128) for ns in (3, 4)
