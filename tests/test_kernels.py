@@ -129,11 +129,12 @@ def check_against_reference(device: str, dtypes: tuple = (torch.float16, torch.b
         got, want = dequant_gemm(x, w).double().cpu(), dequant_gemm_ref(x, w).double().cpu()
         rel = float((got - want).norm() / want.norm())
         assert not got.isnan().any() and rel < 1e-2, (m, n, k, bits, group, asym, dtype, rel)
-        as_op = dequant_gemm_op(x, w.packed, w.scale, w.zero, bits, group)  # what the vLLM plugin calls
-        assert torch.equal(as_op.double().cpu(), got)
+        as_op = dequant_gemm_op(x, w.packed, w.scale, w.zero, bits, group).double().cpu()  # the vLLM plugin's call
+        assert float((as_op - want).norm() / want.norm()) < 1e-2  # split-K float32 atomics: not bit-reproducible
 
 
-@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton not installed")
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None or torch.cuda.is_available(),
+                    reason="Triton's CPU interpreter: for machines without a GPU that have Triton")
 def test_kernels_match_reference_in_the_triton_interpreter():
     env = dict(os.environ, TRITON_INTERPRET="1")
     # the interpreter's tl.dot mishandles bfloat16 (numpy has none): float16 only there, both on CUDA

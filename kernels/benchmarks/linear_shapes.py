@@ -14,7 +14,9 @@ for tbq's kernel and prints the fastest per shape; ``--write-tuned`` records the
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import socket
 import statistics
 from pathlib import Path
 
@@ -70,14 +72,36 @@ def random_int4(n: int, k: int, group: int, gen: torch.Generator) -> DequantWeig
     return DequantWeight(pack_rows(u, 4), scale, None, 4, group, k).to("cuda")
 
 
+@functools.cache
+def vllm_single_process() -> str | None:
+    """vLLM's parallel state for one process (its weight parameters ask for the tensor-parallel rank); the reason
+    when that fails."""
+    try:
+        from vllm.config import VllmConfig, set_current_vllm_config
+        from vllm.distributed import init_distributed_environment, initialize_model_parallel
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        with set_current_vllm_config(VllmConfig()):
+            init_distributed_environment(world_size=1, rank=0, local_rank=0, backend="nccl",
+                                         distributed_init_method=f"tcp://127.0.0.1:{port}")
+            initialize_model_parallel(1, 1)
+    except Exception as e:  # vLLM missing or broken: report, keep benchmarking the rest
+        return f"vLLM unavailable ({type(e).__name__}: {e})"[:120]
+    return None
+
+
 def vllm_kernel(name: str, w: DequantWeight):
     """x -> y through vLLM's Machete or Marlin linear kernel on the same codes, or the reason it cannot run."""
-    try:
-        from vllm.model_executor.kernels.linear import mixed_precision as mp
-        from vllm.model_executor.parameter import GroupQuantScaleParameter, PackedvLLMParameter
-        from vllm.scalar_type import scalar_types
-    except Exception as e:  # vLLM missing or broken: report, keep benchmarking the rest
-        return f"vLLM not importable ({type(e).__name__})"
+    failed = vllm_single_process()
+    if failed:
+        return failed
+    from vllm.config import VllmConfig, set_current_vllm_config
+    from vllm.model_executor.kernels.linear import mixed_precision as mp
+    from vllm.model_executor.parameter import GroupQuantScaleParameter, PackedvLLMParameter
+    from vllm.scalar_type import scalar_types
+
     n, k = w.out_features, w.in_features
     cfg = mp.MPLinearLayerConfig(full_weight_shape=(k, n), partition_weight_shape=(k, n),
                                  weight_type=scalar_types.uint4b8, act_type=torch.float16,
@@ -88,17 +112,18 @@ def vllm_kernel(name: str, w: DequantWeight):
         return why
     layer = torch.nn.Module()
     loader = lambda *a, **kw: None  # noqa: E731
-    layer.register_parameter("weight_packed", PackedvLLMParameter(
-        input_dim=1, output_dim=0, packed_factor=8, packed_dim=1, data=w.packed.clone(), weight_loader=loader))
-    layer.register_parameter("weight_scale", GroupQuantScaleParameter(
-        output_dim=0, input_dim=1, data=w.scale.clone(), weight_loader=loader))
-    layer.input_size_per_partition, layer.output_size_per_partition = k, n
     try:
-        kernel = cls(cfg, w_q_param_name="weight_packed", w_s_param_name="weight_scale",
-                     w_zp_param_name="weight_zero_point", w_gidx_param_name="weight_g_idx")
-        kernel.process_weights_after_loading(layer)
+        with set_current_vllm_config(VllmConfig()):
+            layer.register_parameter("weight_packed", PackedvLLMParameter(
+                input_dim=1, output_dim=0, packed_factor=8, packed_dim=1, data=w.packed.clone(), weight_loader=loader))
+            layer.register_parameter("weight_scale", GroupQuantScaleParameter(
+                output_dim=0, input_dim=1, data=w.scale.clone(), weight_loader=loader))
+            layer.input_size_per_partition, layer.output_size_per_partition = k, n
+            kernel = cls(cfg, w_q_param_name="weight_packed", w_s_param_name="weight_scale",
+                         w_zp_param_name="weight_zero_point", w_gidx_param_name="weight_g_idx")
+            kernel.process_weights_after_loading(layer)
     except Exception as e:  # a vLLM-internal requirement we do not meet: report it
-        return f"{type(e).__name__}: {e}"[:80]
+        return f"{type(e).__name__}: {e}"[:120]
     return lambda x: kernel.apply_weights(layer, x)
 
 
