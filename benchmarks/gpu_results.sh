@@ -57,6 +57,7 @@ throughput() {
   wait_for /tmp/vllm_ready
   checkpoints
   export VLLM_DISABLE_COMPILE_CACHE=1  # one checkpoint under several kernels: never reuse another run's graphs
+  export TBQ_VLLM_KERNELS=1  # the plugin is opt-in; the Machete/Marlin runs disable it by name
   python3 -m eval.throughput offline "$CK/llama2-7b-fp16" "$CK/llama2-7b-w4g128" "$CK/llama2-7b-w4g128" \
     "$CK/llama2-7b-w4g128" --labels fp16,int4-tbq-kernel,int4-machete,int4-marlin \
     --disabled-kernels ";;TbqDequantLinearKernel;TbqDequantLinearKernel,MacheteLinearKernel" \

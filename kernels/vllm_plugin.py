@@ -1,12 +1,15 @@
 """vLLM plugin: serves tbq's compressed-tensors exports (and any int4/int8 pack-quantized checkpoint) on our kernels.
 
-Registered through the entry point group ``vllm.general_plugins`` (``tbq_kernels`` in pyproject.toml). ``register``
+Registered through the entry point group ``vllm.general_plugins`` (``tbq_kernels`` in pyproject.toml). Opt-in
+until its speed is measured against Machete and Marlin: with ``TBQ_VLLM_KERNELS=1`` in the environment, ``register``
 puts ``TbqDequantLinearKernel`` first among vLLM's CUDA mixed-precision linear kernels, so compressed-tensors' WNA16
-scheme picks it wherever it can implement the layer and falls back to Machete/Marlin elsewhere. Disable it like any
-vLLM kernel: ``VLLM_DISABLED_KERNELS=TbqDequantLinearKernel``.
+scheme picks it wherever it can implement the layer and falls back to Machete/Marlin elsewhere; otherwise installing
+tbq leaves vLLM as it is. Once on, it can be skipped like any vLLM kernel: ``VLLM_DISABLED_KERNELS=TbqDequantLinearKernel``.
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 
@@ -66,7 +69,10 @@ def _kernel_class():
 
 
 def register() -> None:
-    """Put our kernel first for CUDA mixed-precision linears (idempotent: vLLM may call plugins more than once)."""
+    """With TBQ_VLLM_KERNELS=1, put our kernel first for CUDA mixed-precision linears (idempotent: vLLM may call
+    plugins more than once)."""
+    if os.environ.get("TBQ_VLLM_KERNELS") != "1":
+        return
     from vllm.model_executor.kernels.linear import _POSSIBLE_KERNELS
     from vllm.platforms import PlatformEnum
 
