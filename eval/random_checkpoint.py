@@ -99,7 +99,8 @@ def write_random(shape: str, out: Path, fmt: str = "fp16", bits: int = 4, group_
             if group_size != -1 and in_f % group_size:
                 raise TbqError(f"group size {group_size} does not divide in_features {in_f} of {name}")
             weights[name] = random_quantized(out_f, in_f, GridSpec(bits, sym), group_size, gen)
-    return write_vllm_checkpoint(out, weights, random_tensors(shapes, gen), config, bits, sym, group_size, info, overwrite=overwrite)
+    return write_vllm_checkpoint(out, weights, random_tensors(shapes, gen), config, bits, sym, group_size, info,
+                                 overwrite=overwrite)
 
 
 def main(argv: list[str] | None = None) -> Path:

@@ -9,8 +9,9 @@
 ``offline`` runs each checkpoint in turn in a Python with vLLM (default $TBQ_VLLM_PYTHON, else this one), in
 one invocation so the numbers sit side by side; ``eval.random_checkpoint`` makes real shapes with random
 weights. A checkpoint may repeat with other ``--disabled-kernels`` (vLLM's VLLM_DISABLED_KERNELS, one
-';'-separated entry per checkpoint) to compare linear kernels: tbq's plugin, Machete, Marlin. ``serve`` streams completions from an OpenAI-compatible server (`vllm serve`) at each concurrency and
-reports output tokens per second, time to first token and latency. Both print a Markdown table and write JSON.
+';'-separated entry per checkpoint) to compare linear kernels: tbq's plugin, Machete, Marlin. ``serve`` streams
+completions from an OpenAI-compatible server (`vllm serve`) at each concurrency and reports output tokens per
+second, time to first token and latency. Both print a Markdown table and write JSON.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from turboboa_export.export.pack import unpack_rows
+from turboboa_export.export.pack import pack_rows, unpack_rows
 
 SUPPORTED_BITS = (4, 8)
 
@@ -62,3 +62,13 @@ def from_compressed_tensors(weight_packed: torch.Tensor, weight_scale: torch.Ten
     if weight_zero_point is not None:
         zero = unpack_rows(weight_zero_point.T.contiguous(), bits, n).T.to(dtype).contiguous()
     return DequantWeight(weight_packed.contiguous(), weight_scale.to(dtype).contiguous(), zero, bits, k // groups, k)
+
+
+def random_weight(n: int, k: int, bits: int, group: int, asym: bool, dtype: torch.dtype, gen: torch.Generator,
+                  device: str = "cpu") -> DequantWeight:
+    """Uniform random codes, scales in [0.001, 0.021), zero points uniform (``asym``) or none: for tests and
+    benchmarks."""
+    u = torch.randint(0, 2**bits, (n, k), generator=gen)
+    scale = (torch.rand(n, k // group, generator=gen) * 0.02 + 1e-3).to(dtype)
+    zero = torch.randint(0, 2**bits, (n, k // group), generator=gen).to(dtype) if asym else None
+    return DequantWeight(pack_rows(u, bits), scale, zero, bits, group, k).to(device)

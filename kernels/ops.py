@@ -136,7 +136,8 @@ def dequant_gemm(x: torch.Tensor, w: DequantWeight, config: LaunchConfig | None 
 
 
 @torch.library.custom_op("tbq::dequant_gemm", mutates_args=(),
-                         schema="(Tensor x, Tensor packed, Tensor scale, Tensor? zero, int bits, int group_size) -> Tensor")
+                         schema="(Tensor x, Tensor packed, Tensor scale, Tensor? zero, int bits, int group_size)"
+                                " -> Tensor")
 def dequant_gemm_op(x, packed, scale, zero, bits, group_size):
     """``dequant_gemm`` as an opaque torch op, so torch.compile (vLLM) traces around the Triton launch."""
     return dequant_gemm(x, DequantWeight(packed, scale, zero, bits, group_size, x.shape[-1]))

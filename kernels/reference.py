@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from turboboa_export.algorithms.grid import dequantize
 from turboboa_export.export.pack import unpack_rows
 
 from .layout import DequantWeight
@@ -12,8 +13,9 @@ from .layout import DequantWeight
 def dequantize_ref(w: DequantWeight) -> torch.Tensor:
     """W [N, K] in float64: (u - z) * scale per group."""
     u = unpack_rows(w.packed.cpu(), w.bits, w.in_features).double()
-    zero = 2.0 ** (w.bits - 1) if w.zero is None else w.zero.cpu().double().repeat_interleave(w.group_size, 1)
-    return (u - zero) * w.scale.cpu().double().repeat_interleave(w.group_size, 1)
+    per_column = lambda t: t.cpu().double().repeat_interleave(w.group_size, 1)  # noqa: E731  [N, groups] -> [N, K]
+    zero = torch.full_like(u, 2.0 ** (w.bits - 1)) if w.zero is None else per_column(w.zero)
+    return dequantize(u, per_column(w.scale), zero)
 
 
 def dequant_gemm_ref(x: torch.Tensor, w: DequantWeight) -> torch.Tensor:

@@ -32,6 +32,16 @@ def _codes(w_ptr, z_ptr, offs_n, n_mask, k0, g, stride_wn, stride_zn,
 
 
 @triton.jit
+def _tile(w_ptr, s_ptr, z_ptr, offs_n, n_mask, k0, group_size, stride_wn, stride_sn, stride_zn,
+          BITS: tl.constexpr, HAS_ZERO: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """(u - z [BLOCK_N, BLOCK_K], s [BLOCK_N]) of the K-tile at k0: codes and their group's scale, float32."""
+    g = k0 // group_size
+    c = _codes(w_ptr, z_ptr, offs_n, n_mask, k0, g, stride_wn, stride_zn, BITS, HAS_ZERO, BLOCK_N, BLOCK_K)
+    s = tl.load(s_ptr + offs_n * stride_sn + g, mask=n_mask, other=0.0).to(tl.float32)
+    return c, s
+
+
+@triton.jit
 def gemv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, y_ptr, N, K, group_size, k_len,
                 stride_xm, stride_wn, stride_sn, stride_zn, stride_ym,
                 BITS: tl.constexpr, HAS_ZERO: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -45,9 +55,8 @@ def gemv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, y_ptr, N, K, group_size, k_len,
     for step in range(0, k_len // BLOCK_K):
         k0 = pid_k * k_len + step * BLOCK_K
         x = tl.load(x_ptr + m * stride_xm + k0 + tl.arange(0, BLOCK_K)).to(tl.float32)
-        g = k0 // group_size
-        c = _codes(w_ptr, z_ptr, offs_n, n_mask, k0, g, stride_wn, stride_zn, BITS, HAS_ZERO, BLOCK_N, BLOCK_K)
-        s = tl.load(s_ptr + offs_n * stride_sn + g, mask=n_mask, other=0.0).to(tl.float32)
+        c, s = _tile(w_ptr, s_ptr, z_ptr, offs_n, n_mask, k0, group_size, stride_wn, stride_sn, stride_zn,
+                     BITS, HAS_ZERO, BLOCK_N, BLOCK_K)
         acc += s * tl.sum(c * x[None, :], axis=1)  # s_n sum_k (u - z) x
     out = y_ptr + m * stride_ym + offs_n
     if ATOMIC:
@@ -72,9 +81,8 @@ def gemm_kernel(x_ptr, w_ptr, s_ptr, z_ptr, y_ptr, M, N, K, group_size, k_len,
         k0 = pid_k * k_len + step * BLOCK_K
         x = tl.load(x_ptr + offs_m[:, None] * stride_xm + (k0 + tl.arange(0, BLOCK_K))[None, :],
                     mask=m_mask[:, None], other=0.0)
-        g = k0 // group_size
-        c = _codes(w_ptr, z_ptr, offs_n, n_mask, k0, g, stride_wn, stride_zn, BITS, HAS_ZERO, BLOCK_N, BLOCK_K)
-        s = tl.load(s_ptr + offs_n * stride_sn + g, mask=n_mask, other=0.0).to(tl.float32)
+        c, s = _tile(w_ptr, s_ptr, z_ptr, offs_n, n_mask, k0, group_size, stride_wn, stride_sn, stride_zn,
+                     BITS, HAS_ZERO, BLOCK_N, BLOCK_K)
         w = (c * s[:, None]).to(x.dtype)
         acc = tl.dot(x, tl.trans(w), acc)
     out = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :]

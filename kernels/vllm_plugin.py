@@ -4,7 +4,8 @@ Registered through the entry point group ``vllm.general_plugins`` (``tbq_kernels
 until its speed is measured against Machete and Marlin: with ``TBQ_VLLM_KERNELS=1`` in the environment, ``register``
 puts ``TbqDequantLinearKernel`` first among vLLM's CUDA mixed-precision linear kernels, so compressed-tensors' WNA16
 scheme picks it wherever it can implement the layer and falls back to Machete/Marlin elsewhere; otherwise installing
-tbq leaves vLLM as it is. Once on, it can be skipped like any vLLM kernel: ``VLLM_DISABLED_KERNELS=TbqDequantLinearKernel``.
+tbq leaves vLLM as it is. Once on, it can be skipped like any vLLM kernel:
+``VLLM_DISABLED_KERNELS=TbqDequantLinearKernel``.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def _kernel_class():
         def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
             w_q, w_s, w_zp, _ = self._get_weight_params(layer)
             bits = supported[self.config.weight_type][0]
-            w = from_compressed_tensors(w_q.data, w_s.data, bits, w_zp.data if self.config.zero_points else None,
+            w = from_compressed_tensors(w_q.data, w_s.data, bits, None if w_zp is None else w_zp.data,
                                         dtype=self.config.act_type)
             self._transform_param(layer, self.w_q_name, lambda _: w.packed)
             self._transform_param(layer, self.w_s_name, lambda _: w.scale)
@@ -62,7 +63,7 @@ def _kernel_class():
                           bias: torch.Tensor | None = None) -> torch.Tensor:
             w_q, w_s, w_zp, _ = self._get_weight_params(layer)
             bits, group = self._shape
-            y = dequant_gemm_op(x, w_q, w_s, w_zp if self.config.zero_points else None, bits, group)
+            y = dequant_gemm_op(x, w_q, w_s, w_zp, bits, group)  # w_zp is None for symmetric layers
             return y if bias is None else y + bias
 
     return TbqDequantLinearKernel

@@ -13,19 +13,12 @@ import pytest
 import torch
 
 from kernels import DequantWeight, dequant_gemm, dequant_gemm_ref, from_compressed_tensors
+from kernels.layout import random_weight
 from kernels.ops import GEMV_MAX_ROWS, check_inputs, dequant_gemm_op, launch_config
 from kernels.reference import dequantize_ref
 from turboboa_export.algorithms.quantized import QuantizedWeight
 from turboboa_export.export.compressed_tensors import dequantize_exported, linear_tensors
 from turboboa_export.export.pack import pack_rows
-
-
-def random_weight(n: int, k: int, bits: int, group: int, asym: bool, dtype: torch.dtype, gen: torch.Generator,
-                  device: str = "cpu") -> DequantWeight:
-    u = torch.randint(0, 2**bits, (n, k), generator=gen)
-    scale = (torch.rand(n, k // group, generator=gen) * 0.02 + 1e-3).to(dtype)
-    zero = torch.randint(0, 2**bits, (n, k // group), generator=gen).to(dtype) if asym else None
-    return DequantWeight(pack_rows(u, bits), scale, zero, bits, group, k).to(device)
 
 
 @pytest.mark.parametrize("bits,group,asym", [(4, 16, False), (4, 32, True), (8, 64, False), (8, 16, True)])
@@ -52,7 +45,8 @@ def test_load_time_repack_reads_what_the_exporter_wrote(bits, asym):
     n, k, group = 24, 128, 32
     codes = torch.randint(0, 2**bits, (n, k), generator=gen)
     scale = torch.rand(n, k // group, generator=gen) + 0.1
-    zero = torch.randint(0, 2**bits, (n, k // group), generator=gen) if asym else torch.full((n, k // group), 2 ** (bits - 1))
+    zero = (torch.randint(0, 2**bits, (n, k // group), generator=gen) if asym
+            else torch.full((n, k // group), 2 ** (bits - 1)))
     q = QuantizedWeight(codes=codes, scale=scale, zero=zero, g_idx=torch.arange(k) // group)
     t = linear_tensors("l", q, bits, sym=not asym, dtype=torch.float16)
     w = from_compressed_tensors(t["l.weight_packed"], t["l.weight_scale"], bits, t.get("l.weight_zero_point"))

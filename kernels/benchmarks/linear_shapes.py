@@ -22,10 +22,9 @@ from pathlib import Path
 
 import torch
 
-from kernels.layout import DequantWeight
+from kernels.layout import DequantWeight, random_weight
 from kernels.ops import GEMV_MAX_ROWS, LaunchConfig, dequant_gemm, launch_config, record_tuned, tuned_key
 from kernels.reference import dequantize_ref
-from turboboa_export.export.pack import pack_rows
 
 SHAPES = {  # name: (N out, K in)
     "llama2-7b": {"q": (4096, 4096), "k": (4096, 4096), "v": (4096, 4096), "o": (4096, 4096),
@@ -67,9 +66,8 @@ def copy_bandwidth() -> float:
 
 
 def random_int4(n: int, k: int, group: int, gen: torch.Generator) -> DequantWeight:
-    u = torch.randint(0, 16, (n, k), generator=gen)
-    scale = (torch.rand(n, k // group, generator=gen) * 0.02 + 1e-3).half()
-    return DequantWeight(pack_rows(u, 4), scale, None, 4, group, k).to("cuda")
+    """Symmetric int4 codes as exported, fp16 scales, on the GPU."""
+    return random_weight(n, k, 4, group, False, torch.float16, gen, "cuda")
 
 
 @functools.cache

@@ -19,28 +19,30 @@ def packed_words(count: int, bits: int) -> int:
 
 def pack_rows(values: torch.Tensor, bits: int) -> torch.Tensor:
     """Pack unsigned ``values`` [rows, K] (0..2^b-1) along K -> int32 [rows, ceil(K*b/32)]."""
-    rows, k = values.shape
     v = values.to(torch.int64)
     if v.numel() and (v.min() < 0 or v.max() >= 2**bits):
         raise ValueError(f"values out of range for {bits}-bit packing")
-    if 32 % bits == 0:
-        return _pack_whole_values(v, bits)
+    word = _whole_value_words(v, bits) if 32 % bits == 0 else _bit_stream_words(v, bits)
+    return torch.where(word >= 2**31, word - 2**32, word).to(torch.int32)  # two's complement
+
+
+def _bit_stream_words(v: torch.Tensor, bits: int) -> torch.Tensor:
+    """Unsigned int64 words of the little-endian bit stream (any b, values may straddle words)."""
+    rows, k = v.shape
     shifts = torch.arange(bits, device=v.device)
     stream = ((v.unsqueeze(-1) >> shifts) & 1).reshape(rows, k * bits)  # bit t of value i at stream position i*b + t
     words = packed_words(k, bits)
     stream = torch.nn.functional.pad(stream, (0, words * 32 - k * bits))
-    word = (stream.reshape(rows, words, 32) << torch.arange(32, device=v.device)).sum(-1)
-    return torch.where(word >= 2**31, word - 2**32, word).to(torch.int32)  # two's complement
+    return (stream.reshape(rows, words, 32) << torch.arange(32, device=v.device)).sum(-1)
 
 
-def _pack_whole_values(v: torch.Tensor, bits: int) -> torch.Tensor:
-    """The same stream when b divides 32 (no value straddles words): word j = sum_i v[j*(32/b) + i] << (i*b)."""
+def _whole_value_words(v: torch.Tensor, bits: int) -> torch.Tensor:
+    """The same words when b divides 32 (no value straddles words): word j = sum_i v[j*(32/b) + i] << (i*b)."""
     rows, k = v.shape
     per_word = 32 // bits
     words = packed_words(k, bits)
     v = torch.nn.functional.pad(v, (0, words * per_word - k)).reshape(rows, words, per_word)
-    word = (v << (torch.arange(per_word, device=v.device) * bits)).sum(-1)
-    return torch.where(word >= 2**31, word - 2**32, word).to(torch.int32)  # two's complement
+    return (v << (torch.arange(per_word, device=v.device) * bits)).sum(-1)
 
 
 def unpack_rows(packed: torch.Tensor, bits: int, k: int) -> torch.Tensor:
