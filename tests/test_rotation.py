@@ -9,7 +9,8 @@ import torch
 
 from turboboa_export.arch import spec_for
 from turboboa_export.errors import TbqError
-from turboboa_export.rotation.hadamard import apply_hadamard, base_orders, factor, hadamard_matrix, random_hadamard
+from turboboa_export.rotation.hadamard import (apply_hadamard, base_orders, factor, hadamard_matrix, random_hadamard,
+                                               sylvester)
 from turboboa_export.rotation.fuse import rotate_model
 from turboboa_export.rotation.online import install_transforms, quantize_activations
 from turboboa_export.rotation.paley import DATA, paley_hadamard
@@ -19,7 +20,7 @@ from .tiny import tiny_config
 SIZES = [1, 2, 16, 64, 12, 48, 96, 576, 1536, 20 * 8, 28 * 64, 44 * 2]
 
 
-@pytest.mark.parametrize("m", [12, 20, 28, 44])
+@pytest.mark.parametrize("m", [12, 20, 28, 44, 344])
 def test_shipped_bases_are_hadamard_and_paley(m):
     text = (DATA / f"had{m}.txt").read_text().split()
     h = torch.tensor([[1.0 if c == "+" else -1.0 for c in row] for row in text], dtype=torch.float64)
@@ -40,10 +41,25 @@ def test_hadamard_orthonormal_and_fast_transform_equals_matrix(n):
 
 
 def test_unsupported_size_is_a_clear_error():
-    with pytest.raises(TbqError, match="no Hadamard matrix of order 11008"):
-        factor(11008)
+    with pytest.raises(TbqError, match="no Hadamard matrix of order 18944"):
+        factor(18944)  # Qwen2.5-7B's intermediate size, 37 * 2^9: no shipped base
     assert 12 in base_orders() and 144 in base_orders()
     assert factor(14336) == (28, 512) and factor(1536) == (12, 128) and factor(576) == (144, 4)
+    assert factor(11008) == (344, 32)
+
+
+def test_llama2_down_hadamard_columns_match_their_definition():
+    """Llama-2's 11008 = 344 * 2^5: the fast transform against columns of (H_344 kron S_32) / sqrt(n) built entry by
+    entry (the whole float64 matrix would take 1 GB)."""
+    n, m, p = 11008, 344, 32
+    g = torch.Generator().manual_seed(11)
+    cols = torch.randperm(n, generator=g)[:48]
+    base, syl = hadamard_matrix(m) * m**0.5, sylvester(p)
+    rows = torch.arange(n)
+    h_cols = base[rows[:, None] // p, cols[None, :] // p] * syl[rows[:, None] % p, cols[None, :] % p] / n**0.5
+    assert torch.allclose(h_cols.T @ h_cols, torch.eye(len(cols), dtype=torch.float64), rtol=0, atol=1e-12)
+    x = torch.randn(5, n, dtype=torch.float64, generator=g)
+    assert torch.allclose(apply_hadamard(x)[:, cols], x @ h_cols, rtol=0, atol=1e-10)
 
 
 def tiny_model(kind, **over):

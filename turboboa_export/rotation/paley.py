@@ -1,7 +1,9 @@
 """Paley's construction I of Hadamard matrices of order q + 1 (q a prime power, q = 3 mod 4), which generated
 the base matrices shipped in ``turboboa_export/data/hadamard``:
 
-    python -m turboboa_export.rotation.paley 11 19 27 43      # writes had12.txt, had20.txt, had28.txt, had44.txt
+    python -m turboboa_export.rotation.paley 11 19 27 43 343  # writes had12.txt, had20.txt, ..., had344.txt
+
+(344 = 7^3 + 1 gives Llama-2's 11008 = 344 * 2^5.)
 
 H = I + S with S = [[0, 1^T], [-1, Q]], Q_ij = chi(a_i - a_j) over GF(q) (chi: quadratic character).
 """
