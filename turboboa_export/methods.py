@@ -61,11 +61,13 @@ register(Method("rtn", _rtn))
 register(Method("gptq", _gptq))
 
 
-def turboboa_options(cfg: QuantConfig) -> TurboBoAOptions:
-    """F1/F3 settings of a config; ``boa`` is N = 1 with a fixed grid and no refinement."""
+def turboboa_options(cfg: QuantConfig, tf32: bool = False) -> TurboBoAOptions:
+    """F1/F3 settings of a config; ``boa`` is N = 1 with a fixed grid and no refinement. ``tf32``: the statistics
+    come from fp16/bf16 activations on a GPU, so the F2/F3 corrections may use TF32."""
     if cfg.method == "boa":
-        return TurboBoAOptions(1, False, 0, cfg.act_order, cfg.row_act_order, cfg.damp)
-    return TurboBoAOptions(cfg.rows, cfg.adaptive_grid, cfg.refine_iters, cfg.act_order, cfg.row_act_order, cfg.damp)
+        return TurboBoAOptions(1, False, 0, cfg.act_order, cfg.row_act_order, cfg.damp, tf32)
+    return TurboBoAOptions(cfg.rows, cfg.adaptive_grid, cfg.refine_iters, cfg.act_order, cfg.row_act_order, cfg.damp,
+                           tf32)
 
 
 def _alpha(cfg: QuantConfig) -> float:
@@ -83,7 +85,7 @@ def _two_sided_loss(w, what, h_in, h_out) -> float:
 
 
 def _attention_aware(role: str, w: torch.Tensor, stats, cfg: QuantConfig, shape) -> tuple[QuantizedWeight, float]:
-    spec, opts, alpha = grid_spec(cfg), turboboa_options(cfg), _alpha(cfg)
+    spec, opts, alpha = grid_spec(cfg), turboboa_options(cfg, stats.half), _alpha(cfg)
     attn = stats.attention
     if role in ("q", "k"):
         h_out = attn.h_out_q() if role == "q" else attn.h_out_k()

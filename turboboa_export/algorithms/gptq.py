@@ -11,6 +11,7 @@ import torch
 
 from .column_segment import run_segment
 from .grid import GridSpec, find_params, find_params_2d
+from .precision import tf32_matmuls
 from .quantized import QuantizedWeight, contiguous_g_idx
 
 LAZY_BLOCK = 128
@@ -51,9 +52,10 @@ def inverse_cholesky_upper(h: torch.Tensor, percdamp: float) -> torch.Tensor:
     raise ValueError("the Hessian is not positive definite even after damping; raise --damp or add calibration data")
 
 
-def gptaq_p(r: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """GPTAQ's correction matrix P = triu(R U^T, 1) U."""
-    return torch.triu(r @ u.transpose(-1, -2), diagonal=1) @ u
+def gptaq_p(r: torch.Tensor, u: torch.Tensor, tf32: bool = False) -> torch.Tensor:
+    """GPTAQ's correction matrix P = triu(R U^T, 1) U; ``tf32``: its two products on TF32 tensor cores."""
+    with tf32_matmuls(u.device, tf32):
+        return torch.triu(r @ u.transpose(-1, -2), diagonal=1) @ u
 
 
 def segment_bounds(cols: int, group_size: int, grids_known: bool) -> list[tuple[int, int]]:
@@ -138,12 +140,13 @@ def gptq_quantize(
     percdamp: float = 0.01,
     act_order: bool = False,
     r: torch.Tensor | None = None,
+    tf32_p: bool = False,
 ) -> QuantizedWeight:
     """GPTQ on one [out, in] weight with Hessian H_in (or a batch [b, out, in] with [b, in, in]); ``r`` (already
-    scaled by alpha) turns on GPTAQ."""
+    scaled by alpha) turns on GPTAQ, whose P is computed in TF32 with ``tf32_p``."""
     w, h, r, perm = prepare_columns(w, h, r, act_order)
     u = inverse_cholesky_upper(h, percdamp)
-    p = gptaq_p(r, u) if r is not None else None
+    p = gptaq_p(r, u, tf32_p) if r is not None else None
     h_grid = damp(h, percdamp) if spec.search == "hessian" else None
     params = find_params_2d(w, spec, -1, h_grid) if group_size == -1 else None
     codes, scale, zero = column_pass(w, u, spec, group_size, h_grid, params, p)

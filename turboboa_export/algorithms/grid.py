@@ -7,10 +7,9 @@ scales and zeros come back as ``[rows, groups]`` (algorithm.md section 1).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
-
-from .precision import tf32_matmuls
 
 SEARCHES = ("minmax", "mse", "hessian")
 SHRINK_STEPS = 100  # p = 1 - i/100, i = 0..99
@@ -65,12 +64,52 @@ def _range(w: torch.Tensor, sym: bool) -> tuple[torch.Tensor, torch.Tensor]:
     return wmin, wmax
 
 
-def _score(w: torch.Tensor, what: torch.Tensor, search: str, h_blocks: torch.Tensor | None) -> torch.Tensor:
-    """Error of a candidate grid per [rows, groups]: Hessian d H_blk d^T or sum |d|^2.4."""
-    d = what - w
-    if search == "hessian":
-        with tf32_matmuls(d.device):  # only ranks the candidates
-            return torch.einsum("...rgi,...gij,...rgj->...rg", d, h_blocks, d)  # (q - w) H_blk (q - w)^T per group
+def candidate_errors(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, maxq: int,
+                     dtype: torch.dtype) -> torch.Tensor:
+    """d = s (clamp(round(w/s) + z, 0, maxq) - z) - w for every candidate (scale, zero), in ``dtype``."""
+    return (fake_quantize(w, scale, zero, maxq) - w).to(dtype)
+
+
+def row_dots(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """sum_j a_j b_j over the last dim, in a's dtype."""
+    return (a * b).sum(-1, dtype=a.dtype)
+
+
+@lru_cache(maxsize=None)
+def _fused(fn):
+    """``fn`` compiled into fused GPU kernels (one read of each input, one write, instead of a pass per op)."""
+    return torch.compile(fn, dynamic=True)
+
+
+def _hessian_score(d: torch.Tensor, h_blocks: torch.Tensor, fused: bool) -> torch.Tensor:
+    """d H_blk d^T per candidate, row and group: d [C, ..., rows, g, gs], h_blocks [..., g, gs, gs] -> [C, ..., rows, g].
+    One batched matmul per (batch entry, group) with the candidates and rows stacked; on a GPU its inputs are the
+    bf16 errors (float32 accumulation and output), which only rank candidates. ``fused``: the final dot products
+    by one compiled kernel."""
+    c, *batch, rows, g, gs = d.shape
+    nb = len(batch)
+    to_stack = [*range(1, nb + 1), nb + 2, 0, nb + 1, nb + 3]  # [..., g, C, rows, gs]
+    stacked = d.permute(to_stack).reshape(-1, c * rows, gs)  # [B * g, C * rows, gs]
+    h = h_blocks.expand(*batch, g, gs, gs).reshape(-1, gs, gs).to(d.dtype)
+    if d.dtype == torch.bfloat16:
+        dh = torch.bmm(stacked, h, out_dtype=torch.float32)
+    else:
+        dh = torch.bmm(stacked, h)
+    score = (_fused(row_dots) if fused else row_dots)(dh, stacked)  # [B * g, C * rows]
+    return score.reshape(*batch, g, c, rows).permute(nb + 1, *range(nb), nb + 2, nb)
+
+
+def _score(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, spec: GridSpec,
+           h_blocks: torch.Tensor | None) -> torch.Tensor:
+    """Error of each candidate grid per [rows, groups]: Hessian d H_blk d^T or sum |d|^2.4."""
+    hessian = spec.search == "hessian"
+    fused = w.is_cuda and w.dtype == torch.float32  # float64 (the references' dtype) stays exact
+    if fused:
+        d = _fused(candidate_errors)(w, scale, zero, spec.maxq, torch.bfloat16 if hessian else w.dtype)
+    else:
+        d = candidate_errors(w, scale, zero, spec.maxq, w.dtype)
+    if hessian:
+        return _hessian_score(d, h_blocks, fused)
     return d.abs().pow(MSE_NORM).sum(-1)
 
 
@@ -115,8 +154,7 @@ def find_params(
     chunk = max(1, budget // max(1, w.numel()))
     for c in range(0, all_scales.shape[0], chunk):
         scale, zero = all_scales[c : c + chunk], all_zeros[c : c + chunk]
-        what = fake_quantize(w, scale.unsqueeze(-1), zero.unsqueeze(-1), spec.maxq)
-        score = torch.nan_to_num(_score(w, what, spec.search, h_blocks), nan=float("inf"))
+        score = torch.nan_to_num(_score(w, scale.unsqueeze(-1), zero.unsqueeze(-1), spec, h_blocks), nan=float("inf"))
         idx = score.argmin(0, keepdim=True)  # the first lowest within the chunk
         low = score.gather(0, idx)[0]
         better = low < best_score  # an earlier chunk keeps ties

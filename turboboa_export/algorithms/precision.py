@@ -1,4 +1,11 @@
-"""Where float32 matmuls may run on TF32 tensor cores."""
+"""Where statistics' matrix products may run on half-precision tensor cores.
+
+A model whose activations are fp16/bf16 computes its own products from half-precision inputs with float32
+accumulation; the statistics summed from those activations may do the same on a GPU: the activations are
+exact in their own dtype, the products of two halves are exact in float32, and only the sums round.
+Float32/float64 models and the CPU keep full-precision products. TurboBoA's F2/F3 corrections built from such
+statistics may take TF32 inputs (``tf32_matmuls``).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +15,25 @@ from typing import Iterator
 import torch
 
 HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def half_products(x: torch.Tensor) -> torch.dtype | None:
+    """The half dtype for statistics' products of activations like ``x`` (a CUDA fp16/bf16 tensor), else None."""
+    return x.dtype if x.is_cuda and x.dtype in HALF_DTYPES else None
+
+
+def stats_matmul(a: torch.Tensor, b: torch.Tensor, half: torch.dtype | None) -> torch.Tensor:
+    """a @ b (broadcast over leading dims). With ``half``: the inputs rounded to it, products summed and returned in
+    float32 (tensor cores); without: in a's and b's own dtype."""
+    if half is None:
+        return a @ b
+    a, b = a.to(half), b.to(half)
+    if a.dim() == 2 and b.dim() == 2:
+        return torch.mm(a, b, out_dtype=torch.float32)
+    batch = torch.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    a3 = a.expand(*batch, *a.shape[-2:]).reshape(-1, *a.shape[-2:])
+    b3 = b.expand(*batch, *b.shape[-2:]).reshape(-1, *b.shape[-2:])
+    return torch.bmm(a3, b3, out_dtype=torch.float32).reshape(*batch, a.shape[-2], b.shape[-1])
 
 
 @contextmanager
@@ -23,9 +49,3 @@ def tf32_matmuls(device: torch.device, enabled: bool = True) -> Iterator[None]:
         yield
     finally:
         torch.set_float32_matmul_precision(before)
-
-
-def half_activations(x: torch.Tensor) -> bool:
-    """True for fp16/bf16 activations: the model's own arithmetic is then no finer than TF32, so statistics
-    summed from them may use TF32 (exactly, for the activations themselves)."""
-    return x.dtype in HALF_DTYPES

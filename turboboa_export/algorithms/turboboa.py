@@ -16,13 +16,15 @@ import torch
 
 from .gptq import column_pass, damp, gptaq_p, gptq_quantize, inverse_cholesky_upper, prepare_columns, unpermute
 from .grid import GridSpec, dequantize, find_params_2d
+from .precision import tf32_matmuls
 from .quantized import QuantizedWeight, contiguous_g_idx
 from .refine import refine_scales
 
 
 @dataclass(frozen=True)
 class TurboBoAOptions:
-    """F1 rows per block, grid per row block (F3), refinement passes (F3), act-orders, damping."""
+    """F1 rows per block, grid per row block (F3), refinement passes (F3), act-orders, damping; ``tf32``: F2's P and
+    R H_in^-1 and F3's products on TF32 tensor cores (for statistics from fp16/bf16 activations on a GPU)."""
 
     rows: int = 16
     adaptive_grid: bool = True
@@ -30,6 +32,7 @@ class TurboBoAOptions:
     act_order: bool = False
     row_act_order: bool = False
     percdamp: float = 0.01
+    tf32: bool = False
 
 
 def row_compensation(u_out: torch.Tensor, r1: int, r2: int) -> torch.Tensor:
@@ -66,8 +69,9 @@ def turboboa_two_sided(
     h_out = torch.gather(_permute_rows(h_out, rperm), 2, rperm.unsqueeze(1).expand(-1, rows, -1))
     u_in = inverse_cholesky_upper(h_in, opts.percdamp)
     u_out = inverse_cholesky_upper(h_out, opts.percdamp)
-    p = gptaq_p(r, u_in) if r is not None else None
-    r_hinv = r @ u_in.T @ u_in if r is not None else None  # R H_in^-1 = R U^T U
+    p = gptaq_p(r, u_in, opts.tf32) if r is not None else None
+    with tf32_matmuls(w.device, opts.tf32):
+        r_hinv = r @ u_in.T @ u_in if r is not None else None  # R H_in^-1 = R U^T U
     h_grid = damp(h_in, opts.percdamp) if spec.search == "hessian" else None
     fixed = None  # BoA: one grid for all rows, from the original weights
     if not opts.adaptive_grid:
@@ -94,7 +98,8 @@ def turboboa_two_sided(
                 err = err + wb @ r_hinv
             current[:, r2:] -= row_compensation(u_out, r1, r2) @ err
     if opts.refine_iters:
-        scale = refine_scales(codes - zero[..., g_idx], scale, g_idx, w, h_in, h_out, r, opts.refine_iters)
+        with tf32_matmuls(w.device, opts.tf32):
+            scale = refine_scales(codes - zero[..., g_idx], scale, g_idx, w, h_in, h_out, r, opts.refine_iters)
     inv = torch.argsort(rperm, dim=-1)
     codes, scale, zero = (_permute_rows(t, inv) for t in (codes, scale, zero))
     codes, g_idx = unpermute(flat_rows(codes), perm, group_size)
@@ -112,18 +117,19 @@ def turboboa_one_sided(
     """GPTQ with F2 (GPTAQ column rule, ``r`` = alpha R) and F3 (scale refinement) on an [out, in] weight, or on
     a batch [b, out, in] with one H_in (and R) per entry (v's kv heads; act-order then uses their mean diag).
     A batch comes back with codes [b, out, in] and scales/zeros [b, out, groups]."""
-    q = gptq_quantize(w, h_in, spec, group_size, opts.percdamp, opts.act_order, r)
+    q = gptq_quantize(w, h_in, spec, group_size, opts.percdamp, opts.act_order, r, opts.tf32)
     if not opts.refine_iters:
         return q
     w, h_in, r, _ = prepare_columns(w, h_in, r, False)  # the codes are back in the original column order
     g = q.g_idx.long()
     qbar = q.codes - q.zero[..., g]
-    if w.dim() == 2:
-        scale = refine_scales(qbar.unsqueeze(1), q.scale.unsqueeze(1), g, w.unsqueeze(1), h_in, None, r,
-                              opts.refine_iters)[:, 0]
-    else:  # H_out = I couples no rows; each batch entry keeps its own H_in
-        eye = torch.eye(w.shape[-2], dtype=w.dtype, device=w.device).expand(w.shape[0], -1, -1)
-        scale = refine_scales(qbar, q.scale, g, w, h_in, eye, r, opts.refine_iters)
+    with tf32_matmuls(w.device, opts.tf32):
+        if w.dim() == 2:
+            scale = refine_scales(qbar.unsqueeze(1), q.scale.unsqueeze(1), g, w.unsqueeze(1), h_in, None, r,
+                                  opts.refine_iters)[:, 0]
+        else:  # H_out = I couples no rows; each batch entry keeps its own H_in
+            eye = torch.eye(w.shape[-2], dtype=w.dtype, device=w.device).expand(w.shape[0], -1, -1)
+            scale = refine_scales(qbar, q.scale, g, w, h_in, eye, r, opts.refine_iters)
     return QuantizedWeight(q.codes, scale, q.zero, q.g_idx)
 
 

@@ -9,8 +9,10 @@ Two exact routes to the V sums, chosen per sequence by their FLOP count:
 - "z": form Z_h = A_h X for every head, then Z^T Z (cheap when the sequence is long next to the width, as SmolLM2's);
 - "gram": sum_h Z_h^T Z_h = X^T (sum_h A_h^T A_h) X and sum_h Z_fp,h^T Z_q,h = X_fp^T (sum_h A_fp,h^T A_q,h) X_q
   (cheap when the width is large, as Llama's: about 2.4x fewer FLOPs at Llama-3-8B shapes and 2048 tokens).
-On a GPU, for fp16/bf16 models (whose own attention runs no finer), these large products run in TF32 (float32
-accumulation); the attention scores and the small q/k covariances stay in full float32.
+On a GPU, for fp16/bf16 models (whose own attention multiplies half-precision probabilities and values), these
+large products take bf16 inputs with float32 sums (``algorithms.precision``; bf16, not fp16, since the
+intermediate S X can exceed fp16's range); the attention scores, softmax and the small q/k covariances stay in
+full float32.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Literal
 
 import torch
 
-from ..algorithms.precision import half_activations, tf32_matmuls
+from ..algorithms.precision import half_products, stats_matmul
 from ..arch import ArchSpec, AttentionShape
 
 
@@ -60,6 +62,11 @@ def attention_probs(q: torch.Tensor, k: torch.Tensor, scaling: float, window: in
     if window is not None:
         allowed &= (i[:, None] - i[None, :]) < window
     return torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)
+
+
+def _bf16_products(x: torch.Tensor) -> torch.dtype | None:
+    """bf16 for the V sums' products where the model's activations are half precision on a GPU, else None."""
+    return torch.bfloat16 if half_products(x) is not None else None
 
 
 def _project(linear: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
@@ -115,8 +122,8 @@ class AttentionStatistics:
     def weighted_inputs(self, x: torch.Tensor, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(queries, keys, Z) with Z_h = A_h X: [heads, L, in]."""
         q, k, probs = self.probabilities(x, kwargs)
-        with tf32_matmuls(x.device, half_activations(x)):
-            return q, k, probs @ x.to(self.dtype)
+        half = _bf16_products(x)
+        return q, k, stats_matmul(probs, x if half else x.to(self.dtype), half)
 
     def _route(self, n: int, width: int) -> str:
         """The cheaper way to the V sums for a sequence of n tokens: Z per head, or the grouped Gram of A."""
@@ -135,23 +142,28 @@ class AttentionStatistics:
         q, k, zq = self.weighted_inputs(x_q, kwargs)
         zq_g = self._grouped(zq)
         zf = self._grouped(self.weighted_inputs(x_fp, kwargs)[2]) if self.with_r else None
-        with tf32_matmuls(x_q.device, half_activations(x_q)):
-            self._zz += zq_g.transpose(-1, -2) @ zq_g  # sum over the group's heads of Z^T Z
-            if zf is not None:
-                self._dz += (zf - zq_g).transpose(-1, -2) @ zq_g  # sum (Z_fp - Z_q)^T Z_q
+        half = _bf16_products(x_q)
+        zz = stats_matmul(zq_g.transpose(-1, -2), zq_g, half)  # sum over the group's heads of Z^T Z
+        self._zz += zz
+        if zf is not None:
+            self._dz += stats_matmul(zf.transpose(-1, -2), zq_g, half) - zz  # sum Z_fp^T Z_q - sum Z_q^T Z_q
         return q, k
 
     def _add_gram(self, x_q: torch.Tensor, x_fp: torch.Tensor, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor]:
         q, k, a_q = self.probabilities(x_q, kwargs)
         a_q = self._grouped(a_q)
-        xq = x_q.to(self.dtype)
-        with tf32_matmuls(x_q.device, half_activations(x_q)):
-            zz = xq.T @ ((a_q.transpose(-1, -2) @ a_q) @ xq)  # X^T (sum_h A_h^T A_h) X
-            self._zz += zz
-            if self.with_r:
-                a_f = self._grouped(self.probabilities(x_fp, kwargs)[2])
-                cross = x_fp.to(self.dtype).T @ ((a_f.transpose(-1, -2) @ a_q) @ xq)  # X_fp^T (sum A_fp^T A_q) X_q
-                self._dz += cross - zz
+        half = _bf16_products(x_q)
+        xq = x_q if half else x_q.to(self.dtype)
+
+        def sandwich(x_left, a_left):  # X_left^T (sum_h A_left,h^T A_q,h) X_q
+            gram = stats_matmul(a_left.transpose(-1, -2), a_q, half)
+            return stats_matmul(x_left.T, stats_matmul(gram, xq, half), half)
+
+        zz = sandwich(xq, a_q)
+        self._zz += zz
+        if self.with_r:
+            a_f = self._grouped(self.probabilities(x_fp, kwargs)[2])
+            self._dz += sandwich(x_fp if half else x_fp.to(self.dtype), a_f) - zz
         return q, k
 
     @torch.no_grad()

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..algorithms.precision import half_products
 from ..algorithms.quantized import QuantizedWeight
 from ..atomic import check_output_dir
 from ..arch import ArchSpec, attention_shape, spec_for
@@ -92,7 +93,7 @@ def collect_statistics(block, spec: ArchSpec, fp_in, q_in, kwargs, with_r: bool,
                 moments[key].add(seen[role], fp_seen[role])
             if attn is not None:
                 attn.add(seen["q"], fp_seen["q"], kwargs)
-    return BlockStatistics(moments, attn), fp_out
+    return BlockStatistics(moments, attn, half_products(q_in[0]) is not None), fp_out
 
 
 def set_weight(module, q: QuantizedWeight) -> None:

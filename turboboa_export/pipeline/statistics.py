@@ -2,7 +2,8 @@
 
 H_in = (2/T) sum x_q x_q^T and, for propagated-error correction, R = (2/T) sum (x_fp - x_q) x_q^T, both
 accumulated in float32 over all T calibration tokens. On a GPU, when the activations are fp16/bf16, the products
-take TF32 inputs, which hold those activations exactly; float32 models keep full float32 products.
+take the activations themselves as half-precision GEMM inputs (exact) with float32 sums, and R is summed as
+sum x_fp x_q^T - sum x_q x_q^T (``algorithms.precision``); float32 models keep full float32 products.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..algorithms.precision import half_activations, tf32_matmuls
+from ..algorithms.precision import half_products, stats_matmul
 
 
 @contextmanager
@@ -53,12 +54,18 @@ class SecondMoments:
 
     def add(self, x_q: torch.Tensor, x_fp: torch.Tensor | None = None) -> None:
         """Add tokens [t, d] of the quantized stream (and the same tokens of the full-precision stream)."""
-        xq = x_q.to(self.dtype)
-        with tf32_matmuls(xq.device, half_activations(x_q)):
+        half = half_products(x_q)
+        if half is not None:  # exact half inputs: both sums from products of the activations as they are
+            h = stats_matmul(x_q.T, x_q, half)  # sum x_q x_q^T
+            self.h_sum += h
+            if self.with_r:
+                self.r_sum += stats_matmul(x_fp.T, x_q, half) - h  # sum x_fp x_q^T - sum x_q x_q^T
+        else:
+            xq = x_q.to(self.dtype)
             self.h_sum += xq.T @ xq  # sum x_q x_q^T
             if self.with_r:
                 self.r_sum += (x_fp.to(self.dtype) - xq).T @ xq  # sum (x_fp - x_q) x_q^T
-        self.tokens += xq.shape[0]
+        self.tokens += x_q.shape[0]
 
     def h(self) -> torch.Tensor:
         return 2 * self.h_sum / self.tokens
@@ -72,10 +79,12 @@ INPUT_OF = {"q": "attn", "k": "attn", "v": "attn", "o": "o", "gate": "mlp", "up"
 
 @dataclass
 class BlockStatistics:
-    """Second moments of each distinct linear input of a block, and attention statistics when asked for."""
+    """Second moments of each distinct linear input of a block, and attention statistics when asked for;
+    ``half``: summed from fp16/bf16 activations on a GPU."""
 
     moments: dict[str, SecondMoments]
     attention: object | None = None
+    half: bool = False
 
     def h(self, role: str) -> torch.Tensor:
         return self.moments[INPUT_OF[role]].h()
