@@ -7,9 +7,10 @@ scales and zeros come back as ``[rows, groups]`` (algorithm.md section 1).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 
 import torch
+
+from . import compiled
 
 SEARCHES = ("minmax", "mse", "hessian")
 SHRINK_STEPS = 100  # p = 1 - i/100, i = 0..99
@@ -75,12 +76,6 @@ def row_dots(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a * b).sum(-1, dtype=a.dtype)
 
 
-@lru_cache(maxsize=None)
-def _fused(fn):
-    """``fn`` compiled into fused GPU kernels (one read of each input, one write, instead of a pass per op)."""
-    return torch.compile(fn, dynamic=True)
-
-
 def _hessian_score(d: torch.Tensor, h_blocks: torch.Tensor, fused: bool) -> torch.Tensor:
     """d H_blk d^T per candidate, row and group: d [C, ..., rows, g, gs], h_blocks [..., g, gs, gs] -> [C, ..., rows, g].
     One batched matmul per (batch entry, group) with the candidates and rows stacked; on a GPU its inputs are the
@@ -95,7 +90,7 @@ def _hessian_score(d: torch.Tensor, h_blocks: torch.Tensor, fused: bool) -> torc
         dh = torch.bmm(stacked, h, out_dtype=torch.float32)
     else:
         dh = torch.bmm(stacked, h)
-    score = (_fused(row_dots) if fused else row_dots)(dh, stacked)  # [B * g, C * rows]
+    score = (compiled.fused(row_dots) if fused else row_dots)(dh, stacked)  # [B * g, C * rows]
     return score.reshape(*batch, g, c, rows).permute(nb + 1, *range(nb), nb + 2, nb)
 
 
@@ -105,7 +100,7 @@ def _score(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, spec: GridS
     hessian = spec.search == "hessian"
     fused = w.is_cuda and w.dtype == torch.float32  # float64 (the references' dtype) stays exact
     if fused:
-        d = _fused(candidate_errors)(w, scale, zero, spec.maxq, torch.bfloat16 if hessian else w.dtype)
+        d = compiled.fused(candidate_errors)(w, scale, zero, spec.maxq, torch.bfloat16 if hessian else w.dtype)
     else:
         d = candidate_errors(w, scale, zero, spec.maxq, w.dtype)
     if hessian:

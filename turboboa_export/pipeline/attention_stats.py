@@ -9,10 +9,11 @@ Two exact routes to the V sums, chosen per sequence by their FLOP count:
 - "z": form Z_h = A_h X for every head, then Z^T Z (cheap when the sequence is long next to the width, as SmolLM2's);
 - "gram": sum_h Z_h^T Z_h = X^T (sum_h A_h^T A_h) X and sum_h Z_fp,h^T Z_q,h = X_fp^T (sum_h A_fp,h^T A_q,h) X_q
   (cheap when the width is large, as Llama's: about 2.4x fewer FLOPs at Llama-3-8B shapes and 2048 tokens).
-On a GPU, for fp16/bf16 models (whose own attention multiplies half-precision probabilities and values), these
-large products take bf16 inputs with float32 sums (``algorithms.precision``; bf16, not fp16, since the
-intermediate S X can exceed fp16's range); the attention scores, softmax and the small q/k covariances stay in
-full float32.
+On a GPU, for fp16/bf16 models (whose own attention multiplies half-precision probabilities and values), the
+products of probabilities (A X, A^T A) take half-precision inputs with float32 sums and the products of their
+float32 results run in TF32 (rounding S = sum A^T A or S X to bf16 instead made R_v's cancellation lose ~5%,
+``tests/test_gpu_precision.py``); the scores are exact products of the half q and k (float32 sums), the softmax
+runs in float32 as one fused kernel that returns half probabilities, and the small q/k covariances stay float32.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from typing import Literal
 
 import torch
 
-from ..algorithms.precision import half_products, stats_matmul
+from ..algorithms import compiled
+from ..algorithms.precision import half_products, stats_matmul, tf32_matmuls
 from ..arch import ArchSpec, AttentionShape
 
 
@@ -52,21 +54,27 @@ def norm_gain(norm, dim: int, like: torch.Tensor) -> torch.Tensor:
     return norm(torch.ones(dim, dtype=like.dtype, device=like.device)).to(like.dtype)
 
 
+def masked_softmax(scores: torch.Tensor, allowed: torch.Tensor, scaling: float, out_dtype: torch.dtype) -> torch.Tensor:
+    """softmax(scores * scaling) over the allowed keys of each query, returned in ``out_dtype``."""
+    return torch.softmax((scores * scaling).masked_fill(~allowed, float("-inf")), dim=-1).to(out_dtype)
+
+
 def attention_probs(q: torch.Tensor, k: torch.Tensor, scaling: float, window: int | None,
                     dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Causal softmax(q k^T * scaling) per query head; q [H, L, d], k [H, L, d] -> [H, L, L] in ``dtype``."""
-    scores = (q.to(dtype) @ k.to(dtype).transpose(-1, -2)) * scaling
+    """Causal softmax(q k^T * scaling) per query head; q [H, L, d], k [H, L, d] -> [H, L, L]. Scores and softmax in
+    ``dtype``, the result too, except for half-precision q and k on a GPU: their products are exact in float32
+    (half inputs, float32 sums) and the probabilities come back in their half dtype, as the model's own are."""
+    half = half_products(q)
+    if half is not None:
+        scores = stats_matmul(q, k.transpose(-1, -2), half)
+    else:
+        scores = q.to(dtype) @ k.to(dtype).transpose(-1, -2)
     n = q.shape[1]
     i = torch.arange(n, device=q.device)
     allowed = i[:, None] >= i[None, :]
     if window is not None:
         allowed &= (i[:, None] - i[None, :]) < window
-    return torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)
-
-
-def _bf16_products(x: torch.Tensor) -> torch.dtype | None:
-    """bf16 for the V sums' products where the model's activations are half precision on a GPU, else None."""
-    return torch.bfloat16 if half_products(x) is not None else None
+    return compiled.on_device(masked_softmax, scores)(scores, allowed, scaling, half or dtype)
 
 
 def _project(linear: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
@@ -122,7 +130,7 @@ class AttentionStatistics:
     def weighted_inputs(self, x: torch.Tensor, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(queries, keys, Z) with Z_h = A_h X: [heads, L, in]."""
         q, k, probs = self.probabilities(x, kwargs)
-        half = _bf16_products(x)
+        half = half_products(x)
         return q, k, stats_matmul(probs, x if half else x.to(self.dtype), half)
 
     def _route(self, n: int, width: int) -> str:
@@ -142,28 +150,28 @@ class AttentionStatistics:
         q, k, zq = self.weighted_inputs(x_q, kwargs)
         zq_g = self._grouped(zq)
         zf = self._grouped(self.weighted_inputs(x_fp, kwargs)[2]) if self.with_r else None
-        half = _bf16_products(x_q)
-        zz = stats_matmul(zq_g.transpose(-1, -2), zq_g, half)  # sum over the group's heads of Z^T Z
-        self._zz += zz
-        if zf is not None:
-            self._dz += stats_matmul(zf.transpose(-1, -2), zq_g, half) - zz  # sum Z_fp^T Z_q - sum Z_q^T Z_q
+        with tf32_matmuls(x_q.device, half_products(x_q) is not None):
+            self._zz += zq_g.transpose(-1, -2) @ zq_g  # sum over the group's heads of Z^T Z
+            if zf is not None:
+                self._dz += (zf - zq_g).transpose(-1, -2) @ zq_g  # sum (Z_fp - Z_q)^T Z_q
         return q, k
 
     def _add_gram(self, x_q: torch.Tensor, x_fp: torch.Tensor, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor]:
         q, k, a_q = self.probabilities(x_q, kwargs)
         a_q = self._grouped(a_q)
-        half = _bf16_products(x_q)
-        xq = x_q if half else x_q.to(self.dtype)
+        half = half_products(x_q)
+        xq = x_q.to(self.dtype)
 
         def sandwich(x_left, a_left):  # X_left^T (sum_h A_left,h^T A_q,h) X_q
             gram = stats_matmul(a_left.transpose(-1, -2), a_q, half)
-            return stats_matmul(x_left.T, stats_matmul(gram, xq, half), half)
+            with tf32_matmuls(x_q.device, half is not None):
+                return x_left.to(self.dtype).T @ (gram @ xq)
 
-        zz = sandwich(xq, a_q)
+        zz = sandwich(x_q, a_q)
         self._zz += zz
         if self.with_r:
             a_f = self._grouped(self.probabilities(x_fp, kwargs)[2])
-            self._dz += sandwich(x_fp if half else x_fp.to(self.dtype), a_f) - zz
+            self._dz += sandwich(x_fp, a_f) - zz
         return q, k
 
     @torch.no_grad()
