@@ -197,8 +197,8 @@ def write_vllm_checkpoint(out: Path, weights: dict[str, QuantizedWeight], rest: 
             tensors.update(part)
         for key, t in rest.items():
             tensors[key] = t.to(dtype) if t.is_floating_point() else t
-        if transform is not None:
-            tensors.update(transform[1])
+        if transform is not None:  # sqrt(n) H_n has entries +-1: exact in the model's dtype, half float32's bytes
+            tensors.update({k: t.to(dtype) for k, t in transform[1].items()})
         save_sharded(tensors, tmp)
         config.dtype = dtype
         config.quantization_config = quantization_config(bits, sym, group_size, act_groups and group_size != -1,
