@@ -78,6 +78,7 @@ def tiny_model(kind, **over):
 
 
 @pytest.mark.parametrize("kind,over", [("llama", {}), ("qwen3", {}), ("llama", {"intermediate_size": 96}),
+                                       ("llama", {"intermediate_size": 688}),  # 344 * 2: Llama-2's base
                                        ("qwen3", {"hidden_size": 48, "intermediate_size": 160})])
 def test_rotation_preserves_logits(kind, over):
     model = tiny_model(kind, **over)
