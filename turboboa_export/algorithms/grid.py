@@ -77,7 +77,8 @@ def row_dots(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def _hessian_score(d: torch.Tensor, h_blocks: torch.Tensor, fused: bool) -> torch.Tensor:
-    """d H_blk d^T per candidate, row and group: d [C, ..., rows, g, gs], h_blocks [..., g, gs, gs] -> [C, ..., rows, g].
+    """d H_blk d^T per candidate, row and group: d [C, ..., rows, g, gs], h_blocks [..., g, gs, gs]
+    -> [C, ..., rows, g].
     One batched matmul per (batch entry, group) with the candidates and rows stacked; on a GPU its inputs are the
     bf16 errors (float32 accumulation and output), which only rank candidates. ``fused``: the final dot products
     by one compiled kernel."""
