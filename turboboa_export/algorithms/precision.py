@@ -36,6 +36,17 @@ def stats_matmul(a: torch.Tensor, b: torch.Tensor, half: torch.dtype | None) -> 
     return torch.bmm(a3, b3, out_dtype=torch.float32).reshape(*batch, a.shape[-2], b.shape[-1])
 
 
+def accumulate(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor, half: torch.dtype | None) -> torch.Tensor:
+    """acc + a @ b, the sum taken inside the GEMM (no separate pass over acc). With ``half`` (2-D, float32 acc):
+    inputs rounded to it, float32 sums, returned as a new tensor; without: in place (a batched acc takes 2-D or
+    batched a and b) and returned."""
+    if half is not None:
+        return torch.addmm(acc, a.to(half), b.to(half), out_dtype=torch.float32)
+    if acc.dim() == 2:
+        return acc.addmm_(a, b)
+    return acc.baddbmm_(a.expand(len(acc), *a.shape[-2:]), b.expand(len(acc), *b.shape[-2:]))
+
+
 @contextmanager
 def tf32_matmuls(device: torch.device, enabled: bool = True) -> Iterator[None]:
     """Inside the block, float32 matmuls on a CUDA ``device`` take TF32 inputs (10 mantissa bits) and accumulate

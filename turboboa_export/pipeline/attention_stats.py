@@ -24,7 +24,7 @@ from typing import Literal
 import torch
 
 from ..algorithms import compiled
-from ..algorithms.precision import half_products, stats_matmul, tf32_matmuls
+from ..algorithms.precision import accumulate, half_products, stats_matmul, tf32_matmuls
 from ..arch import ArchSpec, AttentionShape
 
 
@@ -99,8 +99,8 @@ class AttentionStatistics:
         d_in = self.attn.get_submodule(self.spec.q.split(".", 1)[1]).in_features
         z = lambda *shape: torch.zeros(*shape, dtype=self.dtype, device=dev)  # noqa: E731
         self._qq, self._kk = z(s.heads, s.head_dim, s.head_dim), z(s.kv_heads, s.head_dim, s.head_dim)
-        self._zz = z(s.kv_heads, d_in, d_in)
-        self._dz = z(s.kv_heads, d_in, d_in) if self.with_r else None
+        self._zz = z(s.kv_heads, d_in, d_in)  # sum over each kv head's query heads of Z_q^T Z_q
+        self._fq = z(s.kv_heads, d_in, d_in) if self.with_r else None  # the same of Z_fp^T Z_q
         self.tokens = 0
         self.cos = self.sin = None
 
@@ -151,9 +151,9 @@ class AttentionStatistics:
         zq_g = self._grouped(zq)
         zf = self._grouped(self.weighted_inputs(x_fp, kwargs)[2]) if self.with_r else None
         with tf32_matmuls(x_q.device, half_products(x_q) is not None):
-            self._zz += zq_g.transpose(-1, -2) @ zq_g  # sum over the group's heads of Z^T Z
+            self._zz = accumulate(self._zz, zq_g.transpose(-1, -2), zq_g, None)  # sum over the group's heads of Z^T Z
             if zf is not None:
-                self._dz += (zf - zq_g).transpose(-1, -2) @ zq_g  # sum (Z_fp - Z_q)^T Z_q
+                self._fq = accumulate(self._fq, zf.transpose(-1, -2), zq_g, None)  # sum Z_fp^T Z_q
         return q, k
 
     def _add_gram(self, x_q: torch.Tensor, x_fp: torch.Tensor, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -162,16 +162,14 @@ class AttentionStatistics:
         half = half_products(x_q)
         xq = x_q.to(self.dtype)
 
-        def sandwich(x_left, a_left):  # X_left^T (sum_h A_left,h^T A_q,h) X_q
+        def sandwich(acc, x_left, a_left):  # acc + X_left^T (sum_h A_left,h^T A_q,h) X_q
             gram = stats_matmul(a_left.transpose(-1, -2), a_q, half)
             with tf32_matmuls(x_q.device, half is not None):
-                return x_left.to(self.dtype).T @ (gram @ xq)
+                return accumulate(acc, x_left.to(self.dtype).T, gram @ xq, None)
 
-        zz = sandwich(x_q, a_q)
-        self._zz += zz
+        self._zz = sandwich(self._zz, x_q, a_q)
         if self.with_r:
-            a_f = self._grouped(self.probabilities(x_fp, kwargs)[2])
-            self._dz += sandwich(x_fp, a_f) - zz
+            self._fq = sandwich(self._fq, x_fp, self._grouped(self.probabilities(x_fp, kwargs)[2]))
         return q, k
 
     @torch.no_grad()
@@ -208,4 +206,5 @@ class AttentionStatistics:
         return 2 * self._zz / (self.tokens * self.shape.group)
 
     def r_v(self) -> torch.Tensor | None:
-        return 2 * self._dz / (self.tokens * self.shape.group) if self.with_r else None
+        """[kv_heads, in, in]: (2/T) sum (Z_fp - Z_q)^T Z_q, from the two sums kept apart."""
+        return 2 * (self._fq - self._zz) / (self.tokens * self.shape.group) if self.with_r else None

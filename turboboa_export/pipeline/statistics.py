@@ -2,8 +2,8 @@
 
 H_in = (2/T) sum x_q x_q^T and, for propagated-error correction, R = (2/T) sum (x_fp - x_q) x_q^T, both
 accumulated in float32 over all T calibration tokens. On a GPU, when the activations are fp16/bf16, the products
-take the activations themselves as half-precision GEMM inputs (exact) with float32 sums, and R is summed as
-sum x_fp x_q^T - sum x_q x_q^T (``algorithms.precision``); float32 models keep full float32 products.
+take the activations themselves as half-precision GEMM inputs (exact) with float32 sums (``algorithms.precision``);
+float32 models keep full float32 products. R is summed as sum x_fp x_q^T - sum x_q x_q^T, the two sums kept apart.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..algorithms.precision import half_products, stats_matmul
+from ..algorithms.precision import accumulate, half_products
 
 
 @contextmanager
@@ -38,7 +38,8 @@ def record_inputs(modules: dict[str, nn.Module]):
 
 @dataclass
 class SecondMoments:
-    """Running sums for H_in (and R when ``with_r``) of one input."""
+    """Running sums for H_in (and R when ``with_r``) of one input: sum x_q x_q^T and sum x_fp x_q^T, each added to
+    inside its GEMM; R's difference is taken once at the end."""
 
     dim: int
     device: torch.device
@@ -46,32 +47,27 @@ class SecondMoments:
     dtype: torch.dtype = torch.float32
     tokens: int = 0
     h_sum: torch.Tensor = field(init=False)
-    r_sum: torch.Tensor | None = field(init=False)
+    c_sum: torch.Tensor | None = field(init=False)
 
     def __post_init__(self):
         self.h_sum = torch.zeros(self.dim, self.dim, dtype=self.dtype, device=self.device)
-        self.r_sum = torch.zeros_like(self.h_sum) if self.with_r else None
+        self.c_sum = torch.zeros_like(self.h_sum) if self.with_r else None
 
     def add(self, x_q: torch.Tensor, x_fp: torch.Tensor | None = None) -> None:
         """Add tokens [t, d] of the quantized stream (and the same tokens of the full-precision stream)."""
-        half = half_products(x_q)
-        if half is not None:  # exact half inputs: both sums from products of the activations as they are
-            h = stats_matmul(x_q.T, x_q, half)  # sum x_q x_q^T
-            self.h_sum += h
-            if self.with_r:
-                self.r_sum += stats_matmul(x_fp.T, x_q, half) - h  # sum x_fp x_q^T - sum x_q x_q^T
-        else:
-            xq = x_q.to(self.dtype)
-            self.h_sum += xq.T @ xq  # sum x_q x_q^T
-            if self.with_r:
-                self.r_sum += (x_fp.to(self.dtype) - xq).T @ xq  # sum (x_fp - x_q) x_q^T
+        half = half_products(x_q)  # exact half inputs: products of the activations as they are
+        xq = x_q if half else x_q.to(self.dtype)
+        self.h_sum = accumulate(self.h_sum, xq.T, xq, half)  # sum x_q x_q^T
+        if self.with_r:
+            self.c_sum = accumulate(self.c_sum, (x_fp if half else x_fp.to(self.dtype)).T, xq, half)  # sum x_fp x_q^T
         self.tokens += x_q.shape[0]
 
     def h(self) -> torch.Tensor:
         return 2 * self.h_sum / self.tokens
 
     def r(self) -> torch.Tensor | None:
-        return 2 * self.r_sum / self.tokens if self.with_r else None
+        """(2/T) sum (x_fp - x_q) x_q^T = (2/T) (sum x_fp x_q^T - sum x_q x_q^T)."""
+        return 2 * (self.c_sum - self.h_sum) / self.tokens if self.with_r else None
 
 
 INPUT_OF = {"q": "attn", "k": "attn", "v": "attn", "o": "o", "gate": "mlp", "up": "mlp", "down": "down"}
