@@ -43,9 +43,10 @@ def segment_pass(w1: torch.Tensor, u1: torch.Tensor, p1: torch.Tensor | None, s1
 
 
 class SegmentGraphs:
-    """CUDA graphs of :func:`segment_pass`, one per input signature, least recently used ones dropped."""
+    """CUDA graphs of :func:`segment_pass`, one per input signature, least recently used ones dropped beyond
+    ``capacity`` (a decoder block of any method uses at most 6 signatures; 16 keeps three methods' in a benchmark)."""
 
-    def __init__(self, capacity: int = 8):
+    def __init__(self, capacity: int = 16):
         self.capacity = capacity
         self._graphs: OrderedDict = OrderedDict()
 

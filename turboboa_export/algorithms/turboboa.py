@@ -123,14 +123,17 @@ def turboboa_one_sided(
     w, h_in, r, _ = prepare_columns(w, h_in, r, False)  # the codes are back in the original column order
     g = q.g_idx.long()
     qbar = q.codes - q.zero[..., g]
+    batched = w.dim() == 3
+    w3, h3, qbar3, s3 = (t if batched else t.unsqueeze(0) for t in (w, h_in, qbar, q.scale))
+    r3 = None if r is None else (r if batched else r.unsqueeze(0))
+
+    def entry(b: int) -> torch.Tensor:  # H_out = I couples no rows: each row alone, with its entry's H_in (and R)
+        return refine_scales(qbar3[b].unsqueeze(1), s3[b].unsqueeze(1), g, w3[b].unsqueeze(1), h3[b], None,
+                             None if r3 is None else r3[b], opts.refine_iters)[:, 0]
+
     with tf32_matmuls(w.device, opts.tf32):
-        if w.dim() == 2:
-            scale = refine_scales(qbar.unsqueeze(1), q.scale.unsqueeze(1), g, w.unsqueeze(1), h_in, None, r,
-                                  opts.refine_iters)[:, 0]
-        else:  # H_out = I couples no rows; each batch entry keeps its own H_in
-            eye = torch.eye(w.shape[-2], dtype=w.dtype, device=w.device).expand(w.shape[0], -1, -1)
-            scale = refine_scales(qbar, q.scale, g, w, h_in, eye, r, opts.refine_iters)
-    return QuantizedWeight(q.codes, scale, q.zero, q.g_idx)
+        scale = torch.stack([entry(b) for b in range(len(w3))])
+    return QuantizedWeight(q.codes, scale if batched else scale[0], q.zero, q.g_idx)
 
 
 def flat_rows(x: torch.Tensor) -> torch.Tensor:
