@@ -28,8 +28,6 @@ def stats_matmul(a: torch.Tensor, b: torch.Tensor, half: torch.dtype | None) -> 
     if half is None:
         return a @ b
     a, b = a.to(half), b.to(half)
-    if a.dim() == 2 and b.dim() == 2:
-        return torch.mm(a, b, out_dtype=torch.float32)
     batch = torch.broadcast_shapes(a.shape[:-2], b.shape[:-2])
     a3 = a.expand(*batch, *a.shape[-2:]).reshape(-1, *a.shape[-2:])
     b3 = b.expand(*batch, *b.shape[-2:]).reshape(-1, *b.shape[-2:])
