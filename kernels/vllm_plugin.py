@@ -1,8 +1,8 @@
 """vLLM plugin: serves tbq's compressed-tensors exports (and any int4/int8 pack-quantized checkpoint) on our kernels.
 
 Registered through the entry point group ``vllm.general_plugins`` (``tbq_kernels`` in pyproject.toml). Opt-in
-until its speed is measured against Machete and Marlin: with ``TBQ_VLLM_KERNELS=1`` in the environment, ``register``
-puts ``TbqDequantLinearKernel`` first among vLLM's CUDA mixed-precision linear kernels, so compressed-tensors' WNA16
+because it measured slower than Machete and Marlin (README, Kernels): with ``TBQ_VLLM_KERNELS=1`` in the
+environment, ``register`` puts ``TbqDequantLinearKernel`` first among vLLM's CUDA mixed-precision linear kernels, so compressed-tensors' WNA16
 scheme picks it wherever it can implement the layer and falls back to Machete/Marlin elsewhere; otherwise installing
 tbq leaves vLLM as it is. Once on, it can be skipped like any vLLM kernel:
 ``VLLM_DISABLED_KERNELS=TbqDequantLinearKernel``.

@@ -76,8 +76,15 @@ def row_dots(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a * b).sum(-1, dtype=a.dtype)
 
 
-def _hessian_score(d: torch.Tensor, h_blocks: torch.Tensor, fused: bool) -> torch.Tensor:
-    """d H_blk d^T per candidate, row and group: d [C, ..., rows, g, gs], h_blocks [..., g, gs, gs]
+def _stacked_blocks(h_blocks: torch.Tensor, w_shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
+    """The diagonal blocks [..., g, gs, gs] for the weight's batch [..., rows, g, gs], as [B * g, gs, gs] in
+    ``dtype``: built once per search, not per chunk of candidates."""
+    *batch, _, g, gs = w_shape
+    return h_blocks.expand(*batch, g, gs, gs).reshape(-1, gs, gs).to(dtype)
+
+
+def _hessian_score(d: torch.Tensor, h: torch.Tensor, fused: bool) -> torch.Tensor:
+    """d H_blk d^T per candidate, row and group: d [C, ..., rows, g, gs], h the stacked blocks [B * g, gs, gs]
     -> [C, ..., rows, g].
     One batched matmul per (batch entry, group) with the candidates and rows stacked; on a GPU its inputs are the
     bf16 errors (float32 accumulation and output), which only rank candidates. ``fused``: the final dot products
@@ -86,7 +93,6 @@ def _hessian_score(d: torch.Tensor, h_blocks: torch.Tensor, fused: bool) -> torc
     nb = len(batch)
     to_stack = [*range(1, nb + 1), nb + 2, 0, nb + 1, nb + 3]  # [..., g, C, rows, gs]
     stacked = d.permute(to_stack).reshape(-1, c * rows, gs)  # [B * g, C * rows, gs]
-    h = h_blocks.expand(*batch, g, gs, gs).reshape(-1, gs, gs).to(d.dtype)
     if d.dtype == torch.bfloat16:
         dh = torch.bmm(stacked, h, out_dtype=torch.float32)
     else:
@@ -95,17 +101,16 @@ def _hessian_score(d: torch.Tensor, h_blocks: torch.Tensor, fused: bool) -> torc
     return score.reshape(*batch, g, c, rows).permute(nb + 1, *range(nb), nb + 2, nb)
 
 
-def _score(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, spec: GridSpec,
-           h_blocks: torch.Tensor | None) -> torch.Tensor:
-    """Error of each candidate grid per [rows, groups]: Hessian d H_blk d^T or sum |d|^2.4."""
-    hessian = spec.search == "hessian"
-    fused = w.is_cuda and w.dtype == torch.float32  # float64 (the references' dtype) stays exact
+def _score(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, spec: GridSpec, h: torch.Tensor | None,
+           fused: bool) -> torch.Tensor:
+    """Error of each candidate grid per [rows, groups]: Hessian d H_blk d^T (``h``: the stacked blocks, in the
+    errors' dtype) or sum |d|^2.4. ``fused``: errors and dot products by compiled GPU kernels."""
     if fused:
-        d = compiled.fused(candidate_errors)(w, scale, zero, spec.maxq, torch.bfloat16 if hessian else w.dtype)
+        d = compiled.fused(candidate_errors)(w, scale, zero, spec.maxq, w.dtype if h is None else h.dtype)
     else:
         d = candidate_errors(w, scale, zero, spec.maxq, w.dtype)
-    if hessian:
-        return _hessian_score(d, h_blocks, fused)
+    if h is not None:
+        return _hessian_score(d, h, fused)
     return d.abs().pow(MSE_NORM).sum(-1)
 
 
@@ -142,6 +147,10 @@ def find_params(
         scale = (wmax - wmin) / spec.maxq
         zero = torch.full_like(scale, spec.sym_zero) if spec.sym else torch.round(-wmin / scale)
         return scale, zero
+    fused = w.is_cuda and w.dtype == torch.float32  # float64 (the references' dtype) stays exact
+    h = None
+    if spec.search == "hessian":  # on a GPU, bf16 errors and blocks rank the candidates
+        h = _stacked_blocks(h_blocks, w.shape, torch.bfloat16 if fused else w.dtype)
     all_scales, all_zeros = candidates(wmin, wmax, spec)
     best_score = torch.full_like(wmin, float("inf"))
     best_scale = torch.zeros_like(wmin)
@@ -150,7 +159,7 @@ def find_params(
     chunk = max(1, budget // max(1, w.numel()))
     for c in range(0, all_scales.shape[0], chunk):
         scale, zero = all_scales[c : c + chunk], all_zeros[c : c + chunk]
-        score = torch.nan_to_num(_score(w, scale.unsqueeze(-1), zero.unsqueeze(-1), spec, h_blocks), nan=float("inf"))
+        score = torch.nan_to_num(_score(w, scale.unsqueeze(-1), zero.unsqueeze(-1), spec, h, fused), nan=float("inf"))
         idx = score.argmin(0, keepdim=True)  # the first lowest within the chunk
         low = score.gather(0, idx)[0]
         better = low < best_score  # an earlier chunk keeps ties

@@ -167,7 +167,7 @@ class AttentionStatistics:
             with tf32_matmuls(x_q.device, half is not None):
                 return accumulate(acc, x_left.to(self.dtype).T, gram @ xq, None)
 
-        self._zz = sandwich(self._zz, x_q, a_q)
+        self._zz = sandwich(self._zz, xq, a_q)
         if self.with_r:
             self._fq = sandwich(self._fq, x_fp, self._grouped(self.probabilities(x_fp, kwargs)[2]))
         return q, k
