@@ -53,6 +53,9 @@ def quantize(
     seqlen: Optional[int] = typer.Option(None, help="Tokens per window (default 2048)."),
     seed: Optional[int] = typer.Option(None, help="Calibration seed (default 0)."),
     rotate: Optional[str] = typer.Option(None, help="none | hadamard: QuaRot rotation before quantizing (default none)."),
+    online_rotation: Optional[str] = typer.Option(
+        None, help="With --rotate hadamard, down_proj's online Hadamard: full (exact H_n; served by tbq's vLLM plugin "
+                   "unless n is a power of two) | block:B (block-diagonal Sylvester of size B; stock vLLM, any TP)."),
     act_bits: Optional[int] = typer.Option(None, help="Fake-quantize linear inputs per token to 4 or 8 bits (W4A4)."),
     act_clip: Optional[float] = typer.Option(None, help="Activation clip ratio in (0, 1] (default 0.9)."),
     kv_bits: Optional[int] = typer.Option(None, help="Fake-quantize keys and values per token and head to 4 or 8 bits."),
@@ -73,7 +76,7 @@ def quantize(
                    act_order=act_order, row_act_order=row_act_order, rows=rows, alpha=alpha,
                    refine_iters=refine_iters, adaptive_grid=adaptive_grid),
         calib=dict(dataset=dataset, nsamples=nsamples, seqlen=seqlen, seed=seed),
-        transform=dict(rotate=rotate, act_bits=act_bits, act_clip=act_clip, kv_bits=kv_bits, seed=rotation_seed),
+        transform=dict(rotate=rotate, online_rotation=online_rotation, act_bits=act_bits, act_clip=act_clip, kv_bits=kv_bits, seed=rotation_seed),
         device=device, trust_remote_code=trust_remote_code or None,
     )
     path = quantize_model(cfg, output, overwrite=overwrite, resume=resume, progress=not quiet)

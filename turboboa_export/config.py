@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from .errors import TbqError
 
@@ -91,6 +91,7 @@ class TransformConfig(_Strict):
     """Rotation and activation quantization (W4A4, algorithm.md section 6)."""
 
     rotate: Literal["none", "hadamard"] = "none"
+    online_rotation: str = "full"  # down_proj's online Hadamard: "full" (H_n) or "block:B" (I kron S_B)
     act_bits: int | None = None
     act_clip: float = 0.9
     kv_bits: int | None = None
@@ -103,6 +104,27 @@ class TransformConfig(_Strict):
             what = "activation" if info.field_name == "act_bits" else "KV-cache"
             raise ValueError(f"{what} bits must be 4 or 8, got {v}")
         return v
+
+    @field_validator("online_rotation")
+    @classmethod
+    def _online(cls, v: str) -> str:
+        from .rotation.hadamard import parse_online_rotation
+
+        parse_online_rotation(v)
+        return v
+
+    @model_validator(mode="after")
+    def _online_needs_rotation(self) -> "TransformConfig":
+        if self.online_rotation != "full" and self.rotate != "hadamard":
+            raise ValueError(f"online rotation {self.online_rotation} needs --rotate hadamard")
+        return self
+
+    @property
+    def online_block(self) -> int | None:
+        """B of ``block:B``, None for the full online Hadamard."""
+        from .rotation.hadamard import parse_online_rotation
+
+        return parse_online_rotation(self.online_rotation)
 
     @field_validator("act_clip")
     @classmethod

@@ -19,9 +19,11 @@ from safetensors.torch import load_file, save_file
 
 from ..algorithms.quantized import QuantizedWeight, contiguous_g_idx
 from ..arch import spec_for
+from ..config import TransformConfig
 from ..atomic import check_output_dir, replace_dir
 from ..errors import TbqError
 from ..pipeline.rundir import load_run
+from ..vllm_plugin import PLUGIN_QUANT_METHOD, TBQ_HADAMARD
 from .pack import pack_rows, unpack_rows
 
 VLLM_GROUP_SIZES = (-1, 32, 64, 128)
@@ -59,24 +61,32 @@ def check_dense_exportable(info: dict, run: Path) -> None:
                        "export it with --format vllm")
 
 
-def down_transform(spec_down: str, n: int) -> tuple[dict, torch.Tensor]:
-    """The compressed-tensors ``transform_config`` for the online Hadamard on down_proj's input, and the matrix
-    to store per layer. vLLM applies every type but ``hadamard`` (Sylvester only, via hadacore) densely: with
-    ``inverse`` false it computes linear(x, W^T) / sqrt(n) = x W / sqrt(n), so storing W = sqrt(n) H_n gives x H_n."""
+def down_transform(spec_down: str, n: int, block: int | None) -> tuple[dict, str]:
+    """The compressed-tensors ``transform_config`` for the online Hadamard on down_proj's input (width ``n``) and the
+    ``quant_method`` that serves it; no tensors: every Hadamard here is derived, none is stored.
+
+    - ``block`` B (or the full H_n when n is a power of two): type ``hadamard`` (Sylvester, ``head_dim`` B for the
+      block-diagonal I kron S_B / sqrt(B)), which stock vLLM applies with its Hadacore kernel: ``compressed-tensors``.
+    - full H_n = (H_m kron S_p) / sqrt(n), m > 1: type ``tbq-hadamard`` (H_m is tbq's shipped base of order m),
+      served by tbq's vLLM plugin only, so the checkpoint says ``quant_method: tbq`` and stock vLLM refuses it
+      ("Unknown quantization method") instead of applying an uninitialized matrix."""
     from compressed_tensors.transform import TransformArgs, TransformConfig, TransformScheme
 
-    from ..rotation.hadamard import hadamard_matrix
+    from ..rotation.hadamard import factor
 
-    scheme = TransformScheme(type="random-hadamard", apply=[TransformArgs(targets=[f"re:.*{spec_down}$"],
-                                                                          location="input")])
+    m = factor(n)[0] if block is None else 1
+    kind, head_dim = ("hadamard", block if block not in (None, n) else None) if m == 1 else (TBQ_HADAMARD, None)
+    scheme = TransformScheme(type=kind, head_dim=head_dim,
+                             apply=[TransformArgs(targets=[f"re:.*{spec_down}$"], location="input")])
     config = TransformConfig(config_groups={DOWN_TRANSFORM: scheme}).model_dump(mode="json")
-    return config, (hadamard_matrix(n) * n**0.5).float().contiguous()
+    return config, ("compressed-tensors" if m == 1 else PLUGIN_QUANT_METHOD)
 
 
 def quantization_config(bits: int, sym: bool, group_size: int, act_order_groups: bool, act_bits: int | None = None,
-                        transform: dict | None = None) -> dict:
+                        transform: tuple[dict, str] | None = None) -> dict:
     """The ``quantization_config`` block, built with compressed-tensors' own models; ``act_bits`` adds dynamic
-    per-token symmetric input activations (W4A4), ``transform`` a ``transform_config``."""
+    per-token symmetric input activations (W4A4), ``transform`` a (``transform_config``, ``quant_method``) pair
+    from :func:`down_transform`."""
     from compressed_tensors.quantization import QuantizationArgs, QuantizationConfig, QuantizationScheme
 
     args = QuantizationArgs(
@@ -94,7 +104,7 @@ def quantization_config(bits: int, sym: bool, group_size: int, act_order_groups:
     # keys left at None are dropped so that older compressed-tensors (vLLM 0.25 pins 0.17) accept the config
     out = cfg.model_dump(exclude_none=True)
     if transform is not None:
-        out["transform_config"] = transform
+        out["transform_config"], out["quant_method"] = transform
     return out
 
 
@@ -181,10 +191,10 @@ def write_atomically(out: Path, overwrite: bool, fill) -> Path:
 def write_vllm_checkpoint(out: Path, weights: dict[str, QuantizedWeight], rest: dict[str, torch.Tensor], config,
                           bits: int, sym: bool, group_size: int, info: dict, side_files: Path | None = None,
                           overwrite: bool = False, act_bits: int | None = None,
-                          transform: tuple[dict, dict[str, torch.Tensor]] | None = None) -> Path:
+                          transform: tuple[dict, str] | None = None) -> Path:
     """Write quantized linears plus the other tensors as a pack-quantized checkpoint at ``out`` (atomically).
     ``config`` is the model's transformers config; ``side_files`` a folder whose tokenizer files are copied;
-    ``act_bits`` declares dynamic per-token activations; ``transform`` is (transform_config, its tensors)."""
+    ``act_bits`` declares dynamic per-token activations; ``transform`` is :func:`down_transform`'s pair."""
     check_vllm_support(bits, sym, group_size)
     dtype = export_dtype(getattr(config, "dtype", None) or torch.float32)
 
@@ -197,12 +207,10 @@ def write_vllm_checkpoint(out: Path, weights: dict[str, QuantizedWeight], rest: 
             tensors.update(part)
         for key, t in rest.items():
             tensors[key] = t.to(dtype) if t.is_floating_point() else t
-        if transform is not None:  # sqrt(n) H_n has entries +-1: exact in the model's dtype, half float32's bytes
-            tensors.update({k: t.to(dtype) for k, t in transform[1].items()})
         save_sharded(tensors, tmp)
         config.dtype = dtype
         config.quantization_config = quantization_config(bits, sym, group_size, act_groups and group_size != -1,
-                                                         act_bits, transform[0] if transform else None)
+                                                         act_bits, transform)
         config.save_pretrained(tmp)
         if side_files is not None:
             copy_side_files(side_files, tmp)
@@ -226,10 +234,8 @@ def export_vllm(run: Path, out: Path, overwrite: bool = False) -> Path:
     config = AutoConfig.from_pretrained(run)
     transform = None
     if t.get("rotate", "none") == "hadamard":
-        spec = spec_for(config)
-        tcfg, matrix = down_transform(spec.down, config.intermediate_size)
-        transform = (tcfg, {f"{spec.layers}.{i}.{spec.down}.{DOWN_TRANSFORM}_input.weight": matrix.clone()
-                            for i in range(config.num_hidden_layers)})
+        block = TransformConfig(**t).online_block
+        transform = down_transform(spec_for(config).down, config.intermediate_size, block)
     info_out = {"run": str(run.resolve()), **({"act_clip": t["act_clip"]} if t.get("act_bits") else {})}
     return write_vllm_checkpoint(out, weights, load_file(run / "rest.safetensors"), config, q["bits"], q["sym"],
                                  q["group_size"], info_out, run, overwrite, t.get("act_bits"), transform)

@@ -60,7 +60,7 @@ def apply_transforms(model, spec: ArchSpec, transform) -> OnlineTransforms:
     """Rotate the weights (``--rotate hadamard``) and install the online transforms and activation quantization
     a run's config asks for (a saved run's weights are already rotated: ``rundir`` only installs the hooks)."""
     if transform.rotate == "hadamard":
-        rotate_model(model, spec, transform.seed)
+        rotate_model(model, spec, transform.seed, transform.online_block)
     return install_configured(model, spec, transform)
 
 

@@ -5,7 +5,8 @@
   W <- Q^T W, b <- b Q for o/down (outputs), since RMSNorm(x Q) = RMSNorm(x) Q for unit norm weights;
 - an exact Hadamard H_d per head on v's output rows (W_v <- H_d^T W_v per kv head) and o's input columns
   (W_o <- W_o (I kron H_d));
-- down's weight W_down <- W_down H_i, undone online by x <- x H_i on its input (``online.py``).
+- down's weight W_down <- W_down H_i, undone online by x <- x H_i on its input (``online.py``); H_i is the full
+  H_n or block-diagonal (``online_block``, hadamard.py).
 Tied embeddings are untied (lm_head carries the final norm's scale). Done in float64, stored in the model dtype.
 """
 
@@ -16,13 +17,13 @@ from torch import nn
 
 from ..arch import ArchSpec, attention_shape
 from ..errors import TbqError
-from .hadamard import factor, hadamard_matrix, random_hadamard
+from .hadamard import apply_online_rotation, check_online_rotation, factor, hadamard_matrix, random_hadamard
 
 ROTATABLE = ("llama", "mistral", "qwen2", "qwen3")  # RMSNorm x * w before each sub-block, nothing in the residual
 
 
-def check_rotatable(config, spec: ArchSpec) -> None:
-    """A clear error for families or sizes the rotation does not cover."""
+def check_rotatable(config, spec: ArchSpec, online_block: int | None = None) -> None:
+    """A clear error for families or sizes the rotation does not cover (``online_block``: B of block:B)."""
     if spec.family not in ROTATABLE:
         raise TbqError(f"--rotate hadamard supports {', '.join(ROTATABLE)}, not {spec.family} (its norms sit in the "
                        "residual stream or scale by 1 + w); quantize without --rotate")
@@ -32,6 +33,7 @@ def check_rotatable(config, spec: ArchSpec) -> None:
             factor(n)
         except TbqError as e:
             raise TbqError(f"cannot rotate: {what} {n}: {e}") from None
+    check_online_rotation(config.intermediate_size, online_block)
 
 
 def _set(module: nn.Linear, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
@@ -54,15 +56,14 @@ def _rotate_output(m: nn.Linear, q: torch.Tensor) -> None:
 
 
 @torch.no_grad()
-def rotate_model(model: nn.Module, spec: ArchSpec, seed: int) -> None:
+def rotate_model(model: nn.Module, spec: ArchSpec, seed: int, online_block: int | None = None) -> None:
     """Rotate ``model`` in place (see the module docstring); its function is unchanged once ``online`` transforms
-    are installed."""
+    are installed with the same ``online_block`` (None: the full H_n on down_proj's input; B: block-diagonal)."""
     config = model.config
-    check_rotatable(config, spec)
+    check_rotatable(config, spec, online_block)
     shape = attention_shape(config)
     q = random_hadamard(config.hidden_size, seed)
     h_d = hadamard_matrix(shape.head_dim)
-    h_i = hadamard_matrix(config.intermediate_size)
     embed = model.get_submodule(spec.embed)
     head = model.get_submodule(spec.lm_head)
     if getattr(config, "tie_word_embeddings", False) or head.weight is embed.weight:
@@ -80,5 +81,5 @@ def rotate_model(model: nn.Module, spec: ArchSpec, seed: int) -> None:
         _set(lin["v"], (h_d.T @ v).reshape(lin["v"].weight.shape), None if v_bias is None else v_bias.reshape(-1))
         o = lin["o"].weight.data.double().reshape(-1, shape.heads, shape.head_dim)
         _set(lin["o"], (o @ h_d).reshape(lin["o"].weight.shape))
-        _set(lin["down"], lin["down"].weight.data.double() @ h_i)
+        _set(lin["down"], apply_online_rotation(lin["down"].weight.data.double(), online_block))  # W_down H_i
     _fuse_norm_then_rotate(model.get_submodule(spec.final_norm), [head], q)

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..arch import ArchSpec
-from .hadamard import apply_hadamard
+from .hadamard import apply_hadamard, apply_online_rotation
 
 
 def quantize_activations(x: torch.Tensor, bits: int, clip: float) -> torch.Tensor:
@@ -73,9 +73,11 @@ def register_kv_attention() -> None:
 
 
 def install_transforms(model: nn.Module, spec: ArchSpec, rotated: bool, act_bits: int | None,
-                       act_clip: float = 0.9, kv_bits: int | None = None) -> OnlineTransforms:
+                       act_clip: float = 0.9, kv_bits: int | None = None,
+                       online_block: int | None = None) -> OnlineTransforms:
     """Register the pre-hooks on every block of ``model`` (in place), and the KV attention when ``kv_bits``;
-    return the settings object the hooks read."""
+    return the settings object the hooks read. ``online_block``: None for the full H_n on down_proj's input, B
+    for the block-diagonal I kron S_B / sqrt(B)."""
     t = OnlineTransforms(act_bits, act_clip, kv_bits, qk_hadamard=rotated and bool(kv_bits))
     if kv_bits:
         register_kv_attention()
@@ -84,7 +86,7 @@ def install_transforms(model: nn.Module, spec: ArchSpec, rotated: bool, act_bits
         model.set_attn_implementation(KV_ATTENTION)
 
     def hadamard_hook(_module, args):
-        return (apply_hadamard(args[0]),) + args[1:]
+        return (apply_online_rotation(args[0], online_block),) + args[1:]
 
     def act_hook(_module, args):
         if not t.act_quant_on:
@@ -103,4 +105,4 @@ def install_transforms(model: nn.Module, spec: ArchSpec, rotated: bool, act_bits
 def install_configured(model: nn.Module, spec: ArchSpec, transform) -> OnlineTransforms:
     """:func:`install_transforms` as a run's ``TransformConfig`` asks."""
     return install_transforms(model, spec, transform.rotate == "hadamard", transform.act_bits, transform.act_clip,
-                              transform.kv_bits)
+                              transform.kv_bits, transform.online_block)
