@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from turboboa_export.calibration import load_text, tokenize
 from turboboa_export.errors import TbqError
-from turboboa_export.export.compressed_tensors import check_stock_vllm_servable
+from turboboa_export.export.compressed_tensors import check_vllm_servable
 from turboboa_export.models import load_model, resolve_model
 from turboboa_export.pipeline.rundir import load_fake_quant_model
 from turboboa_export.pipeline.sequential import pick_device
@@ -78,7 +78,7 @@ def vllm_prompt_logprobs(checkpoint: str, ws: torch.Tensor, vllm_python: str, dt
 
 def vllm_perplexity(checkpoint: str, ws: torch.Tensor, vllm_python: str, dtype: str = "float16") -> float:
     """exp(mean next-token NLL) from vLLM's prompt log-probs over the same windows as :func:`perplexity`."""
-    check_stock_vllm_servable(Path(checkpoint))
+    check_vllm_servable(Path(checkpoint), vllm_python)
     got = vllm_prompt_logprobs(checkpoint, ws, vllm_python, dtype)
     nll = -sum(sum(o["prompt_logprobs"]) for o in got)
     return math.exp(nll / sum(len(o["prompt_logprobs"]) for o in got))

@@ -1,10 +1,11 @@
 """Random-weight checkpoints of real model shapes, for throughput runs (speed does not depend on the values).
 
     python -m eval.random_checkpoint llama2-7b -o DIR [--format fp16|vllm] [--bits 4] [--group-size 128]
-                                     [--asym] [--layers N] [--seed 0]
+                                     [--asym] [--layers N] [--seed 0] [--online-rotation full|block:B]
 
 ``fp16``: a dense Hugging Face checkpoint. ``vllm``: random integer codes, scales and zeros written by the same
-code as ``tbq export --format vllm`` (compressed-tensors pack-quantized). No tokenizer: feed token ids.
+code as ``tbq export --format vllm`` (compressed-tensors pack-quantized); ``--online-rotation`` adds the online
+down_proj Hadamard of a ``--rotate hadamard`` export (the weights stay random). No tokenizer: feed token ids.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from turboboa_export.algorithms.grid import GridSpec
 from turboboa_export.algorithms.quantized import QuantizedWeight, contiguous_g_idx
 from turboboa_export.arch import spec_for
 from turboboa_export.errors import TbqError
-from turboboa_export.export.compressed_tensors import save_sharded, write_atomically, write_vllm_checkpoint
+from turboboa_export.export.compressed_tensors import down_transform, save_sharded, write_atomically, write_vllm_checkpoint
+from turboboa_export.rotation.hadamard import check_online_rotation, parse_online_rotation
 
 SHAPES: dict[str, dict] = {
     "llama2-7b": dict(hidden_size=4096, intermediate_size=11008, num_attention_heads=32, num_key_value_heads=32,
@@ -73,8 +75,9 @@ def random_quantized(out_f: int, in_f: int, spec: GridSpec, group_size: int, gen
 
 
 def write_random(shape: str, out: Path, fmt: str = "fp16", bits: int = 4, group_size: int = 128, sym: bool = True,
-                 layers: int | None = None, seed: int = 0, overwrite: bool = False) -> Path:
-    """Write a random-weight checkpoint of ``shape`` to ``out``."""
+                 layers: int | None = None, seed: int = 0, overwrite: bool = False,
+                 online_rotation: str | None = None) -> Path:
+    """Write a random-weight checkpoint of ``shape`` to ``out`` (``online_rotation``: full | block:B, vllm only)."""
     config = shape_config(shape, layers)
     gen = torch.Generator().manual_seed(seed)
     shapes = tensor_shapes(config)
@@ -91,6 +94,15 @@ def write_random(shape: str, out: Path, fmt: str = "fp16", bits: int = 4, group_
     if fmt != "vllm":
         raise TbqError(f"unknown format {fmt!r}; choose fp16 or vllm")
     spec = spec_for(config)
+    transform = None
+    if online_rotation is not None:
+        try:
+            block = parse_online_rotation(online_rotation)
+        except ValueError as e:
+            raise TbqError(str(e)) from None
+        check_online_rotation(config.intermediate_size, block)
+        transform = down_transform(spec.down, config.intermediate_size, block)
+        info["online_rotation"] = online_rotation
     weights = {}
     for i in range(config.num_hidden_layers):
         for path in spec.linears().values():
@@ -100,7 +112,7 @@ def write_random(shape: str, out: Path, fmt: str = "fp16", bits: int = 4, group_
                 raise TbqError(f"group size {group_size} does not divide in_features {in_f} of {name}")
             weights[name] = random_quantized(out_f, in_f, GridSpec(bits, sym), group_size, gen)
     return write_vllm_checkpoint(out, weights, random_tensors(shapes, gen), config, bits, sym, group_size, info,
-                                 overwrite=overwrite)
+                                 overwrite=overwrite, transform=transform)
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -114,9 +126,11 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--layers", type=int)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--overwrite", action="store_true")
+    ap.add_argument("--online-rotation", help="full | block:B: the online Hadamard of a rotated export")
     a = ap.parse_args(argv)
     try:
-        path = write_random(a.shape, a.out, a.format, a.bits, a.group_size, not a.asym, a.layers, a.seed, a.overwrite)
+        path = write_random(a.shape, a.out, a.format, a.bits, a.group_size, not a.asym, a.layers, a.seed, a.overwrite,
+                            a.online_rotation)
     except TbqError as e:
         raise SystemExit(f"error: {e}") from None
     print(path)

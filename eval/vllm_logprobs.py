@@ -3,6 +3,7 @@
 Runs in a Python that has vLLM (the CPU build in CI, the GPU bundle on the lent machine):
 
     python eval/vllm_logprobs.py CHECKPOINT PROMPTS.json OUT.json [--dtype float16] [--max-tokens 8]
+                                   [--tensor-parallel-size 1]
 
 PROMPTS.json is a list of token-id lists; OUT.json gets, per prompt, the log-prob vLLM gives each prompt token
 after the first and the greedy continuation. $TBQ_VLLM_GPU_MEMORY (a fraction) caps vLLM's share of GPU memory
@@ -23,6 +24,7 @@ def main() -> None:
     ap.add_argument("prompts")
     ap.add_argument("out")
     ap.add_argument("--dtype", default="float16")
+    ap.add_argument("--tensor-parallel-size", type=int, default=1)
     ap.add_argument("--max-tokens", type=int, default=8)
     ap.add_argument("--max-model-len", type=int, default=256)
     a = ap.parse_args()
@@ -30,7 +32,8 @@ def main() -> None:
 
     prompts = json.load(open(a.prompts))
     llm = LLM(a.checkpoint, dtype=a.dtype, max_model_len=a.max_model_len, enforce_eager=True,
-              max_num_batched_tokens=a.max_model_len, max_num_seqs=8, skip_tokenizer_init=True, **memory_share())
+              max_num_batched_tokens=a.max_model_len, max_num_seqs=8, skip_tokenizer_init=True,
+              tensor_parallel_size=a.tensor_parallel_size, **memory_share())
     params = SamplingParams(max_tokens=a.max_tokens, temperature=0.0, prompt_logprobs=1, detokenize=False)
     outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params)
     result = []

@@ -3,6 +3,7 @@
 
     python eval/vllm_throughput.py CHECKPOINT OUT.json [--batch-sizes 1,16,128] [--input-len 128]
                                    [--output-len 256] [--dtype float16] [--enforce-eager] [--seed 0]
+                                   [--tensor-parallel-size 1]
 
 Each batch is that many random-token prompts generated to exactly --output-len tokens (ignore_eos), after one
 warm-up; output tokens per second = batch * output-len / wall seconds of the generate call.
@@ -29,6 +30,7 @@ def main() -> None:
     ap.add_argument("--input-len", type=int, default=128)
     ap.add_argument("--output-len", type=int, default=256)
     ap.add_argument("--dtype", default="float16")
+    ap.add_argument("--tensor-parallel-size", type=int, default=1)
     ap.add_argument("--enforce-eager", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
@@ -39,7 +41,7 @@ def main() -> None:
     length = a.input_len + a.output_len
     llm = LLM(a.checkpoint, dtype=a.dtype, max_model_len=length + 8, max_num_seqs=max(sizes), seed=a.seed,
               max_num_batched_tokens=max(length + 8, 2048), enforce_eager=a.enforce_eager, skip_tokenizer_init=True,
-              **memory_share())
+              tensor_parallel_size=a.tensor_parallel_size, **memory_share())
     rng = random.Random(a.seed)
     params = SamplingParams(max_tokens=a.output_len, min_tokens=a.output_len, ignore_eos=True, temperature=0.0,
                             detokenize=False)

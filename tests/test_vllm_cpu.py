@@ -22,6 +22,9 @@ from .tiny import make_tokenizer
 
 VLLM_PYTHON = os.environ.get("TBQ_VLLM_PYTHON")
 pytestmark = pytest.mark.skipif(not VLLM_PYTHON, reason="set TBQ_VLLM_PYTHON to a Python with vLLM (CI does)")
+INT4_CPU = "avx512f" in Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else False
+needs_int4_cpu = pytest.mark.skipif(not INT4_CPU, reason="vLLM 0.25.1's CPU build has no int4 GEMM (cpu_gemm_wna16) "
+                                                         "without AVX-512, which this CPU lacks")
 ENV = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1"}
 SCRIPT = Path(__file__).resolve().parents[1] / "eval" / "vllm_logprobs.py"
 
@@ -55,6 +58,7 @@ def prompt_logprobs(model, prompt):
 
 
 @pytest.mark.parametrize("scheme", [{"sym": True, "group_size": 128}, {"sym": False, "group_size": -1}])
+@needs_int4_cpu
 def test_vllm_cpu_matches_reference(vllm_model, tmp_path, scheme):
     root, text = vllm_model
     cfg = build_config(str(root / "fp"), quant={"method": "gptq", "bits": 4, **scheme},
@@ -87,6 +91,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@needs_int4_cpu
 def test_openai_server_answers_completions(vllm_model, tmp_path):
     root, text = vllm_model
     cfg = build_config(str(root / "fp"), quant={"method": "rtn", "bits": 4, "sym": True, "group_size": 128},
@@ -122,6 +127,7 @@ def test_openai_server_answers_completions(vllm_model, tmp_path):
         server.wait(timeout=60)
 
 
+@needs_int4_cpu
 def test_ppl_vllm_backend_matches_torch(vllm_model, tmp_path):
     """eval.ppl scores the same windows through vLLM (the export) and PyTorch (the run)."""
     root, text = vllm_model
@@ -138,6 +144,7 @@ def test_ppl_vllm_backend_matches_torch(vllm_model, tmp_path):
     assert abs(fp["ppl"] / want["ppl"] - 1) > 0.01  # the comparison can fail: fp weights score differently
 
 
+@needs_int4_cpu
 def test_offline_throughput_of_random_checkpoints(tmp_path):
     """A random-weight int4 checkpoint of a real shape family runs through vLLM's offline generate (the fp16
     random checkpoint's shapes are checked in test_eval.py; one vLLM start here keeps CI short)."""
@@ -150,14 +157,41 @@ def test_offline_throughput_of_random_checkpoints(tmp_path):
     assert json.loads((tmp_path / "t.json").read_text()) == rows
 
 
-SHIM = Path(__file__).resolve().parent / "vllm_cpu_shim"
+def plugin_site(folder: Path) -> str:
+    """A PYTHONPATH on which vLLM finds tbq's plugin as an installed distribution's ``vllm.general_plugins`` entry
+    point (what `pip install tbq` gives), with tbq importable from this checkout."""
+    from turboboa_export.vllm_plugin import ENTRY_POINT
+
+    dist = folder / "tbq_checkout-0.0.0.dist-info"
+    dist.mkdir(parents=True, exist_ok=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: tbq-checkout\nVersion: 0.0.0\n")
+    (dist / "entry_points.txt").write_text(f"[vllm.general_plugins]\ntbq = {ENTRY_POINT}\n")
+    return f"{folder}{os.pathsep}{Path(__file__).resolve().parents[1]}"
 
 
-def test_vllm_cpu_serves_rotated_export(tmp_path):
-    """A Hadamard-rotated W4 run exported with its online down_proj Hadamard in ``transform_config`` (here of
-    order 768 = 12 * 64, a Paley base): vLLM's log-probs match our reference, which they would not without the
-    transform (the reference with the online Hadamard removed differs). vLLM's CPU build needs
-    ``vllm_cpu_shim`` for the transform's GEMM."""
+def dense_with_transform(run: Path, export: Path, out: Path) -> Path:
+    """The run's dequantized (rotated) weights as a dense checkpoint carrying the export's quantization_config with
+    no quantized layers: vLLM then applies only the export's online transform (for CPUs without int4 GEMMs)."""
+    from turboboa_export.pipeline.rundir import load_fake_quant_model
+
+    model = load_fake_quant_model(run)
+    model.config.quantization_config = None
+    model.save_pretrained(out)
+    config = json.loads((out / "config.json").read_text())
+    qc = json.loads((export / "config.json").read_text())["quantization_config"]
+    config["quantization_config"] = {"quant_method": qc["quant_method"], "format": "dense", "config_groups": {},
+                                     "transform_config": qc["transform_config"]}
+    (out / "config.json").write_text(json.dumps(config))
+    return out
+
+
+@pytest.mark.parametrize("online", ["full", "block:64"])
+def test_vllm_cpu_serves_rotated_export(tmp_path, online):
+    """A Hadamard-rotated W4 run exported with its online down_proj Hadamard in ``transform_config`` (order
+    768 = 12 * 64: ``full`` is the plugin's tbq-hadamard, ``block:64`` stock vLLM's Sylvester blocks), served with
+    tbq's plugin found as an entry point: vLLM's log-probs match our reference, which they would not without the
+    transform (the reference with the online Hadamard removed differs). Without AVX-512 (no int4 GEMM in vLLM's
+    CPU build) the run's dequantized weights are served with the same transform_config instead."""
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     from .tiny import sample_text
@@ -172,14 +206,18 @@ def test_vllm_cpu_serves_rotated_export(tmp_path):
     (tmp_path / "calib.txt").write_text(sample_text())
     run = quantize_model(build_config(str(tmp_path / "fp"), quant={"method": "gptq", "bits": 4, "sym": True,
                                                                    "group_size": 128},
-                                      transform={"rotate": "hadamard"},
+                                      transform={"rotate": "hadamard", "online_rotation": online},
                                       calib={"dataset": str(tmp_path / "calib.txt"), "nsamples": 4, "seqlen": 64}),
                          tmp_path / "run", progress=False)
     ckpt = export_vllm(run, tmp_path / "export")
+    print(f"serving the {'int4 export' if INT4_CPU else 'dense weights with the export transform_config'}")
+    if not INT4_CPU:
+        ckpt = dense_with_transform(run, ckpt, tmp_path / "dense")
     prompts = [[5, 17, 33, 8, 90, 41, 12, 7, 66, 3], [100, 2, 14, 59, 23, 77, 31, 9]]
     (tmp_path / "p.json").write_text(json.dumps(prompts))
     subprocess.run([VLLM_PYTHON, str(SCRIPT), str(ckpt), str(tmp_path / "p.json"), str(tmp_path / "o.json"),
-                    "--max-tokens", "1"], check=True, env={**ENV, "PYTHONPATH": str(SHIM)}, timeout=600)
+                    "--max-tokens", "1"], check=True, env={**ENV, "PYTHONPATH": plugin_site(tmp_path / "site")},
+                   timeout=600)
     got = json.loads((tmp_path / "o.json").read_text())
     ref = reference_model(run)
     worst = max(max(abs(a - b) for a, b in zip(o["prompt_logprobs"], prompt_logprobs(ref, p)[0]))

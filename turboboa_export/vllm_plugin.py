@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from .rotation.hadamard import apply_online_rotation, base_matrix, factor, kron_transform, sylvester_transform
+from .rotation.hadamard import factor
 
 TBQ_HADAMARD = "tbq-hadamard"  # transform type of the full m * 2^k Hadamard, m > 1
 PLUGIN_QUANT_METHOD = "tbq"  # quant_method of checkpoints that only vLLM with this plugin serves
@@ -44,73 +44,13 @@ def derived_plan(kind: str, head_dim: int | None, n_local: int, n: int, tp: int)
     return None
 
 
-def _transform_class():
-    """Defined lazily: vLLM is an optional dependency."""
-    import vllm._custom_ops as ops
-    from compressed_tensors.transform import TransformLocation
-    from vllm.distributed.parallel_state import get_tensor_model_parallel_world_size
-    from vllm.model_executor.layers.quantization.compressed_tensors.transform.module import HadamardTransform
-
-    def hadacore_or_butterflies(y: torch.Tensor) -> torch.Tensor:
-        """y @ S_p / sqrt(p) over the last dim: vLLM's Hadacore (in place) for fp16/bf16 on CUDA, else torch."""
-        if y.is_cuda and y.dtype in (torch.float16, torch.bfloat16):
-            return ops.hadacore_transform(y.contiguous())
-        return sylvester_transform(y)
-
-    class TbqHadamardTransform(HadamardTransform):
-        """vLLM's transform module; derived input Hadamards hold no weights (see the module docstring)."""
-
-        def __init__(self, transforms, layer, weight_loader, input_size_per_partition, output_partition_sizes):
-            t = transforms.get(0)
-            if t is None or t.scheme.type not in DERIVED or t.args.location != TransformLocation.INPUT:
-                super().__init__(transforms, layer, weight_loader, input_size_per_partition, output_partition_sizes)
-                self.block = self.base = None
-                self.derived = False
-                return
-            torch.nn.Module.__init__(self)
-            self.transforms, self.scales, self.derived = transforms, {}, True
-            n = getattr(layer, "input_size", input_size_per_partition)
-            self.block = derived_plan(t.scheme.type, t.scheme.head_dim, input_size_per_partition, n,
-                                      get_tensor_model_parallel_world_size())
-            self.base = None
-            if self.block is None:  # H_m^T / sqrt(m) in the model's dtype (vLLM builds layers under it)
-                self.register_buffer("base", base_matrix(factor(n)[0]).T.to(torch.get_default_dtype()).contiguous(),
-                                     persistent=False)
-
-        def process_weights_after_loading(self):
-            if not self.derived:
-                super().process_weights_after_loading()
-
-        def forward(self, value: torch.Tensor, part_id: int = 0) -> torch.Tensor:
-            if not self.derived:
-                return super().forward(value, part_id)
-            if self.block is not None:
-                return apply_online_rotation(value, self.block, hadacore_or_butterflies)
-            return kron_transform(value, self.base, hadacore_or_butterflies)
-
-    return TbqHadamardTransform
-
-
-def _quant_config_class():
-    from vllm.model_executor.layers.quantization.compressed_tensors.compressed_tensors import CompressedTensorsConfig
-
-    class TbqConfig(CompressedTensorsConfig):
-        """compressed-tensors checkpoints that need this plugin (``quant_method: tbq``)."""
-
-        def get_name(self) -> str:
-            return PLUGIN_QUANT_METHOD
-
-    return TbqConfig
-
-
 def register() -> None:
     """Register the ``tbq`` quantization method and the derived Hadamard transforms (idempotent)."""
+    from .vllm_classes import TbqConfig, TbqHadamardTransform  # vLLM pickles the config: module-level classes
+
     from vllm.model_executor.layers.quantization import register_quantization_config
     from vllm.model_executor.layers.quantization.compressed_tensors.transform import linear
 
-    if getattr(linear.HadamardTransform, "tbq", False):
-        return
-    cls = _transform_class()
-    cls.tbq = True
-    linear.HadamardTransform = cls
-    register_quantization_config(PLUGIN_QUANT_METHOD)(_quant_config_class())
+    if linear.HadamardTransform is not TbqHadamardTransform:
+        linear.HadamardTransform = TbqHadamardTransform
+        register_quantization_config(PLUGIN_QUANT_METHOD)(TbqConfig)

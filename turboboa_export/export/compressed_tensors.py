@@ -43,14 +43,29 @@ def check_vllm_support(bits: int, sym: bool, group_size: int) -> None:
         )
 
 
-def check_stock_vllm_servable(checkpoint: Path) -> None:
-    """Refuse checkpoints stock vLLM 0.25 has no kernels for: int4 activations (W4A4)."""
+PLUGIN_PROBE = ("import sys; from importlib.metadata import entry_points; "
+                "sys.exit(0 if any(e.value == {!r} for e in entry_points(group='vllm.general_plugins')) else 1)")
+
+
+def check_vllm_servable(checkpoint: Path, vllm_python: str | None = None) -> None:
+    """Refuse, in one line, checkpoints the vLLM in ``vllm_python`` cannot serve: int4 activations (W4A4: no
+    kernel in vLLM 0.25), and ``quant_method: tbq`` checkpoints when tbq's plugin is not installed there."""
+    import subprocess
+
+    from ..vllm_plugin import ENTRY_POINT
+
     qcfg = json.loads((Path(checkpoint) / "config.json").read_text()).get("quantization_config", {})
     for group in qcfg.get("config_groups", {}).values():
         acts = group.get("input_activations") or {}
         if acts.get("num_bits") == 4:
             raise TbqError(f"{checkpoint} is W4A4 (int4 activations); stock vLLM 0.25 has no kernel for it; "
                            "evaluate the run with `python -m eval.ppl RUN` instead")
+    if qcfg.get("quant_method") == PLUGIN_QUANT_METHOD and vllm_python is not None:
+        probe = subprocess.run([vllm_python, "-c", PLUGIN_PROBE.format(ENTRY_POINT)], capture_output=True)
+        if probe.returncode != 0:
+            raise TbqError(f"{checkpoint} needs tbq's vLLM plugin (its online Hadamard is a tbq-hadamard transform), "
+                           f"which {vllm_python} does not have; install tbq there (`{vllm_python} -m pip install "
+                           "tbq`) or re-quantize with --online-rotation block:B for stock vLLM")
 
 
 def check_dense_exportable(info: dict, run: Path) -> None:

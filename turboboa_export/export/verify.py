@@ -40,6 +40,29 @@ def _check_shapes(tensors: dict, name: str, bits: int, sym: bool, groups_expecte
     return problems
 
 
+def _check_transform(qc: dict, info: dict, config: dict) -> list[str]:
+    """The export's online Hadamard (transform_config, quant_method) is the one the run was rotated for."""
+    from ..config import TransformConfig
+    from .compressed_tensors import down_transform
+
+    t = TransformConfig(**info["config"].get("transform", {}))
+    if t.rotate != "hadamard":
+        return ["the export has a transform_config but the run is not rotated"] if "transform_config" in qc else []
+    tcfg, method = down_transform(spec_for_dict(config).down, config["intermediate_size"], t.online_block)
+    if qc.get("transform_config") != tcfg or qc.get("quant_method") != method:
+        return [f"transform_config/quant_method differ from the run's online rotation ({t.online_rotation})"]
+    return []
+
+
+def spec_for_dict(config: dict):
+    """The ArchSpec of a config.json's contents."""
+    from transformers import AutoConfig
+
+    from ..arch import spec_for
+
+    return spec_for(AutoConfig.for_model(**config))
+
+
 def verify_export(folder: Path, run: Path | None = None) -> list[str]:
     """Problems found in a vLLM export (empty: all good). ``run`` defaults to the run recorded at export."""
     folder = Path(folder)
@@ -65,7 +88,8 @@ def verify_export(folder: Path, run: Path | None = None) -> list[str]:
     if run is None and (folder / EXPORT_INFO).is_file():
         run = Path(json.loads((folder / EXPORT_INFO).read_text())["run"])
     if run is not None:
-        _, weights = load_run(run)
+        info, weights = load_run(run)
+        problems += _check_transform(qc, info, config)
         if sorted(weights) != names:
             problems.append(f"the export has {len(names)} quantized linears, the run {len(weights)}")
         for name in names:
