@@ -18,7 +18,7 @@ from pathlib import Path
 from turboboa_export.config import PRESETS, build_config
 from turboboa_export.pipeline.sequential import pick_device, quantize_model
 
-from .ppl import eval_windows, load_for_eval, perplexity
+from .ppl import eval_windows, load_for_eval, perplexity, torch_dtype
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--nsamples", type=int, default=128)
     ap.add_argument("--seqlen", type=int, default=2048)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--dtype", default="auto", help="evaluation dtype (auto: each model's own)")
     ap.add_argument("--fp", action="store_true", help="also evaluate the unquantized model")
     ap.add_argument("--c4", action="store_true", help="also perplexity on the bundled C4 text (exl2-c4)")
     a = ap.parse_args(argv)
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
             f.write(json.dumps(row) + "\n")
 
     def ppl_of(target: str) -> dict[str, float]:
-        model, tok = load_for_eval(target)
+        model, tok = load_for_eval(target, torch_dtype(a.dtype))
         for key, dataset in texts.items():
             if key not in cached:
                 cached[key] = eval_windows(tok, dataset, 2048)
