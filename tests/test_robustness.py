@@ -12,7 +12,6 @@ import torch
 from typer.testing import CliRunner
 
 from cli.main import app
-from turboboa_export.calibration import window_starts
 from turboboa_export.config import build_config
 from turboboa_export.errors import TbqError
 from turboboa_export.pipeline.rundir import load_fake_quant_model, load_run
@@ -165,6 +164,8 @@ def test_4_unseen_input_channels_are_kept_and_reported(calib_text, tmp_path, cap
 
 # 5. a calibration text too short for what was asked
 def test_5_too_few_distinct_windows_is_refused(exported, tmp_path):
+    from turboboa_export.calibration import window_starts
+
     with pytest.raises(TbqError, match="only 1 distinct windows of 128 tokens, 64 asked"):
         window_starts(129, 64, 128, 0)
     tok = make_tokenizer()
@@ -177,13 +178,14 @@ def test_5_too_few_distinct_windows_is_refused(exported, tmp_path):
 
 
 def test_5_coverage_is_reported_in_run_json_and_repeats_warn(exported, calib_text, caplog):
+    from turboboa_export.calibration import window_starts
+    from turboboa_export.pipeline.sequential import report_coverage
+
     cal = json.loads((exported["run"] / "run.json").read_text())["calibration"]
     assert (cal["windows"], cal["distinct_windows"], cal["tokens"]) == (4, 4, 128)
     assert 32 < cal["distinct_tokens"] <= 128 and cal["text_tokens"] > 1000
     starts = window_starts(44, 12, 32, 0)  # 12 draws from 12 possible starts repeat
     assert len(set(starts)) < 12
-    from turboboa_export.pipeline.sequential import report_coverage
-
     with caplog.at_level(logging.WARNING, logger="tbq"):
         report_coverage({"windows": 12, "distinct_windows": len(set(starts)), "distinct_tokens": 40,
                          "text_tokens": 44}, 32, progress=False)
