@@ -69,7 +69,8 @@ def serving_dtype(checkpoint: str, dtype: str = "auto") -> str:
     ``tbq export`` picks it)."""
     if dtype != "auto":
         return dtype
-    config = read_json_object(Path(checkpoint) / "config.json", "checkpoint config", "pass a model or `tbq export` folder")
+    config = read_json_object(Path(checkpoint) / "config.json", "checkpoint config",
+                              "pass a model or `tbq export` folder")
     own = config.get("dtype") or config.get("torch_dtype")
     if own in ("float16", "bfloat16"):
         return own

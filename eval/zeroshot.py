@@ -52,7 +52,8 @@ def evaluate(target: str, tasks: list[str], backend: str = "hf", include_path: P
     unknown = [t for t in tasks if t not in manager.all_tasks]
     if unknown:
         raise TbqError(f"unknown lm-eval task(s) {unknown}; check the name or pass --include-path with its YAML")
-    out = evaluator.simple_evaluate(model=lm_for(target, backend, batch_size, device, dtype), tasks=tasks, num_fewshot=0,
+    lm = lm_for(target, backend, batch_size, device, dtype)
+    out = evaluator.simple_evaluate(model=lm, tasks=tasks, num_fewshot=0,
                                     limit=limit, task_manager=manager, log_samples=False, random_seed=0,
                                     numpy_random_seed=0, torch_random_seed=0, fewshot_random_seed=0)
     return {task: {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
