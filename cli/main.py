@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from functools import wraps
 from pathlib import Path
@@ -139,6 +140,10 @@ def verify(
 
 
 def main() -> None:
+    """Entry point: warnings of the library (logger ``tbq``) as ``warning: ...`` lines on stderr."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("warning: %(message)s"))
+    logging.getLogger("tbq").addHandler(handler)
     app()
 
 

@@ -1,7 +1,7 @@
 """Perplexity over non-overlapping windows of a held-out text (algorithm.md section 8), no BOS added.
 
     python -m eval.ppl TARGET [--dataset exl2-wiki|exl2-c4|FILE.txt|FILE.jsonl] [--seqlen 2048]
-                       [--max-windows N] [--backend torch|vllm] [--vllm-python PY] [--json OUT]
+                       [--max-windows N] [--backend torch|vllm] [--vllm-python PY] [--dtype auto] [--json OUT]
 
 TARGET, torch backend: a tbq run directory (its fake-quantized weights), a Hugging Face model folder or a
 built-in name. vllm backend: a checkpoint vLLM serves (a `tbq export` folder or a model folder), scored from
@@ -23,12 +23,14 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from turboboa_export.arch import REGISTRY
 from turboboa_export.calibration import load_text, tokenize
 from turboboa_export.errors import TbqError
 from turboboa_export.export.compressed_tensors import check_vllm_servable
 from turboboa_export.models import load_model, resolve_model
 from turboboa_export.pipeline.rundir import load_fake_quant_model
 from turboboa_export.pipeline.sequential import pick_device
+from turboboa_export.readers import read_json_object
 
 LOGPROBS_SCRIPT = Path(__file__).with_name("vllm_logprobs.py")
 VLLM_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1"}
@@ -61,14 +63,39 @@ def perplexity(model, ws: torch.Tensor, device: torch.device, progress: bool = T
     return math.exp(nll / count)
 
 
-def vllm_prompt_logprobs(checkpoint: str, ws: torch.Tensor, vllm_python: str, dtype: str = "float16",
+def serving_dtype(checkpoint: str, dtype: str = "auto") -> str:
+    """The activation dtype vLLM runs ``checkpoint`` in: ``dtype`` unless ``auto``; for ``auto`` the checkpoint's
+    own fp16/bf16, and for a float32 checkpoint its family's half dtype (bfloat16 where float16 is unsafe, as
+    ``tbq export`` picks it)."""
+    if dtype != "auto":
+        return dtype
+    config = read_json_object(Path(checkpoint) / "config.json", "checkpoint config",
+                              "pass a model or `tbq export` folder")
+    own = config.get("dtype") or config.get("torch_dtype")
+    if own in ("float16", "bfloat16"):
+        return own
+    spec = REGISTRY.get(config.get("model_type"))
+    return spec.half_dtype if spec is not None else "float16"
+
+
+def torch_dtype(dtype: str) -> torch.dtype | None:
+    """The torch dtype named by ``--dtype`` for PyTorch evaluation; None for ``auto`` (the model's own)."""
+    if dtype == "auto":
+        return None
+    if not isinstance(getattr(torch, dtype, None), torch.dtype):
+        raise TbqError(f"unknown dtype {dtype!r}; use auto, float32, float16 or bfloat16")
+    return getattr(torch, dtype)
+
+
+def vllm_prompt_logprobs(checkpoint: str, ws: torch.Tensor, vllm_python: str, dtype: str = "auto",
                          max_tokens: int = 1) -> list[dict]:
     """Per window, vLLM's log-prob of each token after the first (and its greedy continuation), computed in a
     separate Python that has vLLM."""
     with tempfile.TemporaryDirectory() as tmp:
         prompts, out = Path(tmp) / "prompts.json", Path(tmp) / "out.json"
         prompts.write_text(json.dumps(ws.tolist()))
-        cmd = [vllm_python, str(LOGPROBS_SCRIPT), str(checkpoint), str(prompts), str(out), "--dtype", dtype,
+        cmd = [vllm_python, str(LOGPROBS_SCRIPT), str(checkpoint), str(prompts), str(out),
+               "--dtype", serving_dtype(checkpoint, dtype),
                "--max-tokens", str(max_tokens), "--max-model-len", str(ws.shape[1] + max_tokens + 16)]
         done = subprocess.run(cmd, env={**os.environ, **VLLM_ENV})
         if done.returncode != 0 or not out.is_file():
@@ -76,7 +103,7 @@ def vllm_prompt_logprobs(checkpoint: str, ws: torch.Tensor, vllm_python: str, dt
         return json.loads(out.read_text())
 
 
-def vllm_perplexity(checkpoint: str, ws: torch.Tensor, vllm_python: str, dtype: str = "float16") -> float:
+def vllm_perplexity(checkpoint: str, ws: torch.Tensor, vllm_python: str, dtype: str = "auto") -> float:
     """exp(mean next-token NLL) from vLLM's prompt log-probs over the same windows as :func:`perplexity`."""
     check_vllm_servable(Path(checkpoint), vllm_python)
     got = vllm_prompt_logprobs(checkpoint, ws, vllm_python, dtype)
@@ -85,13 +112,14 @@ def vllm_perplexity(checkpoint: str, ws: torch.Tensor, vllm_python: str, dtype: 
 
 
 def load_for_eval(target: str, dtype: torch.dtype | None = None):
-    """(model, tokenizer) of a run directory or a model."""
+    """(model, tokenizer) of a run directory or a model, in ``dtype`` (None: its own)."""
     from transformers import AutoTokenizer
 
     path = Path(target)
     if (path / "run.json").is_file():
         return load_fake_quant_model(path, dtype), AutoTokenizer.from_pretrained(path)
-    return load_model(resolve_model(target))
+    model, tok = load_model(resolve_model(target))
+    return (model if dtype is None else model.to(dtype)), tok
 
 
 def report_result(result: dict, path: Path | None) -> None:
@@ -116,13 +144,14 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--max-windows", type=int)
     ap.add_argument("--backend", choices=("torch", "vllm"), default="torch")
     ap.add_argument("--vllm-python", default=default_vllm_python())
-    ap.add_argument("--dtype", default="float16", help="vllm backend: activation dtype")
+    ap.add_argument("--dtype", default="auto",
+                    help="activation dtype (auto: torch the model's own, vllm the checkpoint's fp16/bf16, per family)")
     ap.add_argument("--device", default="auto", help="torch backend")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args(argv)
     try:
         if a.backend == "torch":
-            model, tok = load_for_eval(a.target)
+            model, tok = load_for_eval(a.target, torch_dtype(a.dtype))
             ws = eval_windows(tok, a.dataset, a.seqlen, a.max_windows, a.split)
             ppl = perplexity(model, ws, pick_device(a.device))
         else:

@@ -4,8 +4,9 @@ held-out perplexity of each run (and of the unquantized model), with ``--c4`` al
 
     python -m eval.protocol --model smollm2-135m --runs rtn:w3,gptq:w3,turboboa:w3-g64 --out results/ [--fp] [--c4]
 
-A run is METHOD:PRESET, optionally followed by ``:rot`` (Hadamard rotation), ``:a4`` / ``:a8`` (per-token
-activation bits) and ``:kv4`` / ``:kv8`` (KV-cache bits), e.g. ``turboboa:w4:rot:a4:kv4`` for rotated W4A4KV4.
+A run is METHOD:PRESET, optionally followed by ``:rot`` (Hadamard rotation; ``:blockB`` makes its online part
+block-diagonal, ``--online-rotation block:B``), ``:a4`` / ``:a8`` (per-token activation bits) and ``:kv4`` / ``:kv8``
+(KV-cache bits), e.g. ``turboboa:w4:rot:a4:kv4`` for rotated W4A4KV4, ``turboboa:w4:rot:block512:a4``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 from turboboa_export.config import PRESETS, build_config
 from turboboa_export.pipeline.sequential import pick_device, quantize_model
 
-from .ppl import eval_windows, load_for_eval, perplexity
+from .ppl import eval_windows, load_for_eval, perplexity, torch_dtype
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -29,6 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--nsamples", type=int, default=128)
     ap.add_argument("--seqlen", type=int, default=2048)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--dtype", default="auto", help="evaluation dtype (auto: each model's own)")
     ap.add_argument("--fp", action="store_true", help="also evaluate the unquantized model")
     ap.add_argument("--c4", action="store_true", help="also perplexity on the bundled C4 text (exl2-c4)")
     a = ap.parse_args(argv)
@@ -44,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
             f.write(json.dumps(row) + "\n")
 
     def ppl_of(target: str) -> dict[str, float]:
-        model, tok = load_for_eval(target)
+        model, tok = load_for_eval(target, torch_dtype(a.dtype))
         for key, dataset in texts.items():
             if key not in cached:
                 cached[key] = eval_windows(tok, dataset, 2048)
@@ -55,11 +57,13 @@ def main(argv: list[str] | None = None) -> None:
     items = a.runs.split(",")
     for n, item in enumerate(items, 1):
         parts = item.split(":")
-        if len(parts) < 2 or not parts[1] or set(parts[2:]) - {"rot", "a4", "a8", "kv4", "kv8"}:
-            raise SystemExit(f"error: run {item!r} is not METHOD:PRESET[:rot][:a4|:a8][:kv4|:kv8] "
+        blocks = [e for e in parts[2:] if e.startswith("block") and e[5:].isdigit()]
+        if len(parts) < 2 or not parts[1] or set(parts[2:]) - {"rot", "a4", "a8", "kv4", "kv8", *blocks}:
+            raise SystemExit(f"error: run {item!r} is not METHOD:PRESET[:rot[:blockB]][:a4|:a8][:kv4|:kv8] "
                              "(e.g. turboboa:w4:rot:a4:kv4)")
         method, preset, *extra = parts
         transform = {"rotate": "hadamard" if "rot" in extra else "none",
+                     "online_rotation": f"block:{blocks[0][5:]}" if blocks else None,
                      "act_bits": next((int(e[1:]) for e in extra if e in ("a4", "a8")), None),
                      "kv_bits": next((int(e[2:]) for e in extra if e in ("kv4", "kv8")), None)}
         print(f"[{n}/{len(items)}] {item}: quantizing", flush=True)

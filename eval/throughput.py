@@ -33,15 +33,16 @@ from tqdm.auto import tqdm
 from turboboa_export.errors import TbqError
 from turboboa_export.export.compressed_tensors import check_vllm_servable
 
-from .ppl import VLLM_ENV, default_vllm_python
+from .ppl import VLLM_ENV, default_vllm_python, serving_dtype
 
 WORKER = Path(__file__).with_name("vllm_throughput.py")
 
 
 def offline(checkpoints: list[str], labels: list[str], batch_sizes: list[int], input_len: int, output_len: int,
             vllm_python: str, enforce_eager: bool = False, disabled_kernels: list[str] | None = None,
-            tensor_parallel_size: int = 1) -> list[dict]:
-    """One row per (checkpoint, batch size): output tokens per second of vLLM's offline generate."""
+            dtype: str = "auto", tensor_parallel_size: int = 1) -> list[dict]:
+    """One row per (checkpoint, batch size): output tokens per second of vLLM's offline generate, in ``dtype``
+    (``auto``: each checkpoint's fp16/bf16, per family), at ``tensor_parallel_size``."""
     rows = []
     for ckpt in checkpoints:
         check_vllm_servable(Path(ckpt), vllm_python)
@@ -50,7 +51,7 @@ def offline(checkpoints: list[str], labels: list[str], batch_sizes: list[int], i
             out = Path(tmp) / "rows.json"
             cmd = [vllm_python, str(WORKER), ckpt, str(out), "--batch-sizes", ",".join(map(str, batch_sizes)),
                    "--input-len", str(input_len), "--output-len", str(output_len),
-                   "--tensor-parallel-size", str(tensor_parallel_size)]
+                   "--dtype", serving_dtype(ckpt, dtype), "--tensor-parallel-size", str(tensor_parallel_size)]
             env = {**os.environ, **VLLM_ENV, **({} if disabled is None else {"VLLM_DISABLED_KERNELS": disabled})}
             done = subprocess.run(cmd + (["--enforce-eager"] if enforce_eager else []), env=env)
             if done.returncode != 0 or not out.is_file():
@@ -149,6 +150,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     off.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs (what the CPU build runs)")
     off.add_argument("--disabled-kernels", help="';'-separated VLLM_DISABLED_KERNELS, one entry per checkpoint")
     off.add_argument("--tensor-parallel-size", type=int, default=1)
+    off.add_argument("--dtype", default="auto", help="vLLM's activation dtype (auto: each checkpoint's, per family)")
     srv = sub.add_parser("serve", help="streamed completions against a running OpenAI-compatible server")
     srv.add_argument("url")
     srv.add_argument("--model")
@@ -168,7 +170,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 if len(given) != len(a.checkpoints):
                     raise TbqError(f"{len(given)} {name} for {len(a.checkpoints)} checkpoints; give one each")
             rows = offline(a.checkpoints, labels, a.batch_sizes, a.input_len, a.output_len, a.vllm_python,
-                           a.enforce_eager, disabled, a.tensor_parallel_size)
+                           a.enforce_eager, disabled, a.dtype, a.tensor_parallel_size)
             table = offline_table(rows)
         else:
             rows = serve(a.url, a.model, a.concurrency, a.requests, a.input_len, a.output_len, a.vocab_size)

@@ -2,7 +2,7 @@
 
 Runs in a Python that has vLLM (the CPU build in CI, the GPU bundle on the lent machine):
 
-    python eval/vllm_logprobs.py CHECKPOINT PROMPTS.json OUT.json [--dtype float16] [--max-tokens 8]
+    python eval/vllm_logprobs.py CHECKPOINT PROMPTS.json OUT.json [--dtype auto] [--max-tokens 8]
                                    [--tensor-parallel-size 1]
 
 PROMPTS.json is a list of token-id lists; OUT.json gets, per prompt, the log-prob vLLM gives each prompt token
@@ -23,7 +23,7 @@ def main() -> None:
     ap.add_argument("checkpoint")
     ap.add_argument("prompts")
     ap.add_argument("out")
-    ap.add_argument("--dtype", default="float16")
+    ap.add_argument("--dtype", default="auto", help="auto: the checkpoint's own fp16/bf16")
     ap.add_argument("--tensor-parallel-size", type=int, default=1)
     ap.add_argument("--max-tokens", type=int, default=8)
     ap.add_argument("--max-model-len", type=int, default=256)

@@ -2,7 +2,7 @@
 (the CPU build in CI, the GPU bundle on the lent machine); `python -m eval.throughput offline` drives it.
 
     python eval/vllm_throughput.py CHECKPOINT OUT.json [--batch-sizes 1,16,128] [--input-len 128]
-                                   [--output-len 256] [--dtype float16] [--enforce-eager] [--seed 0]
+                                   [--output-len 256] [--dtype auto] [--enforce-eager] [--seed 0]
                                    [--tensor-parallel-size 1]
 
 Each batch is that many random-token prompts generated to exactly --output-len tokens (ignore_eos), after one
@@ -29,7 +29,7 @@ def main() -> None:
     ap.add_argument("--batch-sizes", default="1,16,128")
     ap.add_argument("--input-len", type=int, default=128)
     ap.add_argument("--output-len", type=int, default=256)
-    ap.add_argument("--dtype", default="float16")
+    ap.add_argument("--dtype", default="auto", help="auto: the checkpoint's own fp16/bf16")
     ap.add_argument("--tensor-parallel-size", type=int, default=1)
     ap.add_argument("--enforce-eager", action="store_true")
     ap.add_argument("--seed", type=int, default=0)

@@ -1,7 +1,8 @@
 """Zero-shot accuracy with lm-evaluation-harness.
 
     python -m eval.zeroshot TARGET [--tasks piqa,hellaswag,arc_easy,arc_challenge,winogrande,boolq,lambada]
-                           [--backend hf|vllm] [--include-path DIR] [--limit N] [--batch-size 8] [--json OUT]
+                           [--backend hf|vllm] [--include-path DIR] [--limit N] [--batch-size 8] [--dtype auto]
+                           [--json OUT]
 
 hf backend: TARGET is a tbq run (its fake-quantized weights), a Hugging Face folder or a built-in name, run in
 this process. vllm backend: TARGET is a checkpoint vLLM serves (a `tbq export` folder), and lm-eval's vLLM
@@ -18,29 +19,31 @@ from pathlib import Path
 from turboboa_export.errors import TbqError
 from turboboa_export.pipeline.sequential import pick_device
 
-from .ppl import load_for_eval
+from .ppl import load_for_eval, serving_dtype, torch_dtype
 
 DEFAULT_TASKS = "piqa,hellaswag,arc_easy,arc_challenge,winogrande,boolq,lambada"
 PREFERRED = ("acc_norm,none", "acc,none")  # the metric reported per task, first present wins
 
 
-def lm_for(target: str, backend: str, batch_size: int, device: str):
-    """An lm-eval LM object for ``target``."""
+def lm_for(target: str, backend: str, batch_size: int, device: str, dtype: str = "auto"):
+    """An lm-eval LM object for ``target``, in ``dtype`` (``auto``: hf the model's own, vllm the checkpoint's
+    fp16/bf16, per family)."""
     if backend == "hf":
         from lm_eval.models.huggingface import HFLM
 
-        model, tok = load_for_eval(target)
+        model, tok = load_for_eval(target, torch_dtype(dtype))
         dev = pick_device(device)
         return HFLM(pretrained=model.to(dev), tokenizer=tok, batch_size=batch_size, device=str(dev))
     if backend == "vllm":
         from lm_eval.models.vllm_causallms import VLLM
 
-        return VLLM(pretrained=target, dtype="float16", batch_size="auto", max_model_len=2048)
+        return VLLM(pretrained=target, dtype=serving_dtype(target, dtype), batch_size="auto", max_model_len=2048)
     raise TbqError(f"unknown backend {backend!r}; choose hf or vllm")
 
 
 def evaluate(target: str, tasks: list[str], backend: str = "hf", include_path: Path | None = None,
-             limit: int | None = None, batch_size: int = 8, device: str = "auto") -> dict[str, dict[str, float]]:
+             limit: int | None = None, batch_size: int = 8, device: str = "auto",
+             dtype: str = "auto") -> dict[str, dict[str, float]]:
     """{task: {metric: value}} from lm-eval's simple_evaluate (zero-shot, seeded)."""
     from lm_eval import evaluator
     from lm_eval.tasks import TaskManager
@@ -49,7 +52,8 @@ def evaluate(target: str, tasks: list[str], backend: str = "hf", include_path: P
     unknown = [t for t in tasks if t not in manager.all_tasks]
     if unknown:
         raise TbqError(f"unknown lm-eval task(s) {unknown}; check the name or pass --include-path with its YAML")
-    out = evaluator.simple_evaluate(model=lm_for(target, backend, batch_size, device), tasks=tasks, num_fewshot=0,
+    lm = lm_for(target, backend, batch_size, device, dtype)
+    out = evaluator.simple_evaluate(model=lm, tasks=tasks, num_fewshot=0,
                                     limit=limit, task_manager=manager, log_samples=False, random_seed=0,
                                     numpy_random_seed=0, torch_random_seed=0, fewshot_random_seed=0)
     return {task: {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
@@ -82,10 +86,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--limit", type=int)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--dtype", default="auto", help="auto | float32 | float16 | bfloat16")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args(argv)
     try:
-        results = evaluate(a.target, a.tasks.split(","), a.backend, a.include_path, a.limit, a.batch_size, a.device)
+        results = evaluate(a.target, a.tasks.split(","), a.backend, a.include_path, a.limit, a.batch_size, a.device,
+                           a.dtype)
     except TbqError as e:
         raise SystemExit(f"error: {e}") from None
     print(table(results))

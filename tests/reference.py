@@ -20,8 +20,7 @@ def gptq_ref(w, h, spec, group_size=-1, percdamp=0.01, act_order=False, r=None):
     w, h = w.double().clone(), h.double().clone()
     r = r.double().clone() if r is not None else None
     dead = torch.diag(h) == 0
-    h[dead, dead] = 1
-    w[:, dead] = 0
+    h[dead, dead] = torch.diag(h)[~dead].mean() if (~dead).any() else 1.0  # dead inputs keep their weights
     if r is not None:
         r[:, dead] = 0
     cols = w.shape[1]

@@ -178,3 +178,38 @@ def test_rotated_export_stores_no_matrix(tmp_path, calib_text, inter, online, wa
     scheme = TransformConfig.model_validate(qc["transform_config"]).config_groups["tbq_down_hadamard"]
     assert (scheme.type, scheme.head_dim, qc["quant_method"]) == (want_type, want_head, want_method)
     assert scheme.apply[0].location == "input" and scheme.apply[0].targets == ["re:.*mlp.down_proj$"]
+
+
+def test_plugin_plans_each_transform_per_rank():
+    """What the vLLM plugin applies on each rank: blocks when B divides the rank's share, a one-line refusal naming
+    --online-rotation block:B for a full transform of a split input, the full H_n on an unsplit one."""
+    from turboboa_export.vllm_plugin import derived_plan
+
+    assert derived_plan("hadamard", 512, 7168, 14336, 2) == 512  # Llama-3-8B down_proj at TP=2
+    assert derived_plan("hadamard", None, 4096, 4096, 1) == 4096  # a power of two: one Sylvester block
+    assert derived_plan("tbq-hadamard", None, 14336, 14336, 1) is None  # the full 28 * 512 transform
+    with pytest.raises(ValueError, match="--online-rotation block:B"):
+        derived_plan("tbq-hadamard", None, 7168, 14336, 2)
+    with pytest.raises(ValueError, match="blocks of 1024 do not divide each rank's 3584"):
+        derived_plan("hadamard", 1024, 3584, 14336, 4)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("n,block", [(14336, None), (1536, None), (14336, 512), (11008, 32)])
+def test_plugin_transform_on_cuda_matches_float64(n, block, dtype):
+    """The plugin's CUDA path (vLLM's Hadacore for the Sylvester part, one [m, m] product) against the float64
+    transform of the same half-precision inputs; needs vLLM (skips where it is not installed)."""
+    pytest.importorskip("vllm")
+    from turboboa_export.vllm_classes import hadacore_or_butterflies
+
+    x = torch.randn(37, n, generator=torch.Generator().manual_seed(n)).to(dtype)
+    want = apply_online_rotation(x.double(), block)
+    xc = x.cuda()
+    if block is None:
+        got = kron_transform(xc, base_matrix(factor(n)[0]).T.to(xc).contiguous(), hadacore_or_butterflies)
+    else:
+        got = apply_online_rotation(xc, block, hadacore_or_butterflies)
+    err = float((got.double().cpu() - want).abs().max() / want.abs().max())
+    assert err < (1e-2 if dtype == torch.bfloat16 else 2e-3), err
+    assert not torch.isnan(got).any()

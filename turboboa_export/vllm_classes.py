@@ -44,9 +44,10 @@ class TbqHadamardTransform(HadamardTransform):
         n = getattr(layer, "input_size", input_size_per_partition)
         self.block = derived_plan(t.scheme.type, t.scheme.head_dim, input_size_per_partition, n,
                                   get_tensor_model_parallel_world_size())
-        base = None  # H_m^T / sqrt(m) in the model's dtype (vLLM builds layers under it)
+        base = None  # H_m^T / sqrt(m) in the dtype and on the device vLLM builds the layers with
         if self.block is None:
-            base = base_matrix(factor(n)[0]).T.to(torch.get_default_dtype()).contiguous()
+            where = torch.empty(0).device  # the device context vLLM initializes the model under
+            base = base_matrix(factor(n)[0]).T.to(where, torch.get_default_dtype()).contiguous()
         self.register_buffer("base", base, persistent=False)
 
     def process_weights_after_loading(self):

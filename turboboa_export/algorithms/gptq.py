@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import NumericalError
 from .column_segment import run_segment
 from .grid import GridSpec, find_params, find_params_2d
 from .precision import tf32_matmuls
@@ -16,40 +17,50 @@ from .quantized import QuantizedWeight, contiguous_g_idx
 
 LAZY_BLOCK = 128
 MAX_DAMP_TRIES = 10
+DAMP_FLOOR = 1e-4  # relative damping the retries start from when --damp is 0
+DAMP_GROWTH = 4.0  # each retry damps this many times more
 
 
-def remove_dead_columns(
-    w: torch.Tensor, h: torch.Tensor, r: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Columns never seen by the calibration data (H_ii = 0): W[:, i] = 0, R[:, i] = 0, H_ii = 1.
-    Leading batch dims ([..., rows, cols] with [..., cols, cols]) are kept."""
-    dead = torch.diagonal(h, dim1=-2, dim2=-1) == 0
-    h = h + torch.diag_embed(dead.to(h.dtype))
-    keep = (~dead).unsqueeze(-2)
-    w = torch.where(keep, w, torch.zeros_like(w))
-    if r is not None:
-        r = torch.where(keep, r, torch.zeros_like(r))
-    return w, h, r
+def fill_dead(h: torch.Tensor) -> torch.Tensor:
+    """Diagonal entries H_ii = 0 (an input channel, or an output row, the calibration data never excites) set to the
+    mean of the live diagonal (1 where nothing is live: a zero-trace H becomes I), so that H can be factored and the
+    channel keeps its weights, quantized on its row's grid with no error fed to or from it (H has no off-diagonal
+    entries in its row and column). Leading batch dims ([..., n, n]) are kept."""
+    diag = torch.diagonal(h, dim1=-2, dim2=-1)
+    dead = diag == 0
+    live = (~dead).sum(-1, keepdim=True)
+    fill = torch.where(live > 0, diag.sum(-1, keepdim=True) / live.clamp(min=1), torch.ones_like(diag[..., :1]))
+    return h + torch.diag_embed(torch.where(dead, fill, torch.zeros_like(diag)))
 
 
 def damp(h: torch.Tensor, percdamp: float) -> torch.Tensor:
-    """H + percdamp * mean(diag H) * I (for a batch of matrices, each its own mean)."""
+    """H + percdamp * mean(diag H) * I (for a batch of matrices, each its own mean; 1 where the mean is not positive)."""
     mean = torch.diagonal(h, dim1=-2, dim2=-1).mean(-1)[..., None, None]
+    mean = torch.where(mean > 0, mean, torch.ones_like(mean))
     return h + percdamp * mean * torch.eye(h.shape[-1], dtype=h.dtype, device=h.device)
 
 
 def inverse_cholesky_upper(h: torch.Tensor, percdamp: float) -> torch.Tensor:
-    """U with H^-1 = U^T U (upper Cholesky of the inverse), damping H again until Cholesky succeeds.
-    Works on a batch [..., n, n] too."""
-    for _ in range(MAX_DAMP_TRIES):
-        h = damp(h, percdamp)
-        lower, info = torch.linalg.cholesky_ex(h)
+    """U with H^-1 = U^T U (upper Cholesky of the inverse), for H [..., n, n] with dead entries already filled.
+
+    The first try damps by ``percdamp`` (which may be 0); each retry damps by DAMP_GROWTH times more, starting from
+    at least DAMP_FLOOR, so that zero damping of a rank-deficient H still ends positive definite. Raises
+    NumericalError when MAX_DAMP_TRIES are not enough (H holds NaN or inf).
+    """
+    for attempt in range(MAX_DAMP_TRIES):
+        frac = percdamp if attempt == 0 else max(percdamp, DAMP_FLOOR) * DAMP_GROWTH**attempt
+        lower, info = torch.linalg.cholesky_ex(damp(h, frac))
         if not bool(info.any()):
             hinv = torch.cholesky_inverse(lower)
             upper, info = torch.linalg.cholesky_ex(hinv, upper=True)
             if not bool(info.any()):
                 return upper
-    raise ValueError("the Hessian is not positive definite even after damping; raise --damp or add calibration data")
+    finite = bool(torch.isfinite(h).all())
+    raise NumericalError(
+        f"its {h.shape[-1]}x{h.shape[-1]} Hessian is not positive definite even damped by {frac:g} of its mean "
+        + ("diagonal; raise --damp or add calibration data" if finite
+           else "diagonal: it holds NaN or inf, so the model's weights or activations overflow; check the model")
+    )
 
 
 def gptaq_p(r: torch.Tensor, u: torch.Tensor, tf32: bool = False) -> torch.Tensor:
@@ -118,8 +129,9 @@ def act_order_permutation(h: torch.Tensor) -> torch.Tensor:
 
 
 def prepare_columns(w, h, r=None, act_order=False):
-    """Dead-column fix-up and (optional) act-order permutation of W's columns, H and R -> (w, h, r, perm)."""
-    w, h, r = remove_dead_columns(w, h, r)
+    """Dead-column fill (``fill_dead``: the weights are kept) and (optional) act-order permutation of W's columns,
+    H and R -> (w, h, r, perm). R's dead columns are zero already: R = (2/T) sum (x_fp - x_q) x_q^T."""
+    h = fill_dead(h)
     perm = act_order_permutation(h) if act_order else torch.arange(h.shape[-1], device=h.device)
     w, h = w[..., perm], h[..., perm, :][..., perm]
     r = r[..., perm, :][..., perm] if r is not None else None

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .gptq import column_pass, damp, gptaq_p, gptq_quantize, inverse_cholesky_upper, prepare_columns, unpermute
+from .gptq import column_pass, damp, fill_dead, gptaq_p, gptq_quantize, inverse_cholesky_upper, prepare_columns, unpermute
 from .grid import GridSpec, dequantize, find_params_2d
 from .precision import tf32_matmuls
 from .quantized import QuantizedWeight, contiguous_g_idx
@@ -64,6 +64,7 @@ def turboboa_two_sided(
     heads, rows, cols = w.shape
     flat, h_in, r, perm = prepare_columns(w.reshape(-1, cols), h_in, r, opts.act_order)
     w = flat.reshape(heads, rows, cols)
+    h_out = fill_dead(h_out)  # output rows no calibration query/key excites (e.g. a pruned kv head)
     rperm = row_order(h_out) if opts.row_act_order else torch.arange(rows, device=w.device).expand(heads, rows)
     w = _permute_rows(w, rperm)
     h_out = torch.gather(_permute_rows(h_out, rperm), 2, rperm.unsqueeze(1).expand(-1, rows, -1))

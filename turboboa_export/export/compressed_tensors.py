@@ -15,14 +15,16 @@ import tempfile
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from ..algorithms.quantized import QuantizedWeight, contiguous_g_idx
-from ..arch import spec_for
+from ..arch import ArchSpec, spec_for
+from ..atomic import check_output_dir, refuse_overlap, replace_dir
 from ..config import TransformConfig
-from ..atomic import check_output_dir, replace_dir
 from ..errors import TbqError
-from ..pipeline.rundir import load_run
+from ..pipeline.rundir import RUN_FIX, load_run, side_files_of_run
+from ..readers import read_safetensors, reading
+from .manifest import tensor_record
 from ..vllm_plugin import PLUGIN_QUANT_METHOD, TBQ_HADAMARD
 from .pack import pack_rows, unpack_rows
 
@@ -152,9 +154,10 @@ def dequantize_exported(tensors: dict[str, torch.Tensor], name: str, bits: int) 
     return scale[:, g] * (codes - zero[:, g]).float()
 
 
-def export_dtype(model_dtype: torch.dtype) -> torch.dtype:
-    """vLLM's kernels take fp16 or bf16: float32 models are exported in fp16."""
-    return model_dtype if model_dtype in (torch.float16, torch.bfloat16) else torch.float16
+def export_dtype(model_dtype: torch.dtype, spec: ArchSpec) -> torch.dtype:
+    """vLLM's kernels take fp16 or bf16: a half-precision model keeps its dtype, a float32 one gets its family's
+    half dtype (bf16 where fp16 is unsafe, e.g. Gemma 3, whose activations overflow fp16 and which vLLM refuses in fp16)."""
+    return model_dtype if model_dtype in (torch.float16, torch.bfloat16) else getattr(torch, spec.half_dtype)
 
 
 def save_sharded(tensors: dict[str, torch.Tensor], folder: Path) -> None:
@@ -183,16 +186,18 @@ def save_sharded(tensors: dict[str, torch.Tensor], folder: Path) -> None:
 
 
 def copy_side_files(run: Path, out: Path) -> None:
-    """Tokenizer, chat template and generation config, as the run holds them."""
-    for f in run.iterdir():
-        if f.is_file() and (f.name.startswith(("tokenizer", "special_tokens", "generation_config", "chat_template"))
-                            or f.suffix in (".model", ".tiktoken") or f.name in ("vocab.json", "merges.txt")):
-            shutil.copy2(f, out / f.name)
+    """The model folder's non-weight files (tokenizer, chat template, generation config, ...), byte for byte as the
+    run holds them, over whatever transformers wrote there."""
+    for f in side_files_of_run(run):
+        shutil.copy2(f, out / f.name)
 
 
-def write_atomically(out: Path, overwrite: bool, fill) -> Path:
-    """Create ``out`` by filling a temp folder beside it and renaming it into place."""
+def write_atomically(out: Path, overwrite: bool, fill, source: Path | None = None) -> Path:
+    """Create ``out`` by filling a temp folder beside it and renaming it into place; ``source`` (the run being
+    exported) may be neither ``out`` nor inside or around it."""
     out = Path(out)
+    if source is not None:
+        refuse_overlap(out, source, "run")
     check_output_dir(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -208,10 +213,10 @@ def write_vllm_checkpoint(out: Path, weights: dict[str, QuantizedWeight], rest: 
                           overwrite: bool = False, act_bits: int | None = None,
                           transform: tuple[dict, str] | None = None) -> Path:
     """Write quantized linears plus the other tensors as a pack-quantized checkpoint at ``out`` (atomically).
-    ``config`` is the model's transformers config; ``side_files`` a folder whose tokenizer files are copied;
+    ``config`` is the model's transformers config; ``side_files`` the run whose model-folder files are copied;
     ``act_bits`` declares dynamic per-token activations; ``transform`` is :func:`down_transform`'s pair."""
     check_vllm_support(bits, sym, group_size)
-    dtype = export_dtype(getattr(config, "dtype", None) or torch.float32)
+    dtype = export_dtype(getattr(config, "dtype", None) or torch.float32, spec_for(config))
 
     def fill(tmp: Path) -> None:
         tensors = {}
@@ -223,6 +228,7 @@ def write_vllm_checkpoint(out: Path, weights: dict[str, QuantizedWeight], rest: 
         for key, t in rest.items():
             tensors[key] = t.to(dtype) if t.is_floating_point() else t
         save_sharded(tensors, tmp)
+        records = {k: tensor_record(t) for k, t in sorted(tensors.items())}
         config.dtype = dtype
         config.quantization_config = quantization_config(bits, sym, group_size, act_groups and group_size != -1,
                                                          act_bits, transform)
@@ -230,9 +236,10 @@ def write_vllm_checkpoint(out: Path, weights: dict[str, QuantizedWeight], rest: 
         if side_files is not None:
             copy_side_files(side_files, tmp)
         (tmp / EXPORT_INFO).write_text(json.dumps({**info, "format": "vllm", "bits": bits, "sym": sym,
-                                                   "group_size": group_size, "dtype": str(dtype)}, indent=2))
+                                                   "group_size": group_size, "dtype": str(dtype),
+                                                   "tensors": records}, indent=2))
 
-    return write_atomically(out, overwrite, fill)
+    return write_atomically(out, overwrite, fill, side_files)
 
 
 def export_vllm(run: Path, out: Path, overwrite: bool = False) -> Path:
@@ -246,30 +253,31 @@ def export_vllm(run: Path, out: Path, overwrite: bool = False) -> Path:
     if t.get("kv_bits"):
         raise TbqError(f"run {run} fake-quantizes the KV cache to int{t['kv_bits']}, which stock vLLM cannot express; "
                        "quantize without --kv-bits to export")
-    config = AutoConfig.from_pretrained(run)
+    with reading(run / "config.json", "run file", RUN_FIX):
+        config = AutoConfig.from_pretrained(run)
     transform = None
     if t.get("rotate", "none") == "hadamard":
         block = TransformConfig(**t).online_block
         transform = down_transform(spec_for(config).down, config.intermediate_size, block)
     info_out = {"run": str(run.resolve()), **({"act_clip": t["act_clip"]} if t.get("act_bits") else {})}
-    return write_vllm_checkpoint(out, weights, load_file(run / "rest.safetensors"), config, q["bits"], q["sym"],
-                                 q["group_size"], info_out, run, overwrite, t.get("act_bits"), transform)
+    rest = read_safetensors(run / "rest.safetensors", "run file", RUN_FIX)
+    return write_vllm_checkpoint(out, weights, rest, config, q["bits"], q["sym"], q["group_size"], info_out, run,
+                                 overwrite, t.get("act_bits"), transform)
 
 
 def export_hf(run: Path, out: Path, overwrite: bool = False) -> Path:
-    """Write the run's dequantized weights as a dense Hugging Face checkpoint."""
-    from transformers import AutoTokenizer
-
+    """Write the run's dequantized weights as a dense Hugging Face checkpoint, with the model folder's other files
+    (tokenizer, generation config, ...) as the run holds them."""
     from ..pipeline.rundir import load_fake_quant_model
 
     run = Path(run)
+    refuse_overlap(out, run, "run")
     check_dense_exportable(load_run(run)[0], run)
     model = load_fake_quant_model(run)
-    tok = AutoTokenizer.from_pretrained(run)
 
     def fill(tmp: Path) -> None:
         model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
+        copy_side_files(run, tmp)
         (tmp / EXPORT_INFO).write_text(json.dumps({"run": str(run.resolve()), "format": "hf"}, indent=2))
 
-    return write_atomically(out, overwrite, fill)
+    return write_atomically(out, overwrite, fill, run)

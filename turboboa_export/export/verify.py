@@ -1,25 +1,54 @@
-"""``tbq verify``: reload an export, check every tensor against its config, compare with the run's weights."""
+"""``tbq verify``: reload an export, check every tensor against its config, its export-time record (dtype, shape,
+checksum) and the run: quantized linears dequantized, every other tensor in the export dtype."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 from ..algorithms.quantized import QuantizedWeight
 from ..errors import TbqError
-from ..pipeline.rundir import load_run
+from ..pipeline.rundir import RUN_FIX, load_run
+from ..readers import read_json_object, read_safetensors, reading
 from .compressed_tensors import EXPORT_INFO, dequantize_exported
+from .manifest import record_mismatch
 from .pack import packed_words
 
 
+EXPORT_FIX = "re-run `tbq export` to write the checkpoint again"
+
+
 def load_tensors(folder: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of every safetensors shard of ``folder``; an unreadable shard is a one-line TbqError."""
     tensors = {}
     for f in sorted(folder.glob("*.safetensors")):
-        tensors.update(load_file(f))
+        tensors.update(read_safetensors(f, "checkpoint shard", EXPORT_FIX))
     return tensors
+
+
+def _check_records(tensors: dict[str, torch.Tensor], records: dict[str, dict]) -> list[str]:
+    """Every tensor against the dtype, shape and checksum written at export time; missing and extra ones."""
+    problems = [f"{k}: missing from the checkpoint" for k in sorted(records.keys() - tensors.keys())]
+    problems += [f"{k}: not written by the export" for k in sorted(tensors.keys() - records.keys())]
+    for k in sorted(tensors.keys() & records.keys()):
+        problem = record_mismatch(k, tensors[k], records[k])
+        if problem:
+            problems.append(problem)
+    return problems
+
+
+def _check_rest(tensors: dict[str, torch.Tensor], rest: dict[str, torch.Tensor], dtype: torch.dtype) -> list[str]:
+    """The run's unquantized tensors (embedding, norms, ...) against the export's, in the export dtype."""
+    problems = []
+    for k in sorted(rest):
+        want = rest[k].to(dtype) if rest[k].is_floating_point() else rest[k]
+        got = tensors.get(k)
+        if got is None:
+            problems.append(f"{k}: missing from the checkpoint")
+        elif got.dtype != want.dtype or got.shape != want.shape or not torch.equal(got, want):
+            problems.append(f"{k}: differs from the run's (export {got.dtype} {tuple(got.shape)})")
+    return problems
 
 
 def _check_shapes(tensors: dict, name: str, bits: int, sym: bool, groups_expected, dtype: torch.dtype) -> list[str]:
@@ -68,28 +97,32 @@ def verify_export(folder: Path, run: Path | None = None) -> list[str]:
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise TbqError(f"{folder} has no config.json; pass the -o folder of `tbq export`")
-    config = json.loads((folder / "config.json").read_text())
+    config = read_json_object(folder / "config.json", "checkpoint config", EXPORT_FIX)
     qc = config.get("quantization_config")
-    if not qc or qc.get("format") != "pack-quantized":
+    if not isinstance(qc, dict) or qc.get("format") != "pack-quantized":
         raise TbqError(f"{folder} is not a pack-quantized compressed-tensors checkpoint")
     from compressed_tensors.quantization import QuantizationConfig
 
-    QuantizationConfig.model_validate(qc)
-    w = qc["config_groups"]["group_0"]["weights"]
-    bits, sym, gs = w["num_bits"], w["symmetric"], w.get("group_size") or -1
-    dtype = getattr(torch, config.get("dtype") or config.get("torch_dtype"))
+    with reading(folder / "config.json", "the quantization_config of", EXPORT_FIX):
+        QuantizationConfig.model_validate(qc)
+        w = qc["config_groups"]["group_0"]["weights"]
+        bits, sym, gs = w["num_bits"], w["symmetric"], w.get("group_size") or -1
+        dtype = getattr(torch, config.get("dtype") or config.get("torch_dtype"))
+    info = (read_json_object(folder / EXPORT_INFO, "export record", EXPORT_FIX) if (folder / EXPORT_INFO).is_file()
+            else {})
     tensors = load_tensors(folder)
     names = sorted(k[: -len(".weight_packed")] for k in tensors if k.endswith(".weight_packed"))
     if not names:
         return ["no quantized linears (*.weight_packed) found"]
-    problems = []
+    problems = _check_records(tensors, info["tensors"]) if "tensors" in info else []
     for name in names:
         problems += _check_shapes(tensors, name, bits, sym, lambda k: 1 if gs == -1 else k // gs, dtype)
-    if run is None and (folder / EXPORT_INFO).is_file():
-        run = Path(json.loads((folder / EXPORT_INFO).read_text())["run"])
+    if run is None and "run" in info:
+        run = Path(info["run"])
     if run is not None:
-        info, weights = load_run(run)
-        problems += _check_transform(qc, info, config)
+        run_info, weights = load_run(run)
+        problems += _check_transform(qc, run_info, config)
+        problems += _check_rest(tensors, read_safetensors(Path(run) / "rest.safetensors", "run file", RUN_FIX), dtype)
         if sorted(weights) != names:
             problems.append(f"the export has {len(names)} quantized linears, the run {len(weights)}")
         for name in names:

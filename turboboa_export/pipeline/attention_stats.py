@@ -25,7 +25,7 @@ import torch
 
 from ..algorithms import compiled
 from ..algorithms.precision import accumulate, half_products, stats_matmul, tf32_matmuls
-from ..arch import ArchSpec, AttentionShape
+from ..arch import ArchSpec, AttentionShape, attribute
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -124,7 +124,7 @@ class AttentionStatistics:
         """(queries, keys, A) with A_h the causal softmax attention probabilities of head h: [heads, L, L]."""
         q, k = self.queries_keys(x, kwargs)
         k_rep = k.repeat_interleave(self.shape.group, dim=0)
-        window = getattr(self.attn, "sliding_window", None)
+        window = attribute(self.attn, self.spec.window)
         return q, k, attention_probs(q, k_rep, self.attn.scaling, window, self.dtype)
 
     def weighted_inputs(self, x: torch.Tensor, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

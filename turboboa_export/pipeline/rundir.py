@@ -2,8 +2,8 @@
 when complete, so an interrupted run resumes and a finished one is never half-written.
 
 Layout: ``run.json`` (config, versions, model, timings), ``blocks/NNNN.safetensors`` (codes, scales, zeros,
-g_idx of each quantized linear), ``rest.safetensors`` (every other tensor, untouched), ``config.json`` and the
-tokenizer, ``metrics.jsonl`` (one line per quantized module).
+g_idx of each quantized linear), ``rest.safetensors`` (every other tensor, untouched), ``config.json``, the model
+folder's other files (tokenizer, generation config, ...) byte for byte, ``metrics.jsonl`` (one line per quantized module).
 """
 
 from __future__ import annotations
@@ -21,9 +21,12 @@ from ..atomic import atomic_save_tensors, atomic_write_bytes, check_output_dir, 
 from ..arch import spec_for
 from ..config import RunConfig, TransformConfig
 from ..errors import TbqError
+from ..readers import read_json_object, read_safetensors, reading
 from ..rotation.online import install_configured
 
 FIELDS = ("codes", "scale", "zero", "g_idx")
+RUN_FILES = ("run.json", "rest.safetensors", "metrics.jsonl", "config.json")  # written by tbq, not copied
+RUN_FIX = "pass the -o folder of a finished `tbq quantize`, or quantize again"
 
 
 def versions() -> dict[str, str]:
@@ -100,13 +103,28 @@ class RunWriter:
     def load_block(self, index: int) -> dict[str, QuantizedWeight]:
         return _unpack(load_file(self.partial / "blocks" / f"{index:04d}.safetensors"))
 
-    def finish(self, rest: dict[str, torch.Tensor], model_config, tokenizer, **info) -> Path:
-        """Write the untouched tensors, model config and tokenizer, then move the run into place."""
+    def abandon(self) -> None:
+        """Remove the partial run (a run that cannot finish with these settings, so there is nothing to resume)."""
+        shutil.rmtree(self.partial, ignore_errors=True)
+
+    def finish(self, rest: dict[str, torch.Tensor], model_config, tokenizer, sources: list[Path], **info) -> Path:
+        """Write the untouched tensors and model config, copy the model folder's other files (``sources``: tokenizer,
+        generation config, chat template, ...) byte for byte (the tokenizer is saved by transformers when there are
+        none, as for a hub id outside the cache), then move the run into place."""
         atomic_save_tensors(self.partial / "rest.safetensors", rest)
         model_config.save_pretrained(self.partial)
-        tokenizer.save_pretrained(self.partial)
+        if not sources:
+            tokenizer.save_pretrained(self.partial)
+        for f in sources:
+            shutil.copy2(f, self.partial / f.name)
         self.update_info(status="complete", **info)
         return replace_dir(self.partial, self.final)
+
+
+def side_files_of_run(run: Path) -> list[Path]:
+    """The run's copies of its model folder's non-weight files: everything at its top level but its own files."""
+    return sorted(f for f in Path(run).iterdir() if f.is_file() and not f.name.startswith(".")
+                  and f.name not in RUN_FILES)
 
 
 def load_run(path: Path) -> tuple[dict, dict[str, QuantizedWeight]]:
@@ -114,12 +132,12 @@ def load_run(path: Path) -> tuple[dict, dict[str, QuantizedWeight]]:
     path = Path(path)
     if not (path / "run.json").is_file():
         raise TbqError(f"{path} is not a tbq run (no run.json); pass the -o folder of `tbq quantize`")
-    info = json.loads((path / "run.json").read_text())
+    info = read_json_object(path / "run.json", "run file", RUN_FIX)
     if info.get("status") != "complete":
         raise TbqError(f"run {path} is not complete; finish it with `tbq quantize ... --resume`")
     weights: dict[str, QuantizedWeight] = {}
     for f in sorted((path / "blocks").glob("*.safetensors")):
-        weights.update(_unpack(load_file(f)))
+        weights.update(_unpack(read_safetensors(f, "run block file", RUN_FIX)))
     return info, weights
 
 
@@ -130,9 +148,10 @@ def load_fake_quant_model(path: Path, dtype: torch.dtype | None = None):
 
     path = Path(path)
     info, weights = load_run(path)
-    config = AutoConfig.from_pretrained(path)
+    with reading(path / "config.json", "run file", RUN_FIX):
+        config = AutoConfig.from_pretrained(path)
     model = AutoModelForCausalLM.from_config(config, dtype=dtype or config.dtype)
-    state = load_file(path / "rest.safetensors")
+    state = read_safetensors(path / "rest.safetensors", "run file", RUN_FIX)
     for name, q in weights.items():
         state[f"{name}.weight"] = q.dequantize()
     tied = getattr(config, "tie_word_embeddings", False)

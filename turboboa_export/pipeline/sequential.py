@@ -8,7 +8,9 @@ through the now-quantized block. Only the current block lives on the accelerator
 
 from __future__ import annotations
 
+import logging
 import resource
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -18,18 +20,21 @@ from tqdm.auto import tqdm
 
 from ..algorithms.precision import half_products
 from ..algorithms.quantized import QuantizedWeight
-from ..atomic import check_output_dir
+from ..atomic import check_output_dir, refuse_overlap
 from ..arch import ArchSpec, attention_shape, spec_for
 from ..calibration import calibration_batch
 from ..config import RunConfig
-from ..errors import TbqError
+from ..errors import NumericalError, TbqError
 from ..methods import get_method
 from ..rotation.fuse import rotate_model
 from ..rotation.online import OnlineTransforms, install_configured
-from ..models import load_model, resolve_model
+from ..models import load_model, resolve_model, side_files
+from .attention_check import check_attention, check_tokens
 from .capture import capture_inputs, run_block, to_device
 from .rundir import RunWriter
 from .statistics import INPUT_OF, BlockStatistics, SecondMoments, record_inputs
+
+log = logging.getLogger("tbq")
 
 
 def pick_device(name: str) -> torch.device:
@@ -100,19 +105,34 @@ def set_weight(module, q: QuantizedWeight) -> None:
     module.weight.data = q.dequantize().to(module.weight.dtype)
 
 
+def unseen_inputs(stats: BlockStatistics, role: str, name: str) -> int:
+    """How many input channels of a linear the calibration data never excited (H_ii = 0), with a warning naming
+    the module: they keep their weights, rounded on their row's grid, but nothing calibrated them."""
+    n = int((torch.diagonal(stats.h(role)) == 0).sum())
+    if n:
+        log.warning(f"{name}: {n} input channels are zero for every calibration token; their weights are kept, "
+                    "rounded to nearest (calibrate on text that excites them, e.g. with BOS, to do better)")
+    return n
+
+
 def quantize_linears(modules: dict, names: dict, stats: BlockStatistics, cfg, method, shape, device):
     """Quantize each linear of a block in place (its weight becomes the dequantized one).
-    Returns ({name: QuantizedWeight}, per-module metrics)."""
+    Returns ({name: QuantizedWeight}, per-module metrics). Raises TbqError naming the module when its Hessian
+    cannot be factored."""
     weights, metrics = {}, []
     for role, m in modules.items():
         t0 = time.time()
-        result, loss = method.quantize(role, m.weight.data.float(), stats, cfg, shape)
+        unseen = unseen_inputs(stats, role, names[role])
+        try:
+            result, loss = method.quantize(role, m.weight.data.float(), stats, cfg, shape)
+        except NumericalError as e:
+            raise TbqError(f"cannot quantize {names[role]}: {e}") from None
         set_weight(m, result)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         weights[names[role]] = result
         metrics.append({"module": names[role], "role": role, "seconds": time.time() - t0, "loss": loss,
-                        "peak_memory_bytes": peak_memory_bytes(device)})
+                        "unseen_input_channels": unseen, "peak_memory_bytes": peak_memory_bytes(device)})
     return weights, metrics
 
 
@@ -128,18 +148,49 @@ def quantize_model(config: RunConfig, out: Path, overwrite: bool = False, resume
                    progress: bool = True) -> Path:
     """Quantize ``config.model`` block by block and write the run to ``out``."""
     t_start = time.time()
+    out = Path(out)
     check_output_dir(out, overwrite)
     resolved = resolve_model(config.model)
+    if Path(resolved).exists():
+        refuse_overlap(out, Path(resolved), "model")
+        refuse_overlap(out.with_name(out.name + ".partial"), Path(resolved), "model")
     model, tokenizer = load_model(resolved, config.trust_remote_code)
     spec = spec_for(model.config)
     check_group_size(model, spec, config.quant.group_size)
-    transforms = apply_transforms(model, spec, config.transform)
     method = get_method(config.quant.method)
     device = pick_device(config.device)
     shape = attention_shape(model.config)
     c = config.calib
-    batch = calibration_batch(tokenizer, c.dataset, c.nsamples, c.seqlen, c.seed)
+    batch, coverage = calibration_batch(tokenizer, c.dataset, c.nsamples, c.seqlen, c.seed)
+    report_coverage(coverage, c.seqlen, progress)
+    check_attention(model, spec, batch[:1, : check_tokens(model.config, c.seqlen)])
+    transforms = apply_transforms(model, spec, config.transform)
     writer = RunWriter(out, config, overwrite=overwrite, resume=resume)
+    try:
+        return _quantize_blocks(config, model, tokenizer, spec, method, device, shape, batch, transforms, writer,
+                                progress, info={"model": {"source": config.model, "resolved": resolved,
+                                                          "model_type": model.config.model_type},
+                                                "calibration": coverage},
+                                sources=side_files(resolved), t_start=t_start)
+    except TbqError:
+        writer.abandon()  # these settings cannot finish: nothing to resume
+        raise
+
+
+def report_coverage(coverage: dict[str, int], seqlen: int, progress: bool) -> None:
+    """Say how much distinct text calibrates (progress output), and warn when windows repeat."""
+    if progress:
+        tqdm.write(f"calibration: {coverage['windows']} windows of {seqlen} tokens, {coverage['distinct_windows']} "
+                   f"distinct, covering {coverage['distinct_tokens']} of the text's {coverage['text_tokens']} tokens",
+                   file=sys.stderr)
+    if coverage["distinct_windows"] < coverage["windows"]:
+        log.warning(f"only {coverage['distinct_windows']} of the {coverage['windows']} calibration windows are "
+                    f"distinct ({coverage['distinct_tokens']} distinct tokens); add text for a better calibration")
+
+
+def _quantize_blocks(config: RunConfig, model, tokenizer, spec: ArchSpec, method, device, shape, batch, transforms,
+                     writer: RunWriter, progress: bool, info: dict, sources: list[Path], t_start: float) -> Path:
+    """Steps (1)-(4) for every block, then the finished run (see ``quantize_model``)."""
     layers = model.get_submodule(spec.layers)
     captured = capture_inputs(model, layers, batch)
     fp = [x.to(device) for x in captured.inputs]
@@ -182,6 +233,6 @@ def quantize_model(config: RunConfig, out: Path, overwrite: bool = False, resume
     rest = {k: v for k, v in state.items() if k not in quantized}
     if getattr(model.config, "tie_word_embeddings", False):
         rest.pop(f"{spec.lm_head}.weight", None)
-    return writer.finish(rest, model.config, tokenizer, model={"source": config.model, "resolved": resolved,
-                         "model_type": model.config.model_type, "num_blocks": len(layers)},
+    info["model"]["num_blocks"] = len(layers)
+    return writer.finish(rest, model.config, tokenizer, sources, **info,
                          timings={"quantize_seconds": time.time() - t_quant, "total_seconds": time.time() - t_start})
