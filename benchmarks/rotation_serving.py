@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--layers", type=int)
     ap.add_argument("--vllm-python", default=os.environ.get("TBQ_VLLM_PYTHON", sys.executable))
     ap.add_argument("--tp", type=int, default=1, help="also run the tensor-parallel check at this size (> 1)")
-    ap.add_argument("--skip-throughput", action="store_true")
+    ap.add_argument("--skip-throughput", action="store_true", help="sizes (and the TP log-probs) only")
     ap.add_argument("--ckpts", type=Path, default=Path("/tmp/rotck"))
     ap.add_argument("--json", type=Path, required=True)
     a = ap.parse_args(argv)
@@ -93,8 +93,15 @@ def main(argv: list[str] | None = None) -> dict:
     for k, v in result["sizes"].items():
         print(f"| {k} | {v / 1e9:.3f} | {v / result['sizes']['unrotated']:.4f} |")
     if not a.skip_throughput:
-        rows = throughput.offline([str(v) for v in forms.values()], list(forms), [int(b) for b in a.batch_sizes.split(",")],
-                                  a.input_len, a.output_len, a.vllm_python)
+        rows = []
+        for label, ckpt in forms.items():  # the unrotated and block exports by stock vLLM: tbq's plugin not loaded
+            stock = "compressed-tensors" == json.loads((ckpt / "config.json").read_text())["quantization_config"][
+                "quant_method"]
+            os.environ["VLLM_PLUGINS"] = "none" if stock else "tbq"
+            rows += throughput.offline([str(ckpt)], [label + (" (stock vLLM)" if stock else " (tbq plugin)")],
+                                       [int(b) for b in a.batch_sizes.split(",")], a.input_len, a.output_len,
+                                       a.vllm_python)
+        os.environ.pop("VLLM_PLUGINS")
         result["throughput"] = rows
         print(throughput.offline_table(rows))
     a.json.write_text(json.dumps(result, indent=2))
@@ -112,6 +119,7 @@ def main(argv: list[str] | None = None) -> dict:
         if isinstance(one, list) and isinstance(many, list):
             tp["max_abs_logprob_diff"] = max(abs(x - y) for o1, o2 in zip(one, many)
                                             for x, y in zip(o1["prompt_logprobs"], o2["prompt_logprobs"]))
+        if isinstance(many, list) and not a.skip_throughput:
             rows = throughput.offline([str(block)], [f"block:{a.block} TP={a.tp}"],
                                       [int(b) for b in a.batch_sizes.split(",")], a.input_len, a.output_len,
                                       a.vllm_python, tensor_parallel_size=a.tp)

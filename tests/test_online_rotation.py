@@ -142,8 +142,10 @@ def tensor_bytes(folder) -> dict[str, int]:
 
 @pytest.mark.parametrize("inter,online,want_type,want_head,want_method", [
     (96, "full", "tbq-hadamard", None, "tbq"),  # 96 = 12 * 8: tbq's plugin
-    (96, "block:32", "hadamard", 32, "compressed-tensors"),
-    (128, "full", "hadamard", None, "compressed-tensors"),  # a power of two: stock Sylvester
+    (96, "block:32", "hadamard", 32, "tbq"),  # stock Hadacore is wrong below 512: the plugin's GEMM
+    (128, "full", "hadamard", None, "tbq"),
+    (1536, "block:512", "hadamard", 512, "compressed-tensors"),  # stock vLLM's Hadacore
+    (1024, "full", "hadamard", None, "compressed-tensors"),  # a power of two: one stock Sylvester block
 ])
 def test_rotated_export_stores_no_matrix(tmp_path, calib_text, inter, online, want_type, want_head, want_method):
     """The rotated export holds exactly the unrotated export's tensors (the same names and bytes: no n x n matrix,
@@ -196,20 +198,24 @@ def test_plugin_plans_each_transform_per_rank():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("n,block", [(14336, None), (1536, None), (14336, 512), (11008, 32)])
-def test_plugin_transform_on_cuda_matches_float64(n, block, dtype):
-    """The plugin's CUDA path (vLLM's Hadacore for the Sylvester part, one [m, m] product) against the float64
-    transform of the same half-precision inputs; needs vLLM (skips where it is not installed)."""
+@pytest.mark.parametrize("n,block", [(14336, None), (1536, None), (14336, 512), (11008, 32), (4096, 128)])
+@pytest.mark.parametrize("rows", [1, 38, 12729])
+def test_plugin_transform_on_cuda_matches_float64(n, block, dtype, rows):
+    """The plugin's CUDA path (vLLM's Hadacore for Sylvester parts of 512 and more, one GEMM below, one [m, m]
+    product) against the float64 transform of the same half-precision inputs, at token counts where vLLM 0.25.1's
+    Hadacore fails for small sizes (38 x 128, 12729 x 256); needs vLLM (skips where it is not installed)."""
     pytest.importorskip("vllm")
-    from turboboa_export.vllm_classes import hadacore_or_butterflies
+    from turboboa_export.vllm_classes import sylvester_gemm_matrix, sylvester_op
 
-    x = torch.randn(37, n, generator=torch.Generator().manual_seed(n)).to(dtype)
+    x = torch.randn(rows, n, generator=torch.Generator().manual_seed(n + rows)).to(dtype)
     want = apply_online_rotation(x.double(), block)
     xc = x.cuda()
+    m = 1 if block is not None else factor(n)[0]
+    op = sylvester_op(sylvester_gemm_matrix(block or n // m, xc.device, dtype))
     if block is None:
-        got = kron_transform(xc, base_matrix(factor(n)[0]).T.to(xc).contiguous(), hadacore_or_butterflies)
+        got = kron_transform(xc, base_matrix(m).T.to(xc).contiguous(), op)
     else:
-        got = apply_online_rotation(xc, block, hadacore_or_butterflies)
+        got = apply_online_rotation(xc, block, op)
     err = float((got.double().cpu() - want).abs().max() / want.abs().max())
     assert err < (1e-2 if dtype == torch.bfloat16 else 2e-3), err
     assert not torch.isnan(got).any()

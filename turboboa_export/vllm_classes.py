@@ -11,8 +11,9 @@ from compressed_tensors.transform import TransformLocation
 from vllm.distributed.parallel_state import get_tensor_model_parallel_world_size
 from vllm.model_executor.layers.quantization.compressed_tensors.transform.module import HadamardTransform
 
-from .rotation.hadamard import apply_online_rotation, base_matrix, factor, kron_transform, sylvester_transform
-from .vllm_plugin import DERIVED, PLUGIN_QUANT_METHOD, derived_plan
+from .rotation.hadamard import (apply_online_rotation, base_matrix, factor, kron_transform, sylvester,
+                                sylvester_transform)
+from .vllm_plugin import DERIVED, HADACORE_MIN, PLUGIN_QUANT_METHOD, derived_plan
 
 
 class TbqConfig(CompressedTensorsConfig):
@@ -23,10 +24,22 @@ class TbqConfig(CompressedTensorsConfig):
 
 
 def hadacore_or_butterflies(y: torch.Tensor) -> torch.Tensor:
-    """y @ S_p / sqrt(p) over the last dim: vLLM's Hadacore (in place) for fp16/bf16 on CUDA, else torch."""
-    if y.is_cuda and y.dtype in (torch.float16, torch.bfloat16):
+    """y @ S_p / sqrt(p) over the last dim: vLLM's Hadacore (in place) for fp16/bf16 on CUDA when p >= HADACORE_MIN
+    (below, it miscomputes some token counts), else torch butterflies."""
+    if y.is_cuda and y.dtype in (torch.float16, torch.bfloat16) and y.shape[-1] >= HADACORE_MIN:
         return ops.hadacore_transform(y.contiguous())
     return sylvester_transform(y)
+
+
+def sylvester_gemm_matrix(p: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor | None:
+    """S_p / sqrt(p) [p, p] for the sizes Hadacore must not run (p < HADACORE_MIN), else None."""
+    return (sylvester(p) / p**0.5).to(device, dtype) if p < HADACORE_MIN else None
+
+
+def sylvester_op(syl: torch.Tensor | None):
+    """The normalized Sylvester transform over the last dim: one GEMM with ``syl`` (symmetric) when given, else
+    :func:`hadacore_or_butterflies`."""
+    return hadacore_or_butterflies if syl is None else (lambda y: torch.matmul(y, syl))
 
 
 class TbqHadamardTransform(HadamardTransform):
@@ -36,7 +49,7 @@ class TbqHadamardTransform(HadamardTransform):
         t = transforms.get(0)
         if t is None or t.scheme.type not in DERIVED or t.args.location != TransformLocation.INPUT:
             super().__init__(transforms, layer, weight_loader, input_size_per_partition, output_partition_sizes)
-            self.block = self.base = None
+            self.block = self.base = self.syl = None
             self.derived = False
             return
         torch.nn.Module.__init__(self)
@@ -44,11 +57,14 @@ class TbqHadamardTransform(HadamardTransform):
         n = getattr(layer, "input_size", input_size_per_partition)
         self.block = derived_plan(t.scheme.type, t.scheme.head_dim, input_size_per_partition, n,
                                   get_tensor_model_parallel_world_size())
-        base = None  # H_m^T / sqrt(m) in the dtype and on the device vLLM builds the layers with
-        if self.block is None:
-            where = torch.empty(0).device  # the device context vLLM initializes the model under
-            base = base_matrix(factor(n)[0]).T.to(where, torch.get_default_dtype()).contiguous()
+        # in the dtype and on the device vLLM builds the layers with (its device context)
+        where, dtype = torch.empty(0).device, torch.get_default_dtype()
+        m = 1 if self.block is not None else factor(n)[0]
+        p = self.block or n // m
+        base = base_matrix(m).T.to(where, dtype).contiguous() if m > 1 else None  # H_m^T / sqrt(m)
+        syl = sylvester_gemm_matrix(p, where, dtype)
         self.register_buffer("base", base, persistent=False)
+        self.register_buffer("syl", syl, persistent=False)
 
     def process_weights_after_loading(self):
         if not self.derived:
@@ -57,6 +73,7 @@ class TbqHadamardTransform(HadamardTransform):
     def forward(self, value: torch.Tensor, part_id: int = 0) -> torch.Tensor:
         if not self.derived:
             return super().forward(value, part_id)
+        op = sylvester_op(self.syl)
         if self.block is not None:
-            return apply_online_rotation(value, self.block, hadacore_or_butterflies)
-        return kron_transform(value, self.base, hadacore_or_butterflies)
+            return apply_online_rotation(value, self.block, op)
+        return kron_transform(value, self.base, op)

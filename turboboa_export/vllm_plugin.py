@@ -24,6 +24,10 @@ TBQ_HADAMARD = "tbq-hadamard"  # transform type of the full m * 2^k Hadamard, m 
 PLUGIN_QUANT_METHOD = "tbq"  # quant_method of checkpoints that only vLLM with this plugin serves
 ENTRY_POINT = "turboboa_export.vllm_plugin:register"
 DERIVED = ("hadamard", TBQ_HADAMARD)
+# vLLM 0.25.1's Hadacore miscomputes some token counts below this size (measured on an H200, fp16 and bf16: e.g.
+# 38 rows of 128, 12728 rows of 32); the plugin runs smaller Sylvester blocks as one [p, p] GEMM instead, and only
+# exports whose blocks are at least this large are left to stock vLLM
+HADACORE_MIN = 512
 
 
 def derived_plan(kind: str, head_dim: int | None, n_local: int, n: int, tp: int) -> int | None:

@@ -25,7 +25,7 @@ from ..errors import TbqError
 from ..pipeline.rundir import RUN_FIX, load_run, side_files_of_run
 from ..readers import read_safetensors, reading
 from .manifest import tensor_record
-from ..vllm_plugin import PLUGIN_QUANT_METHOD, TBQ_HADAMARD
+from ..vllm_plugin import HADACORE_MIN, PLUGIN_QUANT_METHOD, TBQ_HADAMARD
 from .pack import pack_rows, unpack_rows
 
 VLLM_GROUP_SIZES = (-1, 32, 64, 128)
@@ -83,20 +83,23 @@ def down_transform(spec_down: str, n: int, block: int | None) -> tuple[dict, str
     ``quant_method`` that serves it; no tensors: every Hadamard here is derived, none is stored.
 
     - ``block`` B (or the full H_n when n is a power of two): type ``hadamard`` (Sylvester, ``head_dim`` B for the
-      block-diagonal I kron S_B / sqrt(B)), which stock vLLM applies with its Hadacore kernel: ``compressed-tensors``.
-    - full H_n = (H_m kron S_p) / sqrt(n), m > 1: type ``tbq-hadamard`` (H_m is tbq's shipped base of order m),
-      served by tbq's vLLM plugin only, so the checkpoint says ``quant_method: tbq`` and stock vLLM refuses it
-      ("Unknown quantization method") instead of applying an uninitialized matrix."""
+      block-diagonal I kron S_B / sqrt(B)), which stock vLLM applies with its Hadacore kernel: ``compressed-tensors``
+      when B >= HADACORE_MIN (smaller, vLLM 0.25.1's Hadacore miscomputes some token counts: ``tbq``);
+    - full H_n = (H_m kron S_p) / sqrt(n), m > 1: type ``tbq-hadamard`` (H_m is tbq's shipped base of order m).
+    ``quant_method: tbq`` checkpoints are served by tbq's vLLM plugin only; stock vLLM refuses them ("Unknown
+    quantization method") instead of applying an uninitialized matrix or a faulty kernel."""
     from compressed_tensors.transform import TransformArgs, TransformConfig, TransformScheme
 
     from ..rotation.hadamard import factor
 
     m = factor(n)[0] if block is None else 1
-    kind, head_dim = ("hadamard", block if block not in (None, n) else None) if m == 1 else (TBQ_HADAMARD, None)
+    size = n if block is None else block  # the Sylvester size when m = 1
+    kind, head_dim = ("hadamard", None if size == n else size) if m == 1 else (TBQ_HADAMARD, None)
     scheme = TransformScheme(type=kind, head_dim=head_dim,
                              apply=[TransformArgs(targets=[f"re:.*{spec_down}$"], location="input")])
     config = TransformConfig(config_groups={DOWN_TRANSFORM: scheme}).model_dump(mode="json")
-    return config, ("compressed-tensors" if m == 1 else PLUGIN_QUANT_METHOD)
+    stock = m == 1 and size >= HADACORE_MIN
+    return config, ("compressed-tensors" if stock else PLUGIN_QUANT_METHOD)
 
 
 def quantization_config(bits: int, sym: bool, group_size: int, act_order_groups: bool, act_bits: int | None = None,
