@@ -64,7 +64,9 @@ def logprobs(ckpt: Path, prompts: list[list[int]], vllm_python: str, tp: int, lo
                            stderr=subprocess.STDOUT)
         if o.is_file():
             return json.loads(o.read_text())
-    errors = [line for line in log.read_text().splitlines() if "Error" in line or "error" in line]
+    lines = log.read_text().splitlines()
+    ours = [line for line in lines if "online Hadamard" in line]  # the plugin's one-line refusal, if it was that
+    errors = ours or [line for line in lines if "Error" in line or "error" in line]
     return errors[-1] if errors else "vLLM failed without an error line"
 
 
