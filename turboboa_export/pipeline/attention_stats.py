@@ -124,7 +124,8 @@ class AttentionStatistics:
         """(queries, keys, A) with A_h the causal softmax attention probabilities of head h: [heads, L, L]."""
         q, k = self.queries_keys(x, kwargs)
         k_rep = k.repeat_interleave(self.shape.group, dim=0)
-        window = getattr(self.attn, "sliding_window", None)
+        config_window = getattr(getattr(self.attn, "config", None), "sliding_window", None)  # Mistral's only place
+        window = getattr(self.attn, "sliding_window", config_window)  # Gemma 3 and Qwen2 set it per layer
         return q, k, attention_probs(q, k_rep, self.attn.scaling, window, self.dtype)
 
     def weighted_inputs(self, x: torch.Tensor, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
