@@ -51,8 +51,8 @@ MUTANTS = [
     Mutant("refinement skipped (two-sided)", TB, "    if opts.refine_iters:\n", "    if False:\n", ALGO),
     Mutant("refinement skipped (one-sided)", TB, "if not opts.refine_iters:\n        return q",
            "if True:\n        return q", ALGO),
-    Mutant("refinement without R (two-sided)", TB, "h_in, h_out, r, opts.refine_iters)", "h_in, h_out, None, opts.refine_iters)",
-           ALGO),
+    Mutant("refinement without R (two-sided)", TB, "h_in, h_out, r, opts.refine_iters)",
+           "h_in, h_out, None, opts.refine_iters)", ALGO),
     Mutant("refinement without R (one-sided)", TB, "None if r3 is None else r3[b], opts.refine_iters)",
            "None, opts.refine_iters)", ALGO),
     Mutant("H_in, R from the FP stream (swapped)", SEQ, "moments[key].add(seen[role], fp_seen[role])",
@@ -77,7 +77,8 @@ MUTANTS = [
     Mutant("R with the wrong sign", "turboboa_export/pipeline/statistics.py", "2 * (self.c_sum - self.h_sum)",
            "2 * (self.h_sum - self.c_sum)", STREAMS),
     Mutant("R_v from the quantized stream only", "turboboa_export/pipeline/attention_stats.py",
-           "self._fq = sandwich(self._fq, x_fp,", "self._fq = sandwich(self._fq, xq,", STREAMS),
+           "self._fq = sandwich(self._fq, x_fp,", "self._fq = sandwich(self._fq, xq,",
+           ("tests/test_attention_stats.py",)),
 ]
 
 

@@ -79,8 +79,9 @@ def test_statistics_equal_brute_force_definitions(tiny_models, kind, route):
 
     def heads_at(x):
         """post-norm, post-RoPE q [H][t] and k [KV][t] by explicit loops."""
-        q = [[rope_matrix(cos[t], sin[t]) @ rms((wq @ x[t] + bq)[h * D:(h + 1) * D], qn) for t in range(L)] for h in range(H)]
-        k = [[rope_matrix(cos[t], sin[t]) @ rms((wk @ x[t] + bk)[h * D:(h + 1) * D], kn) for t in range(L)] for h in range(KV)]
+        pq, pk = [wq @ x[t] + bq for t in range(L)], [wk @ x[t] + bk for t in range(L)]  # projections, biases added
+        q = [[rope_matrix(cos[t], sin[t]) @ rms(pq[t][h * D:(h + 1) * D], qn) for t in range(L)] for h in range(H)]
+        k = [[rope_matrix(cos[t], sin[t]) @ rms(pk[t][h * D:(h + 1) * D], kn) for t in range(L)] for h in range(KV)]
         return q, k
 
     def z_of(x):
@@ -135,7 +136,8 @@ def test_attention_probabilities_reproduce_the_module_output(tiny_models, kind):
             heads = torch.einsum("hli,hdi->lhd", z, attn.v_proj.weight.reshape(shape.kv_heads, shape.head_dim, -1)
                                  .repeat_interleave(shape.group, 0))
             if attn.v_proj.bias is not None:  # each probability row sums to 1: A (X W^T + b) = Z W^T + b
-                heads = heads + attn.v_proj.bias.reshape(shape.kv_heads, 1, -1).repeat_interleave(shape.group, 0).transpose(0, 1)
+                bias = attn.v_proj.bias.reshape(shape.kv_heads, -1).repeat_interleave(shape.group, 0)  # [heads, d]
+                heads = heads + bias
             ours = attn.o_proj(heads.reshape(x.shape[0], -1))
             theirs = attn(x[None], **{k: v for k, v in cap.kwargs[li].items() if k != "position_ids"})[0][0]
         # eager attention takes its softmax in float32

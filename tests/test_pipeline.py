@@ -152,7 +152,8 @@ def method_runs(tiny_models, calib_text, tmp_path_factory):
                         "alpha0": {"method": "turboboa", "alpha": 0.0}}.items():
         cfg = build_config(str(tiny_models["llama"]), quant={**quant, "bits": 2},
                            calib={"dataset": str(calib_text), "nsamples": 4, "seqlen": 48})
-        runs[name] = {k: q.dequantize() for k, q in load_run(quantize_model(cfg, root / name, progress=False))[1].items()}
+        weights = load_run(quantize_model(cfg, root / name, progress=False))[1]
+        runs[name] = {k: q.dequantize() for k, q in weights.items()}
     return runs
 
 

@@ -50,8 +50,9 @@ def test_two_sided_equals_reference(n, alpha, group, refine):
     assert_matches(got, *want)
 
 
-@pytest.mark.parametrize("bits,sym,search,adaptive,dead", [(3, False, "mse", True, 0), (3, True, "hessian", True, 2),
-                                                           (2, False, "minmax", False, 1), (4, False, "hessian", False, 0)])
+@pytest.mark.parametrize("bits,sym,search,adaptive,dead", [
+    (3, False, "mse", True, 0), (3, True, "hessian", True, 2), (2, False, "minmax", False, 1),
+    (4, False, "hessian", False, 0)])
 def test_two_sided_other_grids_equal_reference(bits, sym, search, adaptive, dead):
     """Other widths, symmetric and non-hessian grids, BoA's fixed grid with F2 and F3, dead columns."""
     w, h_in, r, h_out = statistics(seed=bits * 7 + dead, dead=dead)
