@@ -16,7 +16,7 @@ from .reference_turboboa import one_sided_ref, turboboa_ref
 
 SHAPE = AttentionShape(heads=4, kv_heads=2, head_dim=8)
 D_IN = 32
-TOL = 1e-8
+TOL = D_IN * torch.finfo(torch.float64).eps  # relative: float64 roundings of D_IN-term sums, ordered differently
 
 
 def spd(*batch, n, seed):
@@ -94,5 +94,5 @@ def test_method_runs_the_reference_algorithm(method, group, role):
     got, loss = get_method(method).quantize(role, w, stats, cfg, SHAPE)
     codes, scale, zero = (t.reshape(len(w), -1) for t in expected(role, w, cfg, stats))
     assert torch.equal(got.codes, codes) and torch.equal(got.zero, zero)
-    assert float((got.scale - scale).abs().max()) < TOL
+    assert float((got.scale - scale).abs().max() / scale.abs().max()) < TOL
     assert loss >= 0
