@@ -7,7 +7,7 @@ from .tiny import make_model_dir, write_text
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
-    return {kind: make_model_dir(root, kind) for kind in ("llama", "qwen3", "gemma3")}
+    return {kind: make_model_dir(root, kind) for kind in ("llama", "mistral", "qwen2", "qwen3", "gemma3")}
 
 
 @pytest.fixture(scope="session")

@@ -1,17 +1,19 @@
-"""Slow, obvious float64 references for the numeric routines (no lazy blocks, explicit loops)."""
+"""Slow, obvious float64 references for the numeric routines (no lazy blocks, explicit loops); their grids come
+from the independent ``reference_grid``, not the library's search."""
 
 from __future__ import annotations
 
 import torch
 
-from turboboa_export.algorithms.grid import GridSpec, find_params, quantize
+from turboboa_export.algorithms.grid import GridSpec
 from turboboa_export.pipeline.rundir import load_fake_quant_model, load_run
+
+from .reference_grid import grid_ref, quantize_ref as quantize
 
 
 def params_ref(w: torch.Tensor, spec: GridSpec, h: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row grid of a [rows, cols] block (one group), via the library's search (tested separately)."""
-    s, z = find_params(w.unsqueeze(1), spec, h.unsqueeze(0) if h is not None else None)
-    return s[:, 0], z[:, 0]
+    """Per-row grid of a [rows, cols] block (one group)."""
+    return grid_ref(w, spec.bits, spec.sym, spec.search, h)
 
 
 def gptq_ref(w, h, spec, group_size=-1, percdamp=0.01, act_order=False, r=None):
@@ -108,26 +110,3 @@ def reference_model(run):
             g = q.g_idx.long()
             model.get_submodule(name).weight.copy_(q.scale.half().float()[:, g] * (q.codes.float() - q.zero[:, g]))
     return model
-
-
-def find_params_ref(w, spec, h_blocks=None):
-    """The grid search one candidate at a time (p = 1 - i/100; floor then ceil zero), strict improvement only."""
-    from turboboa_export.algorithms.grid import _range, fake_quantize
-
-    wmin, wmax = _range(w, spec.sym)
-    best = torch.full_like(wmin, float("inf"))
-    best_s, best_z = torch.zeros_like(wmin), torch.zeros_like(wmin)
-    for i in range(100):
-        p = 1.0 - i / 100
-        s = p * (wmax - wmin) / spec.maxq
-        zs = [torch.full_like(s, spec.sym_zero)] if spec.sym else [torch.floor(-p * wmin / s), torch.ceil(-p * wmin / s)]
-        for z in zs:
-            z = torch.clamp(z, 0, spec.maxq)
-            d = fake_quantize(w, s.unsqueeze(-1), z.unsqueeze(-1), spec.maxq) - w
-            if spec.search == "hessian":
-                score = torch.einsum("...rgi,...gij,...rgj->...rg", d, h_blocks, d)
-            else:
-                score = d.abs().pow(2.4).sum(-1)
-            better = score < best
-            best, best_s, best_z = (torch.where(better, a, b) for a, b in ((score, best), (s, best_s), (z, best_z)))
-    return best_s, best_z

@@ -49,7 +49,7 @@ def gain_of(norm, d):
 
 
 @pytest.mark.parametrize("route", ["z", "gram"])
-@pytest.mark.parametrize("kind", ["llama", "qwen3", "gemma3"])
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen3", "gemma3"])
 def test_statistics_equal_brute_force_definitions(tiny_models, kind, route):
     model, spec, layers, cap = setup(tiny_models[kind])
     li = 0
@@ -69,6 +69,8 @@ def test_statistics_equal_brute_force_definitions(tiny_models, kind, route):
     H, KV, D = shape.heads, shape.kv_heads, shape.head_dim
     grp = H // KV
     wq, wk = attn.q_proj.weight.detach(), attn.k_proj.weight.detach()
+    bq, bk = (torch.zeros(len(m.weight), dtype=torch.float64) if m.bias is None else m.bias.detach()
+              for m in (attn.q_proj, attn.k_proj))
     qn = attn.q_norm if spec.q_norm else None
     kn = attn.k_norm if spec.k_norm else None
     cos, sin = (t[0] for t in kwargs["position_embeddings"])
@@ -77,8 +79,9 @@ def test_statistics_equal_brute_force_definitions(tiny_models, kind, route):
 
     def heads_at(x):
         """post-norm, post-RoPE q [H][t] and k [KV][t] by explicit loops."""
-        q = [[rope_matrix(cos[t], sin[t]) @ rms((wq @ x[t])[h * D:(h + 1) * D], qn) for t in range(L)] for h in range(H)]
-        k = [[rope_matrix(cos[t], sin[t]) @ rms((wk @ x[t])[h * D:(h + 1) * D], kn) for t in range(L)] for h in range(KV)]
+        pq, pk = [wq @ x[t] + bq for t in range(L)], [wk @ x[t] + bk for t in range(L)]  # projections, biases added
+        q = [[rope_matrix(cos[t], sin[t]) @ rms(pq[t][h * D:(h + 1) * D], qn) for t in range(L)] for h in range(H)]
+        k = [[rope_matrix(cos[t], sin[t]) @ rms(pk[t][h * D:(h + 1) * D], kn) for t in range(L)] for h in range(KV)]
         return q, k
 
     def z_of(x):
@@ -120,7 +123,7 @@ def test_statistics_equal_brute_force_definitions(tiny_models, kind, route):
         assert torch.allclose(got, want, **tol), float((got - want).abs().max())
 
 
-@pytest.mark.parametrize("kind", ["llama", "qwen3", "gemma3"])
+@pytest.mark.parametrize("kind", ["llama", "mistral", "qwen2", "qwen3", "gemma3"])
 def test_attention_probabilities_reproduce_the_module_output(tiny_models, kind):
     model, spec, layers, cap = setup(tiny_models[kind], seqlen=40)
     shape = attention_shape(model.config)
@@ -132,6 +135,9 @@ def test_attention_probabilities_reproduce_the_module_output(tiny_models, kind):
             _, _, z = stats.weighted_inputs(x, cap.kwargs[li])
             heads = torch.einsum("hli,hdi->lhd", z, attn.v_proj.weight.reshape(shape.kv_heads, shape.head_dim, -1)
                                  .repeat_interleave(shape.group, 0))
+            if attn.v_proj.bias is not None:  # each probability row sums to 1: A (X W^T + b) = Z W^T + b
+                bias = attn.v_proj.bias.reshape(shape.kv_heads, -1).repeat_interleave(shape.group, 0)  # [heads, d]
+                heads = heads + bias
             ours = attn.o_proj(heads.reshape(x.shape[0], -1))
             theirs = attn(x[None], **{k: v for k, v in cap.kwargs[li].items() if k != "position_ids"})[0][0]
         # eager attention takes its softmax in float32

@@ -83,9 +83,6 @@ def runs(tiny_models, calib_text, tmp_path_factory):
 
 @pytest.mark.parametrize("name", ["sym-g32", "asym-ch", "asym-ch-w8", "sym-w3-act"])
 def test_export_decompresses_to_our_weights_and_logits(runs, tmp_path, name):
-    from transformers import AutoModelForCausalLM
-    from transformers.utils.quantization_config import CompressedTensorsConfig
-
     out = tmp_path / "export"
     res = cli("export", runs[name], "-o", out)
     assert res.exit_code == 0, res.output
@@ -111,6 +108,15 @@ def test_export_decompresses_to_our_weights_and_logits(runs, tmp_path, name):
             got = (q - zp) * scale[:, g]
             assert torch.equal(got.half(), ref.get_submodule(lname).weight.half()), lname
         return
+    assert_transformers_loads_our_model(out, ref, weights)
+
+
+def assert_transformers_loads_our_model(out, ref, weights):
+    """transformers decompresses the export to our (fp16-rounded) weights, and runs it, compressed or not, to our
+    logits."""
+    from transformers import AutoModelForCausalLM
+    from transformers.utils.quantization_config import CompressedTensorsConfig
+
     decompressed = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32,
                                                         quantization_config=CompressedTensorsConfig(dequantize=True))
     for lname in weights:
@@ -124,6 +130,21 @@ def test_export_decompresses_to_our_weights_and_logits(runs, tmp_path, name):
     compressed = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
     with torch.no_grad():
         assert torch.allclose(compressed(input_ids=ids).logits, b, atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.parametrize("kind", ["mistral", "qwen2"])
+def test_export_of_mistral_and_qwen2(tiny_models, calib_text, tmp_path, kind):
+    """TurboBoA W4 g32 sym on Mistral and on Qwen2, whose q/k/v biases travel unquantized."""
+    run, out = tmp_path / "run", tmp_path / "export"
+    res = cli("quantize", tiny_models[kind], "--dataset", calib_text, "--nsamples", 4, "--seqlen", 48, "--quiet",
+              "--method", "turboboa", "--bits", 4, "--sym", "--group-size", 32, "-o", run)
+    assert res.exit_code == 0, res.output
+    res = cli("export", run, "-o", out)
+    assert res.exit_code == 0, res.output
+    assert cli("verify", out).exit_code == 0
+    if kind == "qwen2":
+        assert "model.layers.0.self_attn.q_proj.bias" in load_file(out / "model.safetensors")
+    assert_transformers_loads_our_model(out, reference_model(run), load_run(run)[1])
 
 
 def test_verify_catches_a_changed_scale(runs, tmp_path):

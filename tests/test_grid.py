@@ -5,20 +5,35 @@ from turboboa_export.algorithms.grid import GridSpec, dequantize, diagonal_block
 from turboboa_export.algorithms.rtn import rtn_quantize
 
 from .reference import random_layer
+from .reference_grid import grid_ref, quantize_ref
+
+
+def grid_per_group(w, spec, group, h):
+    """The reference grid of each row and group of ``w`` [..., rows, cols] (``h``: H_in for the hessian search)
+    -> [..., rows, groups]; the groups go to the batch dims, with H_in's diagonal blocks."""
+    *batch, rows, cols = w.shape
+    wg = w.reshape(*batch, rows, cols // group, group).transpose(-3, -2)  # [..., groups, rows, gs]
+    hb = diagonal_blocks(h, group) if h is not None else None
+    s, z = grid_ref(wg, spec.bits, spec.sym, spec.search, hb)
+    return s.transpose(-1, -2), z.transpose(-1, -2)
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
 @pytest.mark.parametrize("sym", [False, True])
 @pytest.mark.parametrize("search", ["minmax", "mse", "hessian"])
-def test_codes_in_range_and_dequantization(bits, sym, search):
-    w, h, _ = random_layer(24, 64, 256, seed=bits * 7 + sym)
+def test_rtn_equals_reference_grid_and_dequantizes_element_by_element(bits, sym, search):
+    w, h, _ = random_layer(12, 64, 256, seed=bits * 7 + sym)
     spec = GridSpec(bits, sym, search)
     q = rtn_quantize(w, spec, 16, h)
-    assert q.codes.min() >= 0 and q.codes.max() <= 2**bits - 1
-    assert torch.equal(q.codes, torch.round(q.codes))
-    g = q.g_idx.long()
-    expected = q.scale[:, g] * (q.codes - q.zero[:, g])  # (q - z) s, column by column
-    assert torch.allclose(q.dequantize(), expected, rtol=0, atol=0)
+    s_ref, z_ref = grid_per_group(w, spec, 16, h)
+    assert torch.equal(q.scale, s_ref) and torch.equal(q.zero, z_ref)
+    g = torch.arange(64) // 16
+    assert torch.equal(q.codes, quantize_ref(w, s_ref[:, g], z_ref[:, g], 2**bits - 1))
+    deq = q.dequantize()
+    for r in range(12):  # w_hat[r, c] = s[r, c // 16] (q[r, c] - z[r, c // 16]), one element at a time
+        for c in range(64):
+            want = float(s_ref[r, c // 16]) * (float(q.codes[r, c]) - float(z_ref[r, c // 16]))
+            assert float(deq[r, c]) == want, (r, c)
     if sym:
         assert torch.all(q.zero == 2 ** (bits - 1))
 
@@ -35,7 +50,7 @@ def test_hessian_score_equals_direct_formula():
             x = w[r, 8 * g : 8 * g + 8]
 
             def direct(s, z):
-                d = dequantize(quantize(x, s, z, spec.maxq), s, z) - x
+                d = s * (quantize_ref(x, s, z, spec.maxq) - z) - x
                 return float(sum(d[i] * blocks[g][i, j] * d[j] for i in range(8) for j in range(8)))
 
             best = direct(scale[r, g], zero[r, g])
@@ -74,16 +89,13 @@ def test_flat_rows_get_a_valid_grid():
 @pytest.mark.parametrize("search", ["mse", "hessian"])
 @pytest.mark.parametrize("sym", [False, True])
 @pytest.mark.parametrize("elements", [2**25, 1000])  # all candidates at once, and many small chunks
-def test_batched_search_equals_one_candidate_at_a_time(monkeypatch, search, sym, elements):
+def test_chunked_search_equals_reference(monkeypatch, search, sym, elements):
     from turboboa_export.algorithms import grid
-
-    from .reference import find_params_ref
 
     monkeypatch.setattr(grid, "SEARCH_ELEMENTS", {"cpu": elements, "cuda": elements})
     w, h, _ = random_layer(10, 48, 192, seed=21 + sym)
-    w = w.reshape(2, 5, 3, 16)  # a batch dim, rows, groups, group size
-    hb = diagonal_blocks(h, 16).expand(2, -1, -1, -1)
+    w = w.reshape(2, 5, 48)  # a batch dim, rows, columns in 3 groups of 16
     spec = GridSpec(3, sym, search)
-    got = find_params(w, spec, hb if search == "hessian" else None)
-    want = find_params_ref(w, spec, hb if search == "hessian" else None)
+    got = find_params_2d(w, spec, 16, h.expand(2, -1, -1) if search == "hessian" else None)
+    want = grid_per_group(w, spec, 16, h.expand(2, -1, -1) if search == "hessian" else None)
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])

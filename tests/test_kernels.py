@@ -1,13 +1,11 @@
 """Dequant-GEMM kernels: the plain-torch reference against explicit loops, the load-time repack against the
-exporter's own read-back, boundary checks, and (CUDA, or Triton's CPU interpreter when Triton is installed) the
-kernels against the reference on fresh random inputs."""
+exporter's own read-back, boundary checks, and (CUDA) the kernels against the reference on fresh random inputs.
+No Triton-interpreter test: CPU-only torch ships no Triton, and where Triton is (3.6 on the GPU machines) its
+interpreter fails on the GEMV kernel (``TypeError: only 0-dimensional arrays can be converted to Python scalars``)."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -115,26 +113,24 @@ CASES = [  # m, n, k, bits, group, asym, dtype
 ]
 
 
-def check_against_reference(device: str, dtypes: tuple = (torch.float16, torch.bfloat16)) -> None:
-    gen = torch.Generator().manual_seed(int.from_bytes(os.urandom(2), "little"))  # fresh inputs each run
-    for m, n, k, bits, group, asym, dtype in (c for c in CASES if c[-1] in dtypes):
+def kernel_seed() -> int:
+    """Fresh inputs each run (a new seed), or the seed in TBQ_KERNEL_SEED to replay a failure."""
+    return int(os.environ.get("TBQ_KERNEL_SEED") or int.from_bytes(os.urandom(2), "little"))
+
+
+def check_against_reference(device: str) -> None:
+    seed = kernel_seed()
+    replay = f"TBQ_KERNEL_SEED={seed}"  # in every failure message
+    gen = torch.Generator().manual_seed(seed)
+    for m, n, k, bits, group, asym, dtype in CASES:
         w = random_weight(n, k, bits, group, asym, dtype, gen, device)
         x = torch.randn(m, k, generator=gen).to(dtype).to(device)
         got, want = dequant_gemm(x, w).double().cpu(), dequant_gemm_ref(x, w).double().cpu()
         rel = float((got - want).norm() / want.norm())
-        assert not got.isnan().any() and rel < 1e-2, (m, n, k, bits, group, asym, dtype, rel)
+        assert not got.isnan().any() and rel < 1e-2, (replay, m, n, k, bits, group, asym, dtype, rel)
         as_op = dequant_gemm_op(x, w.packed, w.scale, w.zero, bits, group).double().cpu()  # the vLLM plugin's call
-        assert float((as_op - want).norm() / want.norm()) < 1e-2  # split-K float32 atomics: not bit-reproducible
-
-
-@pytest.mark.skipif(importlib.util.find_spec("triton") is None or torch.cuda.is_available(),
-                    reason="Triton's CPU interpreter: for machines without a GPU that have Triton")
-def test_kernels_match_reference_in_the_triton_interpreter():
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    # the interpreter's tl.dot mishandles bfloat16 (numpy has none): float16 only there, both on CUDA
-    code = "import torch; from tests.test_kernels import check_against_reference as c; c('cpu', (torch.float16,))"
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-3000:]
+        # split-K float32 atomics: not bit-reproducible
+        assert float((as_op - want).norm() / want.norm()) < 1e-2, (replay, m, n, k, bits, group, asym, dtype)
 
 
 @pytest.mark.gpu

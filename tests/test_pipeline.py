@@ -29,8 +29,12 @@ def block_tensors(run):
     return out
 
 
-@pytest.mark.parametrize("kind", ["llama", "qwen3", "gemma3"])
-@pytest.mark.parametrize("method", ["rtn", "gptq", "boa", "turboboa"])
+# every method on three families; Mistral (sliding window) and Qwen2 (q/k/v biases) through TurboBoA, which uses
+# every statistic
+END_TO_END = [(kind, method) for kind in ("llama", "qwen3", "gemma3") for method in ("rtn", "gptq", "boa", "turboboa")]
+
+
+@pytest.mark.parametrize("kind,method", END_TO_END + [("mistral", "turboboa"), ("qwen2", "turboboa")])
 def test_quantize_end_to_end(tiny_models, calib_text, tmp_path, kind, method):
     out = tmp_path / "run"
     res = cli(*quick_args(tiny_models[kind], calib_text, out, "--method", method, "--bits", 3, "--group-size", 16))
@@ -137,3 +141,36 @@ def test_preset_and_config_file(tiny_models, calib_text, tmp_path):
     cfg = build_config("m", preset="w3", config_file=cfg_file, quant={"bits": None, "sym": True})
     assert (cfg.quant.bits, cfg.quant.method, cfg.quant.grid, cfg.quant.sym, cfg.calib.seed) == (3, "rtn", "mse", True, 3)
     one_line_error(cli(*quick_args(tiny_models["llama"], calib_text, tmp_path / "o", "--preset", "w9")), "unknown preset")
+
+
+@pytest.fixture(scope="module")
+def method_runs(tiny_models, calib_text, tmp_path_factory):
+    """Block weights of a tiny Llama quantized by gptq, boa, turboboa and turboboa with alpha = 0."""
+    root = tmp_path_factory.mktemp("methods")
+    runs = {}
+    for name, quant in {"gptq": {"method": "gptq"}, "boa": {"method": "boa"}, "turboboa": {"method": "turboboa"},
+                        "alpha0": {"method": "turboboa", "alpha": 0.0}}.items():
+        cfg = build_config(str(tiny_models["llama"]), quant={**quant, "bits": 2},
+                           calib={"dataset": str(calib_text), "nsamples": 4, "seqlen": 48})
+        weights = load_run(quantize_model(cfg, root / name, progress=False))[1]
+        runs[name] = {k: q.dequantize() for k, q in weights.items()}
+    return runs
+
+
+def layer(runs, method, block, role):
+    path = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.o_proj",
+            "gate": "mlp.gate_proj", "up": "mlp.up_proj", "down": "mlp.down_proj"}[role]
+    return runs[method][f"model.layers.{block}.{path}"]
+
+
+def test_methods_differ_where_they_must(method_runs):
+    """Block 0 sees the same inputs under every method: BoA equals GPTQ on o/gate/up/down (plain GPTQ there) and
+    differs on q/k/v (two-sided, attention-weighted H_in); TurboBoA differs from BoA everywhere (F1, F3). Block 0's
+    two streams are equal (R = 0), so alpha changes nothing there; from block 1 on it changes every linear."""
+    roles = ("q", "k", "v", "o", "gate", "up", "down")
+    for role in roles:
+        boa, gptq = layer(method_runs, "boa", 0, role), layer(method_runs, "gptq", 0, role)
+        assert torch.equal(boa, gptq) == (role in ("o", "gate", "up", "down")), role
+        assert not torch.equal(layer(method_runs, "turboboa", 0, role), boa), role
+        assert torch.equal(layer(method_runs, "turboboa", 0, role), layer(method_runs, "alpha0", 0, role)), role
+        assert not torch.equal(layer(method_runs, "turboboa", 1, role), layer(method_runs, "alpha0", 1, role)), role

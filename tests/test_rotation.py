@@ -77,7 +77,9 @@ def tiny_model(kind, **over):
     return model
 
 
-@pytest.mark.parametrize("kind,over", [("llama", {}), ("qwen3", {}), ("llama", {"intermediate_size": 96}),
+@pytest.mark.parametrize("kind,over", [("llama", {}), ("qwen3", {}), ("mistral", {}),
+                                       ("qwen2", {}),  # q/k/v biases
+                                       ("llama", {"intermediate_size": 96}),
                                        ("llama", {"intermediate_size": 688}),  # 344 * 2: Llama-2's base
                                        ("qwen3", {"hidden_size": 48, "intermediate_size": 160})])
 def test_rotation_preserves_logits(kind, over):

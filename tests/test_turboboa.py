@@ -96,12 +96,20 @@ def test_alpha_one_beats_alpha_zero_against_the_full_precision_target(seed):
         q0 = turboboa_one_sided(w, h, spec, -1, None, opts)
         q1 = turboboa_one_sided(w, h, spec, -1, 1.0 * r, opts)
         assert _target_loss(w, q1.dequantize(), x_fp, x_q) < _target_loss(w, q0.dequantize(), x_fp, x_q)
-    # two-sided (q/k shape) with H_out = I per head as well
+    # two-sided (q/k shape) with a random H_out, so that P2 != 0 and F2's row pass acts: the H_out-weighted
+    # output error sum_t (W_hat x_q - W x_fp)^T H_out (W_hat x_q - W x_fp), per head, goes down as well
     heads = 4
-    h_out = torch.eye(8, dtype=torch.float64).expand(heads, 8, 8).contiguous()
-    q0 = turboboa_two_sided(w.reshape(heads, 8, 64), h, h_out, spec, -1, None, TurboBoAOptions(rows=4, percdamp=0.001))
-    q1 = turboboa_two_sided(w.reshape(heads, 8, 64), h, h_out, spec, -1, r, TurboBoAOptions(rows=4, percdamp=0.001))
-    assert _target_loss(w, q1.dequantize(), x_fp, x_q) < _target_loss(w, q0.dequantize(), x_fp, x_q)
+    h_out = random_spd(8, heads, seed=seed)
+    w3 = w.reshape(heads, 8, 64)
+
+    def weighted(q):
+        d = x_q @ q.dequantize().reshape(heads, 8, 64).transpose(-1, -2) - x_fp @ w3.transpose(-1, -2)  # [h, t, 8]
+        return float(torch.einsum("hta,hab,htb->", d, h_out, d))
+
+    opts = TurboBoAOptions(rows=4, percdamp=0.001)
+    q0 = turboboa_two_sided(w3, h, h_out, spec, -1, None, opts)
+    q1 = turboboa_two_sided(w3, h, h_out, spec, -1, r, opts)
+    assert weighted(q1) < weighted(q0)
 
 
 @pytest.mark.parametrize("group,act,row_act", [(-1, False, False), (16, True, False), (-1, True, True), (16, False, True)])

@@ -1,4 +1,5 @@
-"""Tiny random models and text built in code (no hub): Llama, Qwen3 (q/k norms), Gemma 3 (sliding layers)."""
+"""Tiny random models and text built in code (no hub): Llama, Mistral (sliding window), Qwen2 (q/k/v biases),
+Qwen3 (q/k norms), Gemma 3 (sliding layers)."""
 
 from __future__ import annotations
 
@@ -33,12 +34,16 @@ def make_tokenizer():
 
 
 def tiny_config(kind: str, vocab: int):
-    from transformers import Gemma3TextConfig, LlamaConfig, Qwen3Config
+    from transformers import Gemma3TextConfig, LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
 
     common = dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
                   num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=512)
     if kind == "llama":
         return LlamaConfig(**common, tie_word_embeddings=False)
+    if kind == "mistral":
+        return MistralConfig(**common, sliding_window=16, tie_word_embeddings=False)
+    if kind == "qwen2":
+        return Qwen2Config(**common, tie_word_embeddings=True)
     if kind == "qwen3":
         return Qwen3Config(**common, tie_word_embeddings=True)
     if kind == "gemma3":
