@@ -77,7 +77,8 @@ def quantize(
                    act_order=act_order, row_act_order=row_act_order, rows=rows, alpha=alpha,
                    refine_iters=refine_iters, adaptive_grid=adaptive_grid),
         calib=dict(dataset=dataset, nsamples=nsamples, seqlen=seqlen, seed=seed),
-        transform=dict(rotate=rotate, online_rotation=online_rotation, act_bits=act_bits, act_clip=act_clip, kv_bits=kv_bits, seed=rotation_seed),
+        transform=dict(rotate=rotate, online_rotation=online_rotation, act_bits=act_bits, act_clip=act_clip,
+                       kv_bits=kv_bits, seed=rotation_seed),
         device=device, trust_remote_code=trust_remote_code or None,
     )
     path = quantize_model(cfg, output, overwrite=overwrite, resume=resume, progress=not quiet)

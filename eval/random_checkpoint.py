@@ -20,7 +20,8 @@ from turboboa_export.algorithms.grid import GridSpec
 from turboboa_export.algorithms.quantized import QuantizedWeight, contiguous_g_idx
 from turboboa_export.arch import spec_for
 from turboboa_export.errors import TbqError
-from turboboa_export.export.compressed_tensors import down_transform, save_sharded, write_atomically, write_vllm_checkpoint
+from turboboa_export.export.compressed_tensors import (down_transform, save_sharded, write_atomically,
+                                                      write_vllm_checkpoint)
 from turboboa_export.rotation.hadamard import check_online_rotation, parse_online_rotation
 
 SHAPES: dict[str, dict] = {

@@ -88,7 +88,7 @@ def test_turboboa_boa_gptq_rtn_order(smollm2_blocks, tmp_path, bits):
                            calib={"dataset": "exl2-wiki", "nsamples": 16, "seqlen": 128}, device="cpu")
         runs[method] = quantize_model(cfg, tmp_path / method, progress=False)
     tok = load_model(str(smollm2_blocks))[1]
-    calib = block_output_errors(smollm2_blocks, runs, calibration_batch(tok, "exl2-wiki", 16, 128, 0))
+    calib = block_output_errors(smollm2_blocks, runs, calibration_batch(tok, "exl2-wiki", 16, 128, 0)[0])
     held = block_output_errors(smollm2_blocks, runs, eval_windows(tok, "exl2-wiki", 128, 32))
     print(bits, *({k: round(float(v.mean()), 4) for k, v in e.items()} for e in (calib, held)))
     for better, worse in (("turboboa", "boa"), ("boa", "gptq"), ("gptq", "rtn")):
