@@ -55,8 +55,9 @@ def quantize(
     seed: Optional[int] = typer.Option(None, help="Calibration seed (default 0)."),
     rotate: Optional[str] = typer.Option(None, help="none | hadamard: QuaRot rotation before quantizing (default none)."),
     online_rotation: Optional[str] = typer.Option(
-        None, help="With --rotate hadamard, down_proj's online Hadamard: full (exact H_n; served by tbq's vLLM plugin "
-                   "unless n is a power of two) | block:B (block-diagonal Sylvester of size B; stock vLLM, any TP)."),
+        None, help="With --rotate hadamard, down_proj's online Hadamard: full (H_n; needs tbq's vLLM plugin unless n is "
+                   "a power of two >= 512) | block:B (Sylvester blocks of size B; stock vLLM for B >= 512 at TP=1, "
+                   "tbq's plugin otherwise and at TP > 1 when B divides each rank's share)."),
     act_bits: Optional[int] = typer.Option(None, help="Fake-quantize linear inputs per token to 4 or 8 bits (W4A4)."),
     act_clip: Optional[float] = typer.Option(None, help="Activation clip ratio in (0, 1] (default 0.9)."),
     kv_bits: Optional[int] = typer.Option(None, help="Fake-quantize keys and values per token and head to 4 or 8 bits."),
