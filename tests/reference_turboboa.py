@@ -35,9 +35,9 @@ def turboboa_ref(w, h_in, h_out, bits, *, sym=False, search="hessian", group_siz
     w, h_in, h_out = w.double().clone(), h_in.double().clone(), h_out.double()
     heads, rows, cols = w.shape
     r = alpha * (r.double().clone() if r is not None else torch.zeros(cols, cols, dtype=torch.float64))
-    dead = torch.diag(h_in) == 0  # dead columns: W[:, i] = 0, R[:, i] = 0, H_ii = 1
-    h_in[dead, dead] = 1
-    w[..., dead] = 0
+    # dead columns (issue 18: their weights are kept): R[:, i] = 0, H_ii = the mean live diagonal (1 if none)
+    dead = torch.diag(h_in) == 0
+    h_in[dead, dead] = torch.diag(h_in)[~dead].mean() if (~dead).any() else 1.0
     r[:, dead] = 0
     h = damped(h_in, percdamp)
     u = upper_inverse_cholesky(h)

@@ -185,13 +185,13 @@ def dense_with_transform(run: Path, export: Path, out: Path) -> Path:
     return out
 
 
-@pytest.mark.parametrize("online", ["full", "block:64"])
-def test_vllm_cpu_serves_rotated_export(tmp_path, online):
+def test_vllm_cpu_serves_rotated_export(tmp_path, online="full"):
     """A Hadamard-rotated W4 run exported with its online down_proj Hadamard in ``transform_config`` (order
-    768 = 12 * 64: ``full`` is the plugin's tbq-hadamard, ``block:64`` stock vLLM's Sylvester blocks), served with
-    tbq's plugin found as an entry point: vLLM's log-probs match our reference, which they would not without the
-    transform (the reference with the online Hadamard removed differs). Without AVX-512 (no int4 GEMM in vLLM's
-    CPU build) the run's dequantized weights are served with the same transform_config instead."""
+    768 = 12 * 64: the plugin's tbq-hadamard, its H_12 product and its Sylvester-64 GEMM; one vLLM start keeps CI
+    short, the block form's plugin path is one call of the same code), served with tbq's plugin found as an entry
+    point: vLLM's log-probs match our reference, which they would not without the transform (the reference with the
+    online Hadamard removed differs). Without AVX-512 (no int4 GEMM in vLLM's CPU build) the run's dequantized
+    weights are served with the same transform_config instead."""
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     from .tiny import sample_text
