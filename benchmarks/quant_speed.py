@@ -80,7 +80,7 @@ def main() -> None:
         sync()
         t1 = time.time()
         with torch.no_grad():
-            _, metrics = quantize_linears(modules, names, stats, cfg, method, shape, device)
+            _, metrics = quantize_linears(modules, names, stats, {role: cfg for role in modules}, shape, device)
         sync()
         t2 = time.time()
         row = {"run": name, "stats_s": t1 - t0, "quant_s": t2 - t1, "block_s": t2 - t0,

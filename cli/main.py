@@ -36,12 +36,18 @@ def quantize(
     model: str = typer.Argument(..., help="Model folder, hub id, or built-in name (smollm2-135m)."),
     output: Path = typer.Option(..., "-o", "--output", help="Run directory to write."),
     preset: Optional[str] = typer.Option(None, help="Named preset: w4-g128, w4-g64, w4, w3-g128, w3-g64, w3, w2, w8."),
-    config: Optional[Path] = typer.Option(None, "--config", help="JSON file with quant/calib settings."),
+    config: Optional[Path] = typer.Option(
+        None, "--config", help='JSON file with quant/calib/transform settings and per-layer "rules": [{"pattern": '
+                               '"re:.*down_proj$", "bits": 8, "group_size": 128, "sym": true, "method": "gptq"}] '
+                               '(first match wins).'),
+    ignore: Optional[list[str]] = typer.Option(
+        None, "--ignore", help="Keep linears matching this pattern dense (repeatable; glob or re:REGEX on full module "
+                               "names like model.layers.0.mlp.down_proj)."),
     method: Optional[str] = typer.Option(None, help="rtn | gptq | boa | turboboa (default turboboa)."),
     bits: Optional[int] = typer.Option(None, help="Weight bits: 2, 3, 4 or 8 (default 4)."),
     group_size: Optional[int] = typer.Option(None, help="Columns per group, -1 for per channel (default -1)."),
     sym: Optional[bool] = typer.Option(None, "--sym/--asym", help="Symmetric grid (default asymmetric)."),
-    grid: Optional[str] = typer.Option(None, help="Grid search: minmax | mse | hessian (default hessian)."),
+    grid: Optional[str] = typer.Option(None, help="Grid search: minmax | mse | hessian (default minmax for rtn, hessian otherwise)."),
     damp: Optional[float] = typer.Option(None, help="Hessian damping, fraction of mean diag (default 0.01)."),
     act_order: Optional[bool] = typer.Option(None, "--act-order/--no-act-order", help="Column act-order."),
     row_act_order: Optional[bool] = typer.Option(None, "--row-act-order/--no-row-act-order", help="Row act-order (BoA/TurboBoA)."),
@@ -76,7 +82,7 @@ def quantize(
         model, preset=preset, config_file=config,
         quant=dict(method=method, bits=bits, group_size=group_size, sym=sym, grid=grid, damp=damp,
                    act_order=act_order, row_act_order=row_act_order, rows=rows, alpha=alpha,
-                   refine_iters=refine_iters, adaptive_grid=adaptive_grid),
+                   refine_iters=refine_iters, adaptive_grid=adaptive_grid, ignore=tuple(ignore or ()) or None),
         calib=dict(dataset=dataset, nsamples=nsamples, seqlen=seqlen, seed=seed),
         transform=dict(rotate=rotate, online_rotation=online_rotation, act_bits=act_bits, act_clip=act_clip,
                        kv_bits=kv_bits, seed=rotation_seed),

@@ -12,6 +12,7 @@ from torch import nn
 from .errors import TbqError
 
 ROLES = ("q", "k", "v", "o", "gate", "up", "down")
+FUSED_ROLES = (("q", "k", "v"), ("gate", "up"))  # vLLM serves each as one layer (qkv_proj, gate_up_proj): one scheme
 
 
 @dataclass(frozen=True)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from .errors import TbqError
 from .readers import read_json_object
@@ -19,12 +20,58 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _check_bits(v: int) -> int:
+    if v not in SUPPORTED_BITS:
+        raise ValueError(f"bits must be one of {', '.join(map(str, SUPPORTED_BITS))}, got {v}")
+    return v
+
+
+def _check_group(v: int) -> int:
+    if v != -1 and v <= 0:
+        raise ValueError(f"group size must be -1 (per channel) or a positive divisor of in_features, got {v}")
+    return v
+
+
+def _check_pattern(v: str) -> str:
+    """A module-name pattern: a glob (``model.layers.*.mlp.down_proj``) or ``re:REGEX`` (``re.match``, as
+    compressed-tensors matches its targets)."""
+    if not v or v == "re:":
+        raise ValueError("a module pattern may not be empty; write a glob like model.layers.*.mlp.down_proj or re:REGEX")
+    if v.startswith("re:"):
+        try:
+            re.compile(v[3:])
+        except re.error as e:
+            raise ValueError(f"pattern {v!r} is not a valid regular expression ({e}); fix it or use a glob") from None
+    return v
+
+
+Bits = Annotated[int, AfterValidator(_check_bits)]
+GroupSize = Annotated[int, AfterValidator(_check_group)]
+Pattern = Annotated[str, AfterValidator(_check_pattern)]
+
+
+class Rule(_Strict):
+    """Per-layer settings: linears whose full module name matches ``pattern`` take these instead of the run's
+    (first matching rule wins; unset fields keep the run's)."""
+
+    pattern: Pattern
+    bits: Bits | None = None
+    group_size: GroupSize | None = None
+    sym: bool | None = None
+    method: Method | None = None
+
+    def overrides(self) -> dict:
+        """The settings this rule sets."""
+        return {k: v for k, v in self.model_dump(exclude={"pattern"}).items() if v is not None}
+
+
 class QuantConfig(_Strict):
-    """What to do to each linear layer."""
+    """What to do to each linear layer. ``grid`` defaults to minmax for rtn and hessian for the other methods;
+    ``ignore`` lists module patterns kept dense; ``rules`` per-layer settings (see :class:`Rule`)."""
 
     method: Method = "turboboa"
-    bits: int = 4
-    group_size: int = -1
+    bits: Bits = 4
+    group_size: GroupSize = -1
     sym: bool = False
     grid: Search = "hessian"
     damp: float = 0.01
@@ -34,20 +81,16 @@ class QuantConfig(_Strict):
     alpha: float = 0.25
     refine_iters: int = 1
     adaptive_grid: bool = True
+    ignore: tuple[Pattern, ...] = ()
+    rules: tuple[Rule, ...] = ()
 
-    @field_validator("bits")
+    @model_validator(mode="before")
     @classmethod
-    def _bits(cls, v: int) -> int:
-        if v not in SUPPORTED_BITS:
-            raise ValueError(f"bits must be one of {', '.join(map(str, SUPPORTED_BITS))}, got {v}")
-        return v
-
-    @field_validator("group_size")
-    @classmethod
-    def _group(cls, v: int) -> int:
-        if v != -1 and v <= 0:
-            raise ValueError(f"group size must be -1 (per channel) or a positive divisor of in_features, got {v}")
-        return v
+    def _default_grid(cls, data: object) -> object:
+        """RTN rounds onto the min-max grid unless asked otherwise; the other methods search the Hessian grid."""
+        if isinstance(data, dict) and data.get("grid") is None:
+            data = {**data, "grid": "minmax" if data.get("method", "turboboa") == "rtn" else "hessian"}
+        return data
 
     @field_validator("damp", "alpha")
     @classmethod
@@ -145,7 +188,8 @@ class RunConfig(_Strict):
     trust_remote_code: bool = False
 
 
-CONFIG_FILE_FIX = 'write a JSON object like {"quant": {"bits": 4}, "calib": {"nsamples": 128}}'
+CONFIG_FILE_FIX = ('write a JSON object like {"quant": {"bits": 4}, "calib": {"nsamples": 128}, '
+                   '"rules": [{"pattern": "re:.*down_proj$", "bits": 8}], "ignore": ["model.layers.0.*"]}')
 
 PRESETS: dict[str, dict] = {
     "w4-g128": {"bits": 4, "group_size": 128},
@@ -192,9 +236,15 @@ def build_config(
                 raise TbqError(f"config file {config_file}: \"{key}\" is a JSON {type(part).__name__}, not an object; "
                                f"{CONFIG_FILE_FIX}")
             section.update(part)
+        for key in ("rules", "ignore"):  # what is quantized may also sit at the top level
+            if key in data:
+                q[key] = data.pop(key)
         data.pop("model", None)
         r.update(data)
-    q.update({k: v for k, v in (quant or {}).items() if v is not None})
+    quant = dict(quant or {})
+    if quant.get("ignore"):  # --ignore adds to the config file's list
+        quant["ignore"] = (*q.get("ignore", ()), *quant["ignore"])
+    q.update({k: v for k, v in quant.items() if v is not None})
     c.update({k: v for k, v in (calib or {}).items() if v is not None})
     t.update({k: v for k, v in (transform or {}).items() if v is not None})
     r.update({k: v for k, v in run.items() if v is not None})

@@ -21,12 +21,17 @@ def grid_spec(cfg: QuantConfig) -> GridSpec:
     return GridSpec(cfg.bits, cfg.sym, cfg.grid)
 
 
+COMMON_SETTINGS = ("method", "bits", "group_size", "sym", "ignore", "rules")
+
+
 @dataclass(frozen=True)
 class Method:
-    """A method: whether it needs R and attention statistics, and how it quantizes one linear."""
+    """A method: the settings it reads (beyond COMMON_SETTINGS), whether it needs R and attention statistics, and
+    how it quantizes one linear."""
 
     name: str
     quantize: Callable  # (role, w, stats, cfg, shape) -> (QuantizedWeight, loss)
+    settings: Callable[[QuantConfig], tuple[str, ...]]
     needs_r: Callable[[QuantConfig], bool] = lambda cfg: False
     attention_statistics: Callable = lambda cfg, spec, shape: None
 
@@ -57,8 +62,8 @@ def _gptq(role: str, w: torch.Tensor, stats, cfg: QuantConfig, shape) -> tuple[Q
     return q, weight_loss(w, q.dequantize(), h)
 
 
-register(Method("rtn", _rtn))
-register(Method("gptq", _gptq))
+register(Method("rtn", _rtn, lambda cfg: ("grid", "damp") if cfg.grid == "hessian" else ("grid",)))
+register(Method("gptq", _gptq, lambda cfg: ("grid", "damp", "act_order")))
 
 
 def turboboa_options(cfg: QuantConfig, tf32: bool = False) -> TurboBoAOptions:
@@ -114,6 +119,15 @@ def _attention_statistics(cfg: QuantConfig, spec, shape):
     return make
 
 
-register(Method("boa", _attention_aware, attention_statistics=_attention_statistics))
-register(Method("turboboa", _attention_aware, needs_r=lambda cfg: cfg.alpha > 0,
-                attention_statistics=_attention_statistics))
+BOA_SETTINGS = ("grid", "damp", "act_order", "row_act_order")
+register(Method("boa", _attention_aware, lambda cfg: BOA_SETTINGS, attention_statistics=_attention_statistics))
+register(Method("turboboa", _attention_aware, lambda cfg: BOA_SETTINGS + ("rows", "alpha", "refine_iters", "adaptive_grid"),
+                needs_r=lambda cfg: cfg.alpha > 0, attention_statistics=_attention_statistics))
+
+
+def used_settings(cfg: QuantConfig) -> dict:
+    """``cfg`` as JSON, with only the settings that its method and its rules' methods read: what ``run.json``
+    records (a setting a method ignores, e.g. ``alpha`` of gptq, cannot change the bits, so it is left out)."""
+    configs = [cfg] + [cfg.model_copy(update=r.overrides()) for r in cfg.rules]
+    keep = set(COMMON_SETTINGS).union(*(get_method(c.method).settings(c) for c in configs))
+    return cfg.model_dump(mode="json", include=keep)

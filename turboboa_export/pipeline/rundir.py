@@ -39,6 +39,14 @@ def versions() -> dict[str, str]:
             "python": platform.python_version()}
 
 
+def recorded_config(config: RunConfig) -> dict:
+    """What ``run.json`` records of a config: everything, except the quantization settings its methods do not read
+    (``methods.used_settings``); ``RunConfig(**recorded)`` fills those with defaults."""
+    from ..methods import used_settings
+
+    return {**config.model_dump(mode="json"), "quant": used_settings(config.quant)}
+
+
 def _pack(name: str, q: QuantizedWeight) -> dict[str, torch.Tensor]:
     return {
         f"{name}.codes": q.codes.to(torch.uint8),
@@ -68,12 +76,11 @@ class RunWriter:
             if self.partial.exists():
                 shutil.rmtree(self.partial)
             (self.partial / "blocks").mkdir(parents=True)
-            self._write_info({"config": config.model_dump(), "versions": versions(), "blocks_done": 0})
+            self._write_info({"config": recorded_config(config), "versions": versions(), "blocks_done": 0})
 
     def _resume(self) -> None:
         info = self.info()
-        saved = RunConfig(**info["config"])
-        if saved != self.config:
+        if info["config"] != recorded_config(self.config):
             raise TbqError(f"{self.partial} was started with other settings; rerun with the same flags or drop --resume")
         self.blocks_done = info["blocks_done"]
 
@@ -107,14 +114,17 @@ class RunWriter:
         """Remove the partial run (a run that cannot finish with these settings, so there is nothing to resume)."""
         shutil.rmtree(self.partial, ignore_errors=True)
 
-    def finish(self, rest: dict[str, torch.Tensor], model_config, tokenizer, sources: list[Path], **info) -> Path:
-        """Write the untouched tensors and model config, copy the model folder's other files (``sources``: tokenizer,
-        generation config, chat template, ...) byte for byte (the tokenizer is saved by transformers when there are
-        none, as for a hub id outside the cache), then move the run into place."""
+    def finish(self, rest: dict[str, torch.Tensor], lm, tokenizer, sources: list[Path], **info) -> Path:
+        """Write the untouched tensors and the config of ``lm`` (the quantized model), copy the model folder's other files (``sources``:
+        tokenizer, generation config, chat template, ...) byte for byte (with none, as for a hub id outside the cache
+        or an in-memory model, transformers saves the tokenizer and the generation config), then move the run into
+        place."""
         atomic_save_tensors(self.partial / "rest.safetensors", rest)
-        model_config.save_pretrained(self.partial)
+        lm.config.save_pretrained(self.partial)
         if not sources:
             tokenizer.save_pretrained(self.partial)
+            if getattr(lm, "generation_config", None) is not None:
+                lm.generation_config.save_pretrained(self.partial)
         for f in sources:
             shutil.copy2(f, self.partial / f.name)
         self.update_info(status="complete", **info)

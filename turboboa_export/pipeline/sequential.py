@@ -13,6 +13,7 @@ import resource
 import sys
 import time
 from contextlib import nullcontext
+from collections.abc import Collection
 from pathlib import Path
 
 import torch
@@ -23,12 +24,13 @@ from ..algorithms.quantized import QuantizedWeight
 from ..atomic import check_output_dir, refuse_overlap
 from ..arch import ArchSpec, attention_shape, spec_for
 from ..calibration import calibration_batch
-from ..config import RunConfig
+from ..config import QuantConfig, RunConfig
 from ..errors import NumericalError, TbqError
 from ..methods import get_method
 from ..rotation.fuse import rotate_model
 from ..rotation.online import OnlineTransforms, install_configured
 from ..models import load_model, resolve_model, side_files
+from ..plan import block_plan, check_plan
 from .attention_check import check_attention, check_tokens
 from .capture import capture_inputs, run_block, to_device
 from .rundir import RunWriter
@@ -44,21 +46,6 @@ def pick_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise TbqError(f"device {name} asked for but CUDA is not available; use --device cpu")
     return torch.device(name)
-
-
-def check_group_size(model, spec: ArchSpec, group_size: int) -> None:
-    """Every quantized linear's in_features must be a multiple of the group size."""
-    if group_size == -1:
-        return
-    layers = model.get_submodule(spec.layers)
-    for i, block in enumerate(layers):
-        for path in spec.linears().values():
-            k = block.get_submodule(path).in_features
-            if k % group_size:
-                raise TbqError(
-                    f"group size {group_size} does not divide in_features {k} of {spec.layers}.{i}.{path}; "
-                    f"choose a divisor of {k} or -1 (per channel)"
-                )
 
 
 def apply_transforms(model, spec: ArchSpec, transform) -> OnlineTransforms:
@@ -77,13 +64,15 @@ def peak_memory_bytes(device: torch.device) -> int:
 
 @torch.no_grad()
 def collect_statistics(block, spec: ArchSpec, fp_in, q_in, kwargs, with_r: bool, attention_stats=None,
-                       full_precision=nullcontext):
+                       full_precision=nullcontext, roles: Collection[str] | None = None):
     """Statistics pass: returns (BlockStatistics, full-precision outputs). ``full_precision()`` is entered for the
-    full-precision stream (it turns activation quantization off)."""
+    full-precision stream (it turns activation quantization off). Second moments are summed only for the inputs of
+    ``roles`` (default: every linear), the linears to be quantized."""
     modules = {role: block.get_submodule(path) for role, path in spec.linears().items()}
     first_role = {}
     for role, key in INPUT_OF.items():
-        first_role.setdefault(key, role)
+        if roles is None or role in roles:
+            first_role.setdefault(key, role)
     device = fp_in[0].device
     moments = {key: SecondMoments(modules[role].in_features, device, with_r) for key, role in first_role.items()}
     attn = attention_stats(block) if attention_stats is not None else None
@@ -115,23 +104,24 @@ def unseen_inputs(stats: BlockStatistics, role: str, name: str) -> int:
     return n
 
 
-def quantize_linears(modules: dict, names: dict, stats: BlockStatistics, cfg, method, shape, device):
-    """Quantize each linear of a block in place (its weight becomes the dequantized one).
-    Returns ({name: QuantizedWeight}, per-module metrics). Raises TbqError naming the module when its Hessian
-    cannot be factored."""
+def quantize_linears(modules: dict, names: dict, stats: BlockStatistics, cfgs: dict[str, QuantConfig], shape, device):
+    """Quantize each linear of a block in place (its weight becomes the dequantized one), role by role with the
+    role's settings ``cfgs[role]`` (its method among them). Returns ({name: QuantizedWeight}, per-module metrics).
+    Raises TbqError naming the module when its Hessian cannot be factored."""
     weights, metrics = {}, []
     for role, m in modules.items():
         t0 = time.time()
         unseen = unseen_inputs(stats, role, names[role])
         try:
-            result, loss = method.quantize(role, m.weight.data.float(), stats, cfg, shape)
+            result, loss = get_method(cfgs[role].method).quantize(role, m.weight.data.float(), stats, cfgs[role], shape)
         except NumericalError as e:
             raise TbqError(f"cannot quantize {names[role]}: {e}") from None
         set_weight(m, result)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         weights[names[role]] = result
-        metrics.append({"module": names[role], "role": role, "seconds": time.time() - t0, "loss": loss,
+        metrics.append({"module": names[role], "role": role, "method": cfgs[role].method, "bits": cfgs[role].bits,
+                        "seconds": time.time() - t0, "loss": loss,
                         "unseen_input_channels": unseen, "peak_memory_bytes": peak_memory_bytes(device)})
     return weights, metrics
 
@@ -143,10 +133,10 @@ def relative_error(out, ref) -> float:
     return (num / den) ** 0.5
 
 
-@torch.no_grad()
 def quantize_model(config: RunConfig, out: Path, overwrite: bool = False, resume: bool = False,
                    progress: bool = True) -> Path:
-    """Quantize ``config.model`` block by block and write the run to ``out``."""
+    """Load ``config.model`` (folder, hub id or built-in name) and quantize it (:func:`quantize_loaded`) into the
+    run folder ``out``, which may not overlap the model folder."""
     t_start = time.time()
     out = Path(out)
     check_output_dir(out, overwrite)
@@ -155,9 +145,26 @@ def quantize_model(config: RunConfig, out: Path, overwrite: bool = False, resume
         refuse_overlap(out, Path(resolved), "model")
         refuse_overlap(out.with_name(out.name + ".partial"), Path(resolved), "model")
     model, tokenizer = load_model(resolved, config.trust_remote_code)
+    return quantize_loaded(model, tokenizer, config, out, {"source": config.model, "resolved": resolved},
+                           side_files(resolved), overwrite, resume, progress, t_start)
+
+
+@torch.no_grad()
+def quantize_loaded(model, tokenizer, config: RunConfig, out: Path, source: dict, sources: list[Path],
+                    overwrite: bool = False, resume: bool = False, progress: bool = True,
+                    t_start: float | None = None) -> Path:
+    """Quantize an already-loaded causal LM (on CPU, eval mode) block by block and write the run to ``out``.
+
+    ``tokenizer`` tokenizes the calibration text; ``source`` is recorded as run.json's ``model`` (with the
+    model_type added); ``sources`` are the model folder's non-weight files copied into the run (empty: the
+    tokenizer and generation config are saved by transformers). The model is changed in place: its linears end
+    holding their dequantized weights (rotated, with online hooks, when the config rotates). Raises TbqError for
+    settings the model cannot take (architecture, group size, patterns, fused-shard schemes)."""
+    t_start = time.time() if t_start is None else t_start
+    out = Path(out)
+    check_output_dir(out, overwrite)
     spec = spec_for(model.config)
-    check_group_size(model, spec, config.quant.group_size)
-    method = get_method(config.quant.method)
+    check_plan(spec, config.quant, model.get_submodule(spec.layers))
     device = pick_device(config.device)
     shape = attention_shape(model.config)
     c = config.calib
@@ -167,14 +174,22 @@ def quantize_model(config: RunConfig, out: Path, overwrite: bool = False, resume
     transforms = apply_transforms(model, spec, config.transform)
     writer = RunWriter(out, config, overwrite=overwrite, resume=resume)
     try:
-        return _quantize_blocks(config, model, tokenizer, spec, method, device, shape, batch, transforms, writer,
-                                progress, info={"model": {"source": config.model, "resolved": resolved,
-                                                          "model_type": model.config.model_type},
-                                                "calibration": coverage},
-                                sources=side_files(resolved), t_start=t_start)
+        return _quantize_blocks(config, model, tokenizer, spec, device, shape, batch, transforms, writer, progress,
+                                info={"model": {**source, "model_type": model.config.model_type},
+                                      "calibration": coverage},
+                                sources=sources, t_start=t_start)
     except TbqError:
         writer.abandon()  # these settings cannot finish: nothing to resume
         raise
+
+
+def block_statistics_needs(cfgs: dict[str, QuantConfig], spec: ArchSpec, shape) -> tuple[bool, object]:
+    """(whether R is needed, the attention-statistics factory or None) for a block's quantized linears, role ->
+    settings: attention statistics when q, k or v uses an attention-aware method, with R when one of those does."""
+    with_r = any(get_method(c.method).needs_r(c) for c in cfgs.values())
+    qkv = sorted((cfgs[r] for r in ("q", "k", "v") if r in cfgs), key=lambda c: not get_method(c.method).needs_r(c))
+    factories = (get_method(c.method).attention_statistics(c, spec, shape) for c in qkv)
+    return with_r, next((f for f in factories if f is not None), None)
 
 
 def report_coverage(coverage: dict[str, int], seqlen: int, progress: bool) -> None:
@@ -188,7 +203,7 @@ def report_coverage(coverage: dict[str, int], seqlen: int, progress: bool) -> No
                     f"distinct ({coverage['distinct_tokens']} distinct tokens); add text for a better calibration")
 
 
-def _quantize_blocks(config: RunConfig, model, tokenizer, spec: ArchSpec, method, device, shape, batch, transforms,
+def _quantize_blocks(config: RunConfig, model, tokenizer, spec: ArchSpec, device, shape, batch, transforms,
                      writer: RunWriter, progress: bool, info: dict, sources: list[Path], t_start: float) -> Path:
     """Steps (1)-(4) for every block, then the finished run (see ``quantize_model``)."""
     layers = model.get_submodule(spec.layers)
@@ -202,8 +217,10 @@ def _quantize_blocks(config: RunConfig, model, tokenizer, spec: ArchSpec, method
         bar.set_description(f"({i + 1}/{len(layers)}) {'replaying' if i < writer.blocks_done else 'quantizing'}")
         block = layers[i].to(device)
         kwargs = to_device(captured.kwargs[i], device)
-        modules = {role: block.get_submodule(path) for role, path in spec.linears().items()}
-        full = {role: f"{spec.layers}.{i}.{path}" for role, path in spec.linears().items()}
+        plan = {role: entry for role, entry in block_plan(spec, config.quant, i).items() if entry[1] is not None}
+        modules = {role: block.get_submodule(spec.linears()[role]) for role in plan}
+        full = {role: name for role, (name, _) in plan.items()}
+        cfgs = {role: cfg for role, (_, cfg) in plan.items()}
         names += full.values()
         if i < writer.blocks_done:
             saved = writer.load_block(i)
@@ -216,11 +233,11 @@ def _quantize_blocks(config: RunConfig, model, tokenizer, spec: ArchSpec, method
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             t0 = time.time()
-            stats, fp = collect_statistics(block, spec, fp, q, kwargs, method.needs_r(config.quant),
-                                           method.attention_statistics(config.quant, spec, shape),
-                                           transforms.act_quant_off)
+            with_r, attention = block_statistics_needs(cfgs, spec, shape)
+            stats, fp = collect_statistics(block, spec, fp, q, kwargs, with_r, attention, transforms.act_quant_off,
+                                           roles=plan)
             t_stats = time.time() - t0
-            weights, metrics = quantize_linears(modules, full, stats, config.quant, method, shape, device)
+            weights, metrics = quantize_linears(modules, full, stats, cfgs, shape, device)
             q = [run_block(block, x, kwargs) for x in q]
             err = relative_error(q, fp)
             for m in metrics:
@@ -234,5 +251,5 @@ def _quantize_blocks(config: RunConfig, model, tokenizer, spec: ArchSpec, method
     if getattr(model.config, "tie_word_embeddings", False):
         rest.pop(f"{spec.lm_head}.weight", None)
     info["model"]["num_blocks"] = len(layers)
-    return writer.finish(rest, model.config, tokenizer, sources, **info,
+    return writer.finish(rest, model, tokenizer, sources, **info,
                          timings={"quantize_seconds": time.time() - t_quant, "total_seconds": time.time() - t_start})
