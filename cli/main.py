@@ -122,12 +122,9 @@ def export(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing non-empty output directory."),
 ):
     """Export a run as a checkpoint: compressed-tensors for vLLM, or dense dequantized weights."""
-    from turboboa_export.export.compressed_tensors import export_hf, export_vllm
+    from turboboa_export.export.compressed_tensors import export_run
 
-    writers = {"vllm": export_vllm, "hf": export_hf}
-    if format not in writers:
-        raise TbqError(f"unknown export format {format!r}; choose vllm or hf")
-    typer.echo(f"wrote {writers[format](run, output, overwrite=overwrite)}")
+    typer.echo(f"wrote {export_run(run, format, output, overwrite)}")
 
 
 @app.command()

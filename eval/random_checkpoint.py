@@ -22,6 +22,7 @@ from turboboa_export.arch import spec_for
 from turboboa_export.errors import TbqError
 from turboboa_export.export.compressed_tensors import (down_transform, save_sharded, write_atomically,
                                                       write_vllm_checkpoint)
+from turboboa_export.plan import Scheme
 from turboboa_export.rotation.hadamard import check_online_rotation, parse_online_rotation
 
 SHAPES: dict[str, dict] = {
@@ -112,7 +113,8 @@ def write_random(shape: str, out: Path, fmt: str = "fp16", bits: int = 4, group_
             if group_size != -1 and in_f % group_size:
                 raise TbqError(f"group size {group_size} does not divide in_features {in_f} of {name}")
             weights[name] = random_quantized(out_f, in_f, GridSpec(bits, sym), group_size, gen)
-    return write_vllm_checkpoint(out, weights, random_tensors(shapes, gen), config, bits, sym, group_size, info,
+    schemes = {name: Scheme(bits, sym, group_size) for name in weights}
+    return write_vllm_checkpoint(out, weights, random_tensors(shapes, gen), config, schemes, info,
                                  overwrite=overwrite, transform=transform)
 
 

@@ -217,9 +217,11 @@ def build_config(
     quant: dict | None = None,
     calib: dict | None = None,
     transform: dict | None = None,
+    config_data: dict | None = None,
     **run: object,
 ) -> RunConfig:
-    """Merge a preset, a JSON config file and explicit settings (later wins) into a validated RunConfig."""
+    """Merge a preset, a JSON config file (or the same object as ``config_data``) and explicit settings (later
+    wins; ``ignore`` patterns add up) into a validated RunConfig. Raises TbqError naming a bad setting."""
     q: dict = {}
     c: dict = {}
     t: dict = {}
@@ -228,12 +230,13 @@ def build_config(
         if preset not in PRESETS:
             raise TbqError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
         q.update(PRESETS[preset])
-    if config_file is not None:
-        data = read_json_object(Path(config_file), "config file", CONFIG_FILE_FIX)
+    if config_file is not None or config_data is not None:
+        data = (read_json_object(Path(config_file), "config file", CONFIG_FILE_FIX) if config_file is not None
+                else dict(config_data))
         for key, section in (("quant", q), ("calib", c), ("transform", t)):
             part = data.pop(key, {})
             if not isinstance(part, dict):
-                raise TbqError(f"config file {config_file}: \"{key}\" is a JSON {type(part).__name__}, not an object; "
+                raise TbqError(f"config {config_file or 'object'}: \"{key}\" is a JSON {type(part).__name__}, not an object; "
                                f"{CONFIG_FILE_FIX}")
             section.update(part)
         for key in ("rules", "ignore"):  # what is quantized may also sit at the top level

@@ -94,6 +94,7 @@ def load_model(name: str, trust_remote_code: bool = False):
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf", ".onnx")
 REWRITTEN = ("config.json",)  # tbq writes its own (dtype, quantization_config)
+NOT_CARRIED = ("README.md",)  # the source's model card describes the full-precision model: exports write their own
 
 
 def side_files(name: str) -> list[Path]:
@@ -109,4 +110,4 @@ def side_files(name: str) -> list[Path]:
         except Exception:  # not cached, or not a hub id: the tokenizer is saved by transformers instead
             return []
     return sorted(f for f in folder.iterdir() if f.is_file() and not f.name.startswith(".")
-                  and f.name not in REWRITTEN and not f.name.endswith(WEIGHT_SUFFIXES + (".index.json",)))
+                  and f.name not in REWRITTEN + NOT_CARRIED and not f.name.endswith(WEIGHT_SUFFIXES + (".index.json",)))

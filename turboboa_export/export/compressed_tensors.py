@@ -13,6 +13,7 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import torch
 from safetensors.torch import save_file
@@ -22,6 +23,7 @@ from ..arch import ArchSpec, spec_for
 from ..atomic import check_output_dir, refuse_overlap, replace_dir
 from ..config import TransformConfig
 from ..errors import TbqError
+from ..plan import Scheme
 from ..pipeline.rundir import RUN_FIX, load_run, side_files_of_run
 from ..readers import read_safetensors, reading
 from .manifest import tensor_record
@@ -102,25 +104,31 @@ def down_transform(spec_down: str, n: int, block: int | None) -> tuple[dict, str
     return config, ("compressed-tensors" if stock else PLUGIN_QUANT_METHOD)
 
 
-def quantization_config(bits: int, sym: bool, group_size: int, act_order_groups: bool, act_bits: int | None = None,
-                        transform: tuple[dict, str] | None = None) -> dict:
-    """The ``quantization_config`` block, built with compressed-tensors' own models; ``act_bits`` adds dynamic
-    per-token symmetric input activations (W4A4), ``transform`` a (``transform_config``, ``quant_method``) pair
-    from :func:`down_transform`."""
+def quantization_config(schemes: dict[str, Scheme], act_order: set[str], act_bits: int | None = None,
+                        transform: tuple[dict, str] | None = None, ignore: list[str] | tuple[str, ...] = ()) -> dict:
+    """The ``quantization_config`` block, built with compressed-tensors' own models. ``schemes``: quantized module
+    name -> Scheme; one config group per distinct scheme, targeting ``Linear`` when there is one and the exact
+    module names otherwise; ``act_order``: the modules stored with act-order groups (``weight_g_idx``); ``act_bits``
+    adds dynamic per-token symmetric input activations (W4A4); ``transform`` is a (``transform_config``,
+    ``quant_method``) pair from :func:`down_transform`; ``ignore``: dense linears besides lm_head."""
     from compressed_tensors.quantization import QuantizationArgs, QuantizationConfig, QuantizationScheme
 
-    args = QuantizationArgs(
-        num_bits=bits, type="int", symmetric=sym, strategy="channel" if group_size == -1 else "group",
-        group_size=None if group_size == -1 else group_size, actorder="group" if act_order_groups else None,
-        dynamic=False,
-    )
+    by_scheme: dict[Scheme, list[str]] = {}
+    for name, sc in schemes.items():
+        by_scheme.setdefault(sc, []).append(name)
     acts = None if act_bits is None else QuantizationArgs(num_bits=act_bits, type="int", symmetric=True,
                                                           strategy="token", dynamic=True)
-    cfg = QuantizationConfig(
-        config_groups={"group_0": QuantizationScheme(targets=["Linear"], weights=args, input_activations=acts)},
-        quant_method="compressed-tensors", format="pack-quantized", quantization_status="compressed",
-        ignore=["lm_head"],
-    )
+    groups = {}
+    for i, (sc, names) in enumerate(by_scheme.items()):
+        args = QuantizationArgs(
+            num_bits=sc.bits, type="int", symmetric=sc.sym, strategy="channel" if sc.group_size == -1 else "group",
+            group_size=None if sc.group_size == -1 else sc.group_size,
+            actorder="group" if sc.group_size != -1 and act_order & set(names) else None, dynamic=False,
+        )
+        targets = ["Linear"] if len(by_scheme) == 1 else sorted(names)
+        groups[f"group_{i}"] = QuantizationScheme(targets=targets, weights=args, input_activations=acts)
+    cfg = QuantizationConfig(config_groups=groups, quant_method="compressed-tensors", format="pack-quantized",
+                             quantization_status="compressed", ignore=["lm_head", *ignore])
     # keys left at None are dropped so that older compressed-tensors (vLLM 0.25 pins 0.17) accept the config
     out = cfg.model_dump(exclude_none=True)
     if transform is not None:
@@ -212,47 +220,70 @@ def write_atomically(out: Path, overwrite: bool, fill, source: Path | None = Non
 
 
 def write_vllm_checkpoint(out: Path, weights: dict[str, QuantizedWeight], rest: dict[str, torch.Tensor], config,
-                          bits: int, sym: bool, group_size: int, info: dict, side_files: Path | None = None,
+                          schemes: dict[str, Scheme], info: dict, side_files: Path | None = None,
                           overwrite: bool = False, act_bits: int | None = None,
-                          transform: tuple[dict, str] | None = None) -> Path:
+                          transform: tuple[dict, str] | None = None, ignore: list[str] | tuple[str, ...] = (),
+                          card: Callable[[Path], str] | None = None) -> Path:
     """Write quantized linears plus the other tensors as a pack-quantized checkpoint at ``out`` (atomically).
-    ``config`` is the model's transformers config; ``side_files`` the run whose model-folder files are copied;
-    ``act_bits`` declares dynamic per-token activations; ``transform`` is :func:`down_transform`'s pair."""
-    check_vllm_support(bits, sym, group_size)
+    ``config`` is the model's transformers config; ``schemes`` each quantized linear's Scheme; ``side_files`` the
+    run whose model-folder files are copied; ``act_bits`` declares dynamic per-token activations; ``transform`` is
+    :func:`down_transform`'s pair; ``ignore`` the linears kept dense (their weights are in ``rest``); ``card``
+    gives the README.md of the checkpoint from its final path."""
+    for sc in sorted(set(schemes.values())):
+        check_vllm_support(sc.bits, sc.sym, sc.group_size)
     dtype = export_dtype(getattr(config, "dtype", None) or torch.float32, spec_for(config))
 
     def fill(tmp: Path) -> None:
         tensors = {}
-        act_groups = False
+        act_order = set()
         for name, w in weights.items():
-            part = linear_tensors(name, w, bits, sym, dtype)
-            act_groups |= f"{name}.weight_g_idx" in part
+            part = linear_tensors(name, w, schemes[name].bits, schemes[name].sym, dtype)
+            if f"{name}.weight_g_idx" in part:
+                act_order.add(name)
             tensors.update(part)
         for key, t in rest.items():
             tensors[key] = t.to(dtype) if t.is_floating_point() else t
         save_sharded(tensors, tmp)
         records = {k: tensor_record(t) for k, t in sorted(tensors.items())}
         config.dtype = dtype
-        config.quantization_config = quantization_config(bits, sym, group_size, act_groups and group_size != -1,
-                                                         act_bits, transform)
+        config.quantization_config = quantization_config(schemes, act_order, act_bits, transform, ignore)
         config.save_pretrained(tmp)
         if side_files is not None:
             copy_side_files(side_files, tmp)
-        (tmp / EXPORT_INFO).write_text(json.dumps({**info, "format": "vllm", "bits": bits, "sym": sym,
-                                                   "group_size": group_size, "dtype": str(dtype),
+        if card is not None:
+            (tmp / "README.md").write_text(card(Path(out)))
+        uniform = len(set(schemes.values())) == 1
+        sc = next(iter(schemes.values()))
+        (tmp / EXPORT_INFO).write_text(json.dumps({**info, "format": "vllm", "dtype": str(dtype),
+                                                   **({"bits": sc.bits, "sym": sc.sym, "group_size": sc.group_size}
+                                                      if uniform else {}),
                                                    "tensors": records}, indent=2))
 
     return write_atomically(out, overwrite, fill, side_files)
 
 
+def run_schemes(info: dict, names) -> tuple[dict[str, Scheme], list[str]]:
+    """(quantized module name -> Scheme, the linears the run kept dense) from a run's recorded settings."""
+    from ..config import RunConfig
+    from ..plan import layer_config, scheme
+
+    quant = RunConfig(**info["config"]).quant
+    schemes = {name: scheme(layer_config(quant, name)) for name in names}
+    return schemes, info.get("dense_linears", [])
+
+
 def export_vllm(run: Path, out: Path, overwrite: bool = False) -> Path:
-    """Write the run as a compressed-tensors pack-quantized checkpoint at ``out``."""
+    """Write the run as a compressed-tensors pack-quantized checkpoint at ``out``, with a model card."""
     from transformers import AutoConfig
+
+    from .card import model_card
 
     run = Path(run)
     info, weights = load_run(run)
-    q, t = info["config"]["quant"], info["config"].get("transform", {})
-    check_vllm_support(q["bits"], q["sym"], q["group_size"])
+    t = info["config"].get("transform", {})
+    schemes, dense = run_schemes(info, weights)
+    for sc in sorted(set(schemes.values())):
+        check_vllm_support(sc.bits, sc.sym, sc.group_size)
     if t.get("kv_bits"):
         raise TbqError(f"run {run} fake-quantizes the KV cache to int{t['kv_bits']}, which stock vLLM cannot express; "
                        "quantize without --kv-bits to export")
@@ -264,23 +295,37 @@ def export_vllm(run: Path, out: Path, overwrite: bool = False) -> Path:
         transform = down_transform(spec_for(config).down, config.intermediate_size, block)
     info_out = {"run": str(run.resolve()), **({"act_clip": t["act_clip"]} if t.get("act_bits") else {})}
     rest = read_safetensors(run / "rest.safetensors", "run file", RUN_FIX)
-    return write_vllm_checkpoint(out, weights, rest, config, q["bits"], q["sym"], q["group_size"], info_out, run,
-                                 overwrite, t.get("act_bits"), transform)
+    quant_method = transform[1] if transform else "compressed-tensors"
+    return write_vllm_checkpoint(out, weights, rest, config, schemes, info_out, run, overwrite, t.get("act_bits"),
+                                 transform, dense, lambda final: model_card(run, info, "vllm", final, quant_method))
 
 
 def export_hf(run: Path, out: Path, overwrite: bool = False) -> Path:
     """Write the run's dequantized weights as a dense Hugging Face checkpoint, with the model folder's other files
-    (tokenizer, generation config, ...) as the run holds them."""
+    (tokenizer, generation config, ...) as the run holds them, and a model card."""
     from ..pipeline.rundir import load_fake_quant_model
+    from .card import model_card
 
     run = Path(run)
     refuse_overlap(out, run, "run")
-    check_dense_exportable(load_run(run)[0], run)
+    info = load_run(run)[0]
+    check_dense_exportable(info, run)
     model = load_fake_quant_model(run)
 
     def fill(tmp: Path) -> None:
         model.save_pretrained(tmp)
         copy_side_files(run, tmp)
+        (tmp / "README.md").write_text(model_card(run, info, "hf", Path(out), None))
         (tmp / EXPORT_INFO).write_text(json.dumps({"run": str(run.resolve()), "format": "hf"}, indent=2))
 
     return write_atomically(out, overwrite, fill, run)
+
+
+FORMATS: dict[str, Callable[[Path, Path, bool], Path]] = {"vllm": export_vllm, "hf": export_hf}
+
+
+def export_run(run: Path, format: str, out: Path, overwrite: bool = False) -> Path:
+    """Export ``run`` to ``out`` in ``format`` (a key of FORMATS); an unknown format is a one-line TbqError."""
+    if format not in FORMATS:
+        raise TbqError(f"unknown export format {format!r}; choose {' or '.join(FORMATS)}")
+    return FORMATS[format](Path(run), Path(out), overwrite)

@@ -3,12 +3,14 @@ checksum) and the run: quantized linears dequantized, every other tensor in the 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
 
 from ..algorithms.quantized import QuantizedWeight
 from ..errors import TbqError
+from ..plan import Scheme
 from ..pipeline.rundir import RUN_FIX, load_run
 from ..readers import read_json_object, read_safetensors, reading
 from .compressed_tensors import EXPORT_INFO, dequantize_exported
@@ -83,6 +85,24 @@ def _check_transform(qc: dict, info: dict, config: dict) -> list[str]:
     return []
 
 
+def group_schemes(qc: dict) -> list[tuple[list[str], Scheme]]:
+    """(targets, Scheme of the weights) of each config group of a ``quantization_config``, in order."""
+    out = []
+    for group in qc["config_groups"].values():
+        w = group["weights"]
+        out.append((group["targets"], Scheme(w["num_bits"], w["symmetric"], w.get("group_size") or -1)))
+    return out
+
+
+def scheme_of(name: str, groups: list[tuple[list[str], Scheme]]) -> Scheme | None:
+    """The scheme a loader gives module ``name``: a group naming it (exactly or by ``re:``) before one targeting
+    every ``Linear``; None when no group targets it."""
+    for targets, sc in groups:
+        if any(t == name or (t.startswith("re:") and re.match(t[3:], name)) for t in targets):
+            return sc
+    return next((sc for targets, sc in groups if "Linear" in targets), None)
+
+
 def spec_for_dict(config: dict):
     """The ArchSpec of a config.json's contents."""
     from transformers import AutoConfig
@@ -105,8 +125,7 @@ def verify_export(folder: Path, run: Path | None = None) -> list[str]:
 
     with reading(folder / "config.json", "the quantization_config of", EXPORT_FIX):
         QuantizationConfig.model_validate(qc)
-        w = qc["config_groups"]["group_0"]["weights"]
-        bits, sym, gs = w["num_bits"], w["symmetric"], w.get("group_size") or -1
+        groups = group_schemes(qc)
         dtype = getattr(torch, config.get("dtype") or config.get("torch_dtype"))
     info = (read_json_object(folder / EXPORT_INFO, "export record", EXPORT_FIX) if (folder / EXPORT_INFO).is_file()
             else {})
@@ -115,8 +134,12 @@ def verify_export(folder: Path, run: Path | None = None) -> list[str]:
     if not names:
         return ["no quantized linears (*.weight_packed) found"]
     problems = _check_records(tensors, info["tensors"]) if "tensors" in info else []
-    for name in names:
-        problems += _check_shapes(tensors, name, bits, sym, lambda k: 1 if gs == -1 else k // gs, dtype)
+    schemes = {name: scheme_of(name, groups) for name in names}
+    problems += [f"{name}: no config group targets it" for name, sc in schemes.items() if sc is None]
+    schemes = {name: sc for name, sc in schemes.items() if sc is not None}
+    for name, sc in schemes.items():
+        problems += _check_shapes(tensors, name, sc.bits, sc.sym,
+                                  lambda k, gs=sc.group_size: 1 if gs == -1 else k // gs, dtype)
     if run is None and "run" in info:
         run = Path(info["run"])
     if run is not None:
@@ -125,11 +148,11 @@ def verify_export(folder: Path, run: Path | None = None) -> list[str]:
         problems += _check_rest(tensors, read_safetensors(Path(run) / "rest.safetensors", "run file", RUN_FIX), dtype)
         if sorted(weights) != names:
             problems.append(f"the export has {len(names)} quantized linears, the run {len(weights)}")
-        for name in names:
+        for name in schemes:
             if name in weights:
                 q = weights[name]
                 # the run's weights with the scales rounded to the export dtype, as stored
                 ref = QuantizedWeight(q.codes, q.scale.to(dtype).float(), q.zero, q.g_idx).dequantize()
-                if not torch.equal(dequantize_exported(tensors, name, bits), ref):
+                if not torch.equal(dequantize_exported(tensors, name, schemes[name].bits), ref):
                     problems.append(f"{name}: dequantized weights differ from the run's")
     return problems

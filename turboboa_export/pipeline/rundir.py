@@ -22,7 +22,10 @@ from ..arch import spec_for
 from ..config import RunConfig, TransformConfig
 from ..errors import TbqError
 from ..readers import read_json_object, read_safetensors, reading
+from ..models import NOT_CARRIED
 from ..rotation.online import install_configured
+
+EVAL_FILE = "eval.json"  # eval.ppl --json of the run, read by the export's model card
 
 FIELDS = ("codes", "scale", "zero", "g_idx")
 RUN_FILES = ("run.json", "rest.safetensors", "metrics.jsonl", "config.json")  # written by tbq, not copied
@@ -132,9 +135,10 @@ class RunWriter:
 
 
 def side_files_of_run(run: Path) -> list[Path]:
-    """The run's copies of its model folder's non-weight files: everything at its top level but its own files."""
+    """The run's copies of its model folder's non-weight files: everything at its top level but its own files, a
+    model card (runs written before issue 19 may hold the source's) and the run's ``eval.json``."""
     return sorted(f for f in Path(run).iterdir() if f.is_file() and not f.name.startswith(".")
-                  and f.name not in RUN_FILES)
+                  and f.name not in RUN_FILES + NOT_CARRIED + (EVAL_FILE,))
 
 
 def load_run(path: Path) -> tuple[dict, dict[str, QuantizedWeight]]:

@@ -211,6 +211,7 @@ def _quantize_blocks(config: RunConfig, model, tokenizer, spec: ArchSpec, device
     fp = [x.to(device) for x in captured.inputs]
     q = [x.clone() for x in fp]
     names: list[str] = []
+    dense: list[str] = []  # linears kept dense (--ignore)
     t_quant = time.time()
     bar = tqdm(range(len(layers)), desc="blocks", disable=not progress)
     for i in bar:
@@ -222,6 +223,7 @@ def _quantize_blocks(config: RunConfig, model, tokenizer, spec: ArchSpec, device
         full = {role: name for role, (name, _) in plan.items()}
         cfgs = {role: cfg for role, (_, cfg) in plan.items()}
         names += full.values()
+        dense += [name for name, cfg in block_plan(spec, config.quant, i).values() if cfg is None]
         if i < writer.blocks_done:
             saved = writer.load_block(i)
             with transforms.act_quant_off():
@@ -251,5 +253,5 @@ def _quantize_blocks(config: RunConfig, model, tokenizer, spec: ArchSpec, device
     if getattr(model.config, "tie_word_embeddings", False):
         rest.pop(f"{spec.lm_head}.weight", None)
     info["model"]["num_blocks"] = len(layers)
-    return writer.finish(rest, model, tokenizer, sources, **info,
+    return writer.finish(rest, model, tokenizer, sources, **info, dense_linears=dense,
                          timings={"quantize_seconds": time.time() - t_quant, "total_seconds": time.time() - t_start})
