@@ -36,7 +36,8 @@ def _check_pattern(v: str) -> str:
     """A module-name pattern: a glob (``model.layers.*.mlp.down_proj``) or ``re:REGEX`` (``re.match``, as
     compressed-tensors matches its targets)."""
     if not v or v == "re:":
-        raise ValueError("a module pattern may not be empty; write a glob like model.layers.*.mlp.down_proj or re:REGEX")
+        raise ValueError("a module pattern may not be empty; write a glob like model.layers.*.mlp.down_proj "
+                         "or re:REGEX")
     if v.startswith("re:"):
         try:
             re.compile(v[3:])
@@ -236,8 +237,8 @@ def build_config(
         for key, section in (("quant", q), ("calib", c), ("transform", t)):
             part = data.pop(key, {})
             if not isinstance(part, dict):
-                raise TbqError(f"config {config_file or 'object'}: \"{key}\" is a JSON {type(part).__name__}, not an object; "
-                               f"{CONFIG_FILE_FIX}")
+                raise TbqError(f"config {config_file or 'object'}: \"{key}\" is a JSON {type(part).__name__}, "
+                               f"not an object; {CONFIG_FILE_FIX}")
             section.update(part)
         for key in ("rules", "ignore"):  # what is quantized may also sit at the top level
             if key in data:

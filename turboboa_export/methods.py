@@ -120,8 +120,9 @@ def _attention_statistics(cfg: QuantConfig, spec, shape):
 
 
 BOA_SETTINGS = ("grid", "damp", "act_order", "row_act_order")
+TURBOBOA_SETTINGS = BOA_SETTINGS + ("rows", "alpha", "refine_iters", "adaptive_grid")
 register(Method("boa", _attention_aware, lambda cfg: BOA_SETTINGS, attention_statistics=_attention_statistics))
-register(Method("turboboa", _attention_aware, lambda cfg: BOA_SETTINGS + ("rows", "alpha", "refine_iters", "adaptive_grid"),
+register(Method("turboboa", _attention_aware, lambda cfg: TURBOBOA_SETTINGS,
                 needs_r=lambda cfg: cfg.alpha > 0, attention_statistics=_attention_statistics))
 
 
