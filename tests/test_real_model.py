@@ -78,7 +78,7 @@ def test_turboboa_boa_gptq_rtn_order(smollm2_blocks, tmp_path, bits):
     TurboBoA < BoA < GPTQ < RTN; on held-out windows (the test split) TurboBoA < BoA < GPTQ. Not GPTQ < RTN there:
     2,048 calibration tokens under-determine down_proj's 1,536-wide H_in, and held out GPTQ only ties RTN at W2 and
     loses at W3 (z = -0.3, -4.8; BoA over GPTQ: z = 8.7, 3.3; measured at cfbc584)."""
-    from eval.ppl import eval_windows
+    from tbq_eval.ppl import eval_windows
     from turboboa_export.calibration import calibration_batch
     from turboboa_export.models import load_model
 

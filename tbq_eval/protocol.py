@@ -2,7 +2,7 @@
 held-out perplexity of each run (and of the unquantized model), with ``--c4`` also on the bundled C4 text
 (never used for calibration). Appends one JSON line per run to OUT/results.jsonl.
 
-    python -m eval.protocol --model smollm2-135m --runs rtn:w3,gptq:w3,turboboa:w3-g64 --out results/ [--fp] [--c4]
+    python -m tbq_eval.protocol --model smollm2-135m --runs rtn:w3,gptq:w3,turboboa:w3-g64 --out results/ [--fp] [--c4]
 
 A run is METHOD:PRESET, optionally followed by ``:rot`` (Hadamard rotation; ``:blockB`` makes its online part
 block-diagonal, ``--online-rotation block:B``), ``:a4`` / ``:a8`` (per-token activation bits) and ``:kv4`` / ``:kv8``

@@ -1,6 +1,6 @@
 """Zero-shot accuracy with lm-evaluation-harness.
 
-    python -m eval.zeroshot TARGET [--tasks piqa,hellaswag,arc_easy,arc_challenge,winogrande,boolq,lambada]
+    python -m tbq_eval.zeroshot TARGET [--tasks piqa,hellaswag,arc_easy,arc_challenge,winogrande,boolq,lambada]
                            [--backend hf|vllm] [--include-path DIR] [--limit N] [--batch-size 8] [--dtype auto]
                            [--json OUT]
 

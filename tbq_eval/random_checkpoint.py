@@ -1,6 +1,6 @@
 """Random-weight checkpoints of real model shapes, for throughput runs (speed does not depend on the values).
 
-    python -m eval.random_checkpoint llama2-7b -o DIR [--format fp16|vllm] [--bits 4] [--group-size 128]
+    python -m tbq_eval.random_checkpoint llama2-7b -o DIR [--format fp16|vllm] [--bits 4] [--group-size 128]
                                      [--asym] [--layers N] [--seed 0] [--online-rotation full|block:B]
 
 ``fp16``: a dense Hugging Face checkpoint. ``vllm``: random integer codes, scales and zeros written by the same

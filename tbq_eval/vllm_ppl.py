@@ -1,7 +1,7 @@
 """Perplexity of an exported checkpoint as vLLM computes it (prompt log-probs) beside tbq's own PyTorch
 evaluation of the run, on the same held-out windows (the export check of issue 4).
 
-    python -m eval.vllm_ppl EXPORT RUN [--vllm-python PY] [--seqlen 1024] [--windows 4] [--dataset exl2-wiki]
+    python -m tbq_eval.vllm_ppl EXPORT RUN [--vllm-python PY] [--seqlen 1024] [--windows 4] [--dataset exl2-wiki]
                                   [--dtype auto]
 
 PY is a Python with vLLM (default: $TBQ_VLLM_PYTHON); on a GPU machine use the GPU bundle's python3.

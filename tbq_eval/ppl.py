@@ -1,6 +1,6 @@
 """Perplexity over non-overlapping windows of a held-out text (algorithm.md section 8), no BOS added.
 
-    python -m eval.ppl TARGET [--dataset exl2-wiki|exl2-c4|FILE.txt|FILE.jsonl] [--seqlen 2048]
+    python -m tbq_eval.ppl TARGET [--dataset exl2-wiki|exl2-c4|FILE.txt|FILE.jsonl] [--seqlen 2048]
                        [--max-windows N] [--backend torch|vllm] [--vllm-python PY] [--dtype auto] [--json OUT]
 
 TARGET, torch backend: a tbq run directory (its fake-quantized weights), a Hugging Face model folder or a
