@@ -133,10 +133,10 @@ def default_vllm_python() -> str:
     return os.environ.get("TBQ_VLLM_PYTHON", sys.executable)
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     from transformers import AutoTokenizer
 
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("target")
     ap.add_argument("--dataset", default="exl2-wiki")
     ap.add_argument("--split", default="test", help="exl2-wiki: test = the held-out 20%% of articles")

@@ -22,8 +22,8 @@ from turboboa_export.pipeline.sequential import pick_device, quantize_model
 from .ppl import eval_windows, load_for_eval, perplexity, torch_dtype
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None, prog: str | None = None) -> None:
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--runs", required=True, help="METHOD:PRESET[:rot][:a4|:a8][:kv4|:kv8] items, e.g. gptq:w4:rot:a4")
     ap.add_argument("--out", type=Path, required=True)

@@ -116,8 +116,8 @@ def write_random(shape: str, out: Path, fmt: str = "fp16", bits: int = 4, group_
                                  overwrite=overwrite, transform=transform)
 
 
-def main(argv: list[str] | None = None) -> Path:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None, prog: str | None = None) -> Path:
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("shape", help=", ".join(SHAPES))
     ap.add_argument("-o", "--out", type=Path, required=True)
     ap.add_argument("--format", choices=("fp16", "vllm"), default="fp16")

@@ -128,8 +128,8 @@ def write_report(protocol: list[dict], throughput: list[dict], out: Path, offici
     return out / "report.md"
 
 
-def main(argv: list[str] | None = None) -> Path:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None, prog: str | None = None) -> Path:
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--protocol", type=Path, nargs="*", default=[])
     ap.add_argument("--throughput", type=Path, nargs="*", default=[])
     ap.add_argument("-o", "--out", type=Path, required=True)

@@ -19,8 +19,8 @@ from .ppl import (default_vllm_python, eval_windows, load_for_eval, perplexity, 
                   vllm_perplexity)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("export")
     ap.add_argument("run")
     ap.add_argument("--vllm-python", default=default_vllm_python())
