@@ -5,7 +5,7 @@
 #   2. protocol: SmolLM2-135M TurboBoA, rotated, full vs block:$BLOCK online Hadamard, W4 g64 (W4A16) and
 #      per-channel W4A4, algorithm.md section 8 (two workers at once: seconds are upper bounds); then
 #      vllm_ppl: the W4 g64 runs exported (full: quant_method tbq, through the plugin; block: stock vLLM, plugin
-#      not loaded), perplexity from vLLM's prompt log-probs over all held-out windows beside eval.ppl's;
+#      not loaded), perplexity from vLLM's prompt log-probs over all held-out windows beside tbq_eval.ppl's;
 #   3. checkpoint: a random-weight Llama-3-8B-shape W4 g128 export (CPU); then serving:
 #      benchmarks/rotation_serving.py, unrotated vs full vs block:$BLOCK, vLLM decode tok/s at batch 1/16/128
 #      (128 prompt, 128 output tokens);
@@ -28,14 +28,14 @@ cuda_tests() {
 }
 protocol() {
   export CUDA_VISIBLE_DEVICES=${SMOL_GPU:-0}
-  python3 -m eval.protocol --out "$RES/w4g64" ${PROTO_ARGS:-} \
+  python3 -m tbq_eval.protocol --out "$RES/w4g64" ${PROTO_ARGS:-} \
     --runs "turboboa:w4-g64:rot,turboboa:w4-g64:rot:block$BLOCK" > "$RES/w4g64.txt" 2>&1 &
-  python3 -m eval.protocol --out "$RES/w4a4" ${PROTO_ARGS:-} \
+  python3 -m tbq_eval.protocol --out "$RES/w4a4" ${PROTO_ARGS:-} \
     --runs "turboboa:w4:rot:a4,turboboa:w4:rot:block$BLOCK:a4" > "$RES/w4a4.txt" 2>&1 &
   wait
 }
 checkpoint() {
-  python3 -c "import sys; from eval.random_checkpoint import write_random; \
+  python3 -c "import sys; from tbq_eval.random_checkpoint import write_random; \
 write_random('${SHAPE:-llama3-8b}', sys.argv[1], 'vllm', 4, 128, True)" "$CK/${SHAPE:-llama3-8b}-w4g128" \
     > "$RES/checkpoint.txt" 2>&1
 }
@@ -51,7 +51,7 @@ vllm_ppl() {
     python3 -c "import sys; from turboboa_export.export.compressed_tensors import export_vllm; \
 export_vllm(sys.argv[1], sys.argv[2], overwrite=True)" "$run" "$CK/export-$form" >> "$RES/vllm_ppl.txt" 2>&1
     plugins=$([ "$form" = rot ] && echo tbq || echo none)  # block:$BLOCK: stock vLLM, tbq's plugin not loaded
-    VLLM_PLUGINS=$plugins python3 -m eval.vllm_ppl "$CK/export-$form" "$run" --vllm-python python3 --seqlen 2048 \
+    VLLM_PLUGINS=$plugins python3 -m tbq_eval.vllm_ppl "$CK/export-$form" "$run" --vllm-python python3 --seqlen 2048 \
       --windows 0 ${VLLM_PPL_ARGS:-} --json "$RES/vllm_ppl-$form.json" >> "$RES/vllm_ppl.txt" 2>&1
   done
 }

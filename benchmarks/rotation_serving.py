@@ -25,14 +25,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from eval import throughput  # noqa: E402
-from eval.ppl import VLLM_ENV  # noqa: E402
-from eval.random_checkpoint import shape_config, write_random  # noqa: E402
+from tbq_eval import throughput  # noqa: E402
+from tbq_eval.ppl import VLLM_ENV  # noqa: E402
+from tbq_eval.random_checkpoint import shape_config, write_random  # noqa: E402
 from turboboa_export.arch import spec_for  # noqa: E402
 from turboboa_export.export.compressed_tensors import down_transform  # noqa: E402
 from turboboa_export.rotation.hadamard import parse_online_rotation  # noqa: E402
 
-LOGPROBS = ROOT / "eval" / "vllm_logprobs.py"
+LOGPROBS = ROOT / "tbq_eval" / "vllm_logprobs.py"
 
 
 def rotated_copy(src: Path, out: Path, online: str, shape: str) -> Path:

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from cli.main import app
+from tbq_cli.main import app
 from turboboa_export import Run, load_fake_quant_model, quantize
 from turboboa_export.algorithms.quantized import QuantizedWeight
 from turboboa_export.api import export

@@ -7,8 +7,8 @@ import random
 import pytest
 import torch
 
-from eval import ppl as ppl_mod
-from eval import random_checkpoint, report, zeroshot
+from tbq_eval import ppl as ppl_mod
+from tbq_eval import random_checkpoint, report, zeroshot
 from turboboa_export.calibration import load_text, tokenize
 from turboboa_export.config import build_config
 from turboboa_export.pipeline.rundir import load_fake_quant_model

@@ -5,7 +5,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
-from cli.main import app
+from tbq_cli.main import app
 from turboboa_export.export.compressed_tensors import check_vllm_support
 from turboboa_export.export.pack import pack_rows, unpack_rows
 from turboboa_export.pipeline.rundir import load_fake_quant_model, load_run

@@ -10,10 +10,10 @@ import os
 import pytest
 import torch
 
-from kernels import DequantWeight, dequant_gemm, dequant_gemm_ref, from_compressed_tensors
-from kernels.layout import random_weight
-from kernels.ops import GEMV_MAX_ROWS, check_inputs, dequant_gemm_op, launch_config
-from kernels.reference import dequantize_ref
+from tbq_kernels import DequantWeight, dequant_gemm, dequant_gemm_ref, from_compressed_tensors
+from tbq_kernels.layout import random_weight
+from tbq_kernels.ops import GEMV_MAX_ROWS, check_inputs, dequant_gemm_op, launch_config
+from tbq_kernels.reference import dequantize_ref
 from turboboa_export.algorithms.quantized import QuantizedWeight
 from turboboa_export.export.compressed_tensors import dequantize_exported, linear_tensors
 from turboboa_export.export.pack import pack_rows
@@ -90,7 +90,7 @@ def test_custom_op_has_a_shape_only_fake_for_tracing():
 
 
 def test_tuned_table_is_used_only_where_it_fits(tmp_path, monkeypatch):
-    from kernels import ops
+    from tbq_kernels import ops
 
     monkeypatch.setattr(ops, "TUNED", tmp_path / "tuned.json")
     ops.tuned_table.cache_clear()

@@ -5,7 +5,7 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from cli.main import app
+from tbq_cli.main import app
 from turboboa_export.config import build_config
 from turboboa_export.pipeline import rundir
 from turboboa_export.pipeline.rundir import load_fake_quant_model, load_run

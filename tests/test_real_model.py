@@ -79,7 +79,7 @@ def test_turboboa_boa_gptq_rtn_order(smollm2_blocks, tmp_path, bits):
     2,048 calibration tokens under-determine down_proj's 1,536-wide H_in, and held out GPTQ only ties RTN at W2 and
     loses at W3 (z = -0.3, -4.8; BoA over GPTQ: z = 8.7, 3.3; measured at cfbc584, RTN then on the Hessian grid).
     RTN now rounds onto its default min-max grid (issue 19), a weaker baseline, so GPTQ < RTN only gets clearer."""
-    from eval.ppl import eval_windows
+    from tbq_eval.ppl import eval_windows
     from turboboa_export.calibration import calibration_batch
     from turboboa_export.models import load_model
 

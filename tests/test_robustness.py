@@ -11,7 +11,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from cli.main import app
+from tbq_cli.main import app
 from turboboa_export.config import build_config
 from turboboa_export.errors import TbqError
 from turboboa_export.pipeline.rundir import load_fake_quant_model, load_run
@@ -21,7 +21,7 @@ from .tiny import make_tokenizer, sample_text
 
 runner = CliRunner()
 BOS = 1  # "<s>" in tests/tiny.py's tokenizer
-EVAL = Path(__file__).parents[1] / "eval"
+EVAL = Path(__file__).parents[1] / "tbq_eval"
 
 
 def cli(*args):
@@ -266,7 +266,7 @@ def test_9_verify_names_a_flipped_byte_outside_the_linears(exported, tmp_path, t
 def test_dtype_per_family(exported, calib_text, tmp_path):
     from safetensors.torch import load_file
 
-    from eval.ppl import serving_dtype, torch_dtype
+    from tbq_eval.ppl import serving_dtype, torch_dtype
 
     gemma = small_model(tmp_path, "tiny-gemma3", kind="gemma3")
     assert quick(gemma, calib_text, tmp_path / "run", "--method", "rtn", "--bits", 8).exit_code == 0
@@ -279,7 +279,7 @@ def test_dtype_per_family(exported, calib_text, tmp_path):
     assert serving_dtype(str(exported["export"])) == "float16"  # Llama stays fp16
     assert serving_dtype(str(gemma)) == "bfloat16"  # the float32 source folder too
     assert serving_dtype(str(gemma), "float32") == "float32" and torch_dtype("bfloat16") == torch.bfloat16
-    from eval import ppl
+    from tbq_eval import ppl
 
     result = ppl.main([str(tmp_path / "run"), "--dataset", str(calib_text), "--seqlen", "16", "--max-windows", "1",
                        "--dtype", "bfloat16"])

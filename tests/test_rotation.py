@@ -129,8 +129,8 @@ def test_rotated_run_end_to_end(tiny_models, calib_text, tmp_path):
     complete, and exporting a rotated run is refused in one line."""
     from typer.testing import CliRunner
 
-    from cli.main import app
-    from eval.ppl import eval_windows, load_for_eval, perplexity
+    from tbq_cli.main import app
+    from tbq_eval.ppl import eval_windows, load_for_eval, perplexity
 
     runner = CliRunner()
     common = ["quantize", str(tiny_models["llama"]), "--dataset", str(calib_text), "--nsamples", "4", "--seqlen", "48",
@@ -161,7 +161,7 @@ def test_rotated_run_end_to_end(tiny_models, calib_text, tmp_path):
     from compressed_tensors.quantization import QuantizationConfig
     from compressed_tensors.transform import TransformConfig
 
-    from eval import ppl as ppl_mod
+    from tbq_eval import ppl as ppl_mod
     from turboboa_export.export.compressed_tensors import export_vllm
 
     out = export_vllm(tmp_path / "w4a4", tmp_path / "w4a4-export")
@@ -177,7 +177,7 @@ def test_rotated_run_end_to_end(tiny_models, calib_text, tmp_path):
 def test_bad_transform_settings_are_clear(tiny_models, tmp_path):
     from typer.testing import CliRunner
 
-    from cli.main import app
+    from tbq_cli.main import app
 
     res = CliRunner().invoke(app, ["quantize", str(tiny_models["llama"]), "--act-bits", "3", "-o", str(tmp_path / "r")])
     assert res.exit_code == 2 and "activation bits must be 4 or 8" in res.output
@@ -208,7 +208,7 @@ def test_qk_hadamard_is_exact_and_kv_quantization_is_applied():
 def test_kv_quantized_run_and_its_export_refusal(tiny_models, calib_text, tmp_path):
     from typer.testing import CliRunner
 
-    from cli.main import app
+    from tbq_cli.main import app
     from turboboa_export.pipeline.rundir import load_fake_quant_model
 
     runner = CliRunner()

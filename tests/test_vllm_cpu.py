@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from eval import ppl, random_checkpoint, throughput
+from tbq_eval import ppl, random_checkpoint, throughput
 from turboboa_export.config import build_config
 from turboboa_export.export.compressed_tensors import export_vllm
 from turboboa_export.pipeline.sequential import quantize_model
@@ -26,7 +26,7 @@ INT4_CPU = "avx512f" in Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo
 needs_int4_cpu = pytest.mark.skipif(not INT4_CPU, reason="vLLM 0.25.1's CPU build has no int4 GEMM (cpu_gemm_wna16) "
                                                          "without AVX-512, which this CPU lacks")
 ENV = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1"}
-SCRIPT = Path(__file__).resolve().parents[1] / "eval" / "vllm_logprobs.py"
+SCRIPT = Path(__file__).resolve().parents[1] / "tbq_eval" / "vllm_logprobs.py"
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +129,7 @@ def test_openai_server_answers_completions(vllm_model, tmp_path):
 
 @needs_int4_cpu
 def test_ppl_vllm_backend_matches_torch(vllm_model, tmp_path):
-    """eval.ppl scores the same windows through vLLM (the export) and PyTorch (the run)."""
+    """tbq_eval.ppl scores the same windows through vLLM (the export) and PyTorch (the run)."""
     root, text = vllm_model
     cfg = build_config(str(root / "fp"), quant={"method": "gptq", "bits": 4, "sym": True, "group_size": 128},
                        calib={"dataset": str(text), "nsamples": 4, "seqlen": 64})
@@ -234,7 +234,7 @@ PLUGIN_CHECK = """
 import os, sys
 sys.path.insert(0, sys.argv[1])
 import torch
-from kernels.vllm_plugin import register
+from tbq_kernels.vllm_plugin import register
 from vllm.model_executor.kernels.linear import _POSSIBLE_KERNELS
 from vllm.model_executor.kernels.linear.mixed_precision import MPLinearLayerConfig
 from vllm.platforms import PlatformEnum

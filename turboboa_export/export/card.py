@@ -1,5 +1,5 @@
 """The model card (``README.md``) of an export: where the weights come from, every setting the run used, the
-calibration set, the measured perplexity (``eval.json`` in the run folder, written by ``eval.ppl --json``) and how
+calibration set, the measured perplexity (``eval.json`` in the run folder, written by ``tbq eval ppl --json``) and how
 to serve the checkpoint."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from ..vllm_plugin import PLUGIN_QUANT_METHOD
 
 
 def perplexity_lines(run: Path) -> list[str]:
-    """One line per result of the run's ``eval.json`` (an ``eval.ppl`` result object or a list of them), or
+    """One line per result of the run's ``eval.json`` (a ``tbq eval ppl`` result object or a list of them), or
     "not measured"."""
     f = Path(run) / EVAL_FILE
     try:

@@ -63,7 +63,7 @@ def check_vllm_servable(checkpoint: Path, vllm_python: str | None = None) -> Non
         acts = group.get("input_activations") or {}
         if acts.get("num_bits") == 4:
             raise TbqError(f"{checkpoint} is W4A4 (int4 activations); stock vLLM 0.25 has no kernel for it; "
-                           "evaluate the run with `python -m eval.ppl RUN` instead")
+                           "evaluate the run with `tbq eval ppl RUN` instead")
     if qcfg.get("quant_method") == PLUGIN_QUANT_METHOD and vllm_python is not None:
         probe = subprocess.run([vllm_python, "-c", PLUGIN_PROBE.format(ENTRY_POINT)], capture_output=True)
         if probe.returncode != 0:

@@ -25,7 +25,7 @@ from ..readers import read_json_object, read_safetensors, reading
 from ..models import NOT_CARRIED
 from ..rotation.online import install_configured
 
-EVAL_FILE = "eval.json"  # eval.ppl --json of the run, read by the export's model card
+EVAL_FILE = "eval.json"  # `tbq eval ppl --json` of the run, read by the export's model card
 
 FIELDS = ("codes", "scale", "zero", "g_idx")
 RUN_FILES = ("run.json", "rest.safetensors", "metrics.jsonl", "config.json")  # written by tbq, not copied

@@ -1,6 +1,6 @@
 """``dequant_gemm``: checks at the boundary, a launch configuration per shape, and the Triton launch.
 
-Launch configurations come from ``tuned_configs.json`` (written by ``kernels.benchmarks.linear_shapes --sweep
+Launch configurations come from ``tuned_configs.json`` (written by ``tbq_kernels.benchmarks.linear_shapes --sweep
 --write-tuned``: the fastest measured tiles per weight shape and row count) where it has the shape, else from a
 heuristic. Either way a configuration is only used when its K tiles fit inside the weight's groups.
 """

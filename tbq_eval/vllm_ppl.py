@@ -1,7 +1,7 @@
 """Perplexity of an exported checkpoint as vLLM computes it (prompt log-probs) beside tbq's own PyTorch
 evaluation of the run, on the same held-out windows (the export check of issue 4).
 
-    python -m eval.vllm_ppl EXPORT RUN [--vllm-python PY] [--seqlen 1024] [--windows 4] [--dataset exl2-wiki]
+    python -m tbq_eval.vllm_ppl EXPORT RUN [--vllm-python PY] [--seqlen 1024] [--windows 4] [--dataset exl2-wiki]
                                   [--dtype auto]
 
 PY is a Python with vLLM (default: $TBQ_VLLM_PYTHON); on a GPU machine use the GPU bundle's python3.
@@ -19,8 +19,8 @@ from .ppl import (default_vllm_python, eval_windows, load_for_eval, perplexity, 
                   vllm_perplexity)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("export")
     ap.add_argument("run")
     ap.add_argument("--vllm-python", default=default_vllm_python())

@@ -2,7 +2,7 @@
 
 Runs in a Python that has vLLM (the CPU build in CI, the GPU bundle on the lent machine):
 
-    python eval/vllm_logprobs.py CHECKPOINT PROMPTS.json OUT.json [--dtype auto] [--max-tokens 8]
+    python tbq_eval/vllm_logprobs.py CHECKPOINT PROMPTS.json OUT.json [--dtype auto] [--max-tokens 8]
                                    [--tensor-parallel-size 1]
 
 PROMPTS.json is a list of token-id lists; OUT.json gets, per prompt, the log-prob vLLM gives each prompt token

@@ -1,6 +1,6 @@
 """Zero-shot accuracy with lm-evaluation-harness.
 
-    python -m eval.zeroshot TARGET [--tasks piqa,hellaswag,arc_easy,arc_challenge,winogrande,boolq,lambada]
+    python -m tbq_eval.zeroshot TARGET [--tasks piqa,hellaswag,arc_easy,arc_challenge,winogrande,boolq,lambada]
                            [--backend hf|vllm] [--include-path DIR] [--limit N] [--batch-size 8] [--dtype auto]
                            [--json OUT]
 
@@ -77,8 +77,8 @@ def table(results: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("target")
     ap.add_argument("--tasks", default=DEFAULT_TASKS)
     ap.add_argument("--backend", choices=("hf", "vllm"), default="hf")

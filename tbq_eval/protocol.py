@@ -2,7 +2,7 @@
 held-out perplexity of each run (and of the unquantized model), with ``--c4`` also on the bundled C4 text
 (never used for calibration). Appends one JSON line per run to OUT/results.jsonl.
 
-    python -m eval.protocol --model smollm2-135m --runs rtn:w3,gptq:w3,turboboa:w3-g64 --out results/ [--fp] [--c4]
+    python -m tbq_eval.protocol --model smollm2-135m --runs rtn:w3,gptq:w3,turboboa:w3-g64 --out results/ [--fp] [--c4]
 
 A run is METHOD:PRESET, optionally followed by ``:rot`` (Hadamard rotation; ``:blockB`` makes its online part
 block-diagonal, ``--online-rotation block:B``), ``:a4`` / ``:a8`` (per-token activation bits) and ``:kv4`` / ``:kv8``
@@ -22,8 +22,8 @@ from turboboa_export.pipeline.sequential import pick_device, quantize_model
 from .ppl import eval_windows, load_for_eval, perplexity, torch_dtype
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None, prog: str | None = None) -> None:
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--runs", required=True, help="METHOD:PRESET[:rot][:a4|:a8][:kv4|:kv8] items, e.g. gptq:w4:rot:a4")
     ap.add_argument("--out", type=Path, required=True)

@@ -28,7 +28,7 @@ def _kernel_class():
                  scalar_types.uint4: (4, True), scalar_types.uint8: (8, True)}
 
     class TbqDequantLinearKernel(MPLinearKernel):
-        """tbq's Triton dequant-GEMM (kernels/triton_gemm.py) behind vLLM's mixed-precision linear interface."""
+        """tbq's Triton dequant-GEMM (tbq_kernels/triton_gemm.py) behind vLLM's mixed-precision linear interface."""
 
         @classmethod
         def get_min_capability(cls) -> int:

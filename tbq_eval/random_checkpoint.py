@@ -1,6 +1,6 @@
 """Random-weight checkpoints of real model shapes, for throughput runs (speed does not depend on the values).
 
-    python -m eval.random_checkpoint llama2-7b -o DIR [--format fp16|vllm] [--bits 4] [--group-size 128]
+    python -m tbq_eval.random_checkpoint llama2-7b -o DIR [--format fp16|vllm] [--bits 4] [--group-size 128]
                                      [--asym] [--layers N] [--seed 0] [--online-rotation full|block:B]
 
 ``fp16``: a dense Hugging Face checkpoint. ``vllm``: random integer codes, scales and zeros written by the same
@@ -118,8 +118,8 @@ def write_random(shape: str, out: Path, fmt: str = "fp16", bits: int = 4, group_
                                  overwrite=overwrite, transform=transform)
 
 
-def main(argv: list[str] | None = None) -> Path:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None, prog: str | None = None) -> Path:
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("shape", help=", ".join(SHAPES))
     ap.add_argument("-o", "--out", type=Path, required=True)
     ap.add_argument("--format", choices=("fp16", "vllm"), default="fp16")

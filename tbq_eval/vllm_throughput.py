@@ -1,7 +1,7 @@
 """vLLM offline decode throughput of one checkpoint at several batch sizes, as JSON. Runs in a Python with vLLM
-(the CPU build in CI, the GPU bundle on the lent machine); `python -m eval.throughput offline` drives it.
+(the CPU build in CI, the GPU bundle on the lent machine); `python -m tbq_eval.throughput offline` drives it.
 
-    python eval/vllm_throughput.py CHECKPOINT OUT.json [--batch-sizes 1,16,128] [--input-len 128]
+    python tbq_eval/vllm_throughput.py CHECKPOINT OUT.json [--batch-sizes 1,16,128] [--input-len 128]
                                    [--output-len 256] [--dtype auto] [--enforce-eager] [--seed 0]
                                    [--tensor-parallel-size 1]
 

@@ -1,14 +1,14 @@
 """Dequant-GEMM timing on Llama-2-7B and Llama-3-8B linear shapes, side by side in one run (CUDA).
 
-    python -m kernels.benchmarks.linear_shapes [--models llama2-7b,llama3-8b] [--m 1,4,16,64,256,2048]
+    python -m tbq_kernels.benchmarks.linear_shapes [--models llama2-7b,llama3-8b] [--m 1,4,16,64,256,2048]
                                                [--group-size 128] [--sweep [--write-tuned]] [--json OUT]
 
 Per shape and M: torch fp16 matmul (cuBLAS), tbq's kernel (int4 symmetric, the export's layout), and vLLM's
 Machete and Marlin on the same codes when vLLM is importable. Each time is the median per-call time of a CUDA
 graph of 20 calls (no launch overhead). Bandwidth: (int4 weights + scales + x + y bytes) / time, next to a measured
 device copy. The summary sums one decoder layer's seven linears. ``--sweep`` also times other tile/split choices
-for tbq's kernel and prints the fastest per shape; ``--write-tuned`` records them in kernels/tuned_configs.json
-(what ``kernels.ops.launch_config`` reads) and re-times the kernel with them for the summary.
+for tbq's kernel and prints the fastest per shape; ``--write-tuned`` records them in tbq_kernels/tuned_configs.json
+(what ``tbq_kernels.ops.launch_config`` reads) and re-times the kernel with them for the summary.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 
-from kernels.layout import DequantWeight, random_weight
-from kernels.ops import GEMV_MAX_ROWS, LaunchConfig, dequant_gemm, launch_config, record_tuned, tuned_key
-from kernels.reference import dequantize_ref
+from tbq_kernels.layout import DequantWeight, random_weight
+from tbq_kernels.ops import GEMV_MAX_ROWS, LaunchConfig, dequant_gemm, launch_config, record_tuned, tuned_key
+from tbq_kernels.reference import dequantize_ref
 
 SHAPES = {  # name: (N out, K in)
     "llama2-7b": {"q": (4096, 4096), "k": (4096, 4096), "v": (4096, 4096), "o": (4096, 4096),
@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--group-size", type=int, default=128)
     ap.add_argument("--sweep", action="store_true", help="time other launches for tbq's kernel; print the fastest")
     ap.add_argument("--write-tuned", action="store_true",
-                    help="with --sweep: record the fastest launches in kernels/tuned_configs.json, then measure again")
+                    help="with --sweep: record the fastest launches in tbq_kernels/tuned_configs.json, then measure again")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args(argv)
     if not torch.cuda.is_available():

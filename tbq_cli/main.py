@@ -144,6 +144,39 @@ def verify(
     typer.echo(f"ok: {folder}")
 
 
+eval_app = typer.Typer(no_args_is_help=True, help="Evaluation tools; each takes its own arguments "
+                                                    "(`tbq eval TOOL --help`), as `python -m tbq_eval.TOOL` does.")
+app.add_typer(eval_app, name="eval")
+
+EVAL_TOOLS = {  # command: (module of tbq_eval, one-line help)
+    "ppl": ("ppl", "Held-out perplexity of a run (PyTorch, fake-quant) or an export (--backend vllm)."),
+    "vllm-ppl": ("vllm_ppl", "An export's perplexity through vLLM beside its run's through PyTorch."),
+    "zeroshot": ("zeroshot", "Zero-shot accuracy through lm-evaluation-harness (hf or vllm backend)."),
+    "throughput": ("throughput", "vLLM decode tokens/s: offline (checkpoints side by side) or serve (a server URL)."),
+    "protocol": ("protocol", "The algorithm.md section 8 protocol: quantize and evaluate a list of runs."),
+    "report": ("report", "Tables and plots from protocol/throughput JSON."),
+    "random-checkpoint": ("random_checkpoint", "A checkpoint with a real model's shapes and random weights."),
+}
+
+
+def _eval_command(name: str, module: str, help: str):
+    """``tbq eval NAME ARGS...`` runs ``tbq_eval.MODULE.main(ARGS)``: every argument, --help included, goes to the
+    tool's own parser."""
+
+    @eval_app.command(name, help=help, add_help_option=False,
+                      context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+    def command(ctx: typer.Context):
+        import importlib
+
+        importlib.import_module(f"tbq_eval.{module}").main(list(ctx.args), prog=f"tbq eval {name}")
+
+    return command
+
+
+for _name, (_module, _help) in EVAL_TOOLS.items():
+    _eval_command(_name, _module, _help)
+
+
 def main() -> None:
     """Entry point: warnings of the library (logger ``tbq``) as ``warning: ...`` lines on stderr."""
     handler = logging.StreamHandler(sys.stderr)

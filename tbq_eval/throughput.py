@@ -1,13 +1,13 @@
 """vLLM decode throughput: offline at several batch sizes, and a serving benchmark against a running server.
 
-    python -m eval.throughput offline CKPT [CKPT ...] [--labels fp16,w4] [--batch-sizes 1,16,128]
+    python -m tbq_eval.throughput offline CKPT [CKPT ...] [--labels fp16,w4] [--batch-sizes 1,16,128]
                               [--input-len 128] [--output-len 256] [--vllm-python PY] [--json OUT]
                               [--disabled-kernels ";TbqDequantLinearKernel,MacheteLinearKernel"]
-    python -m eval.throughput serve URL [--model NAME] [--concurrency 1,16] [--requests 32]
+    python -m tbq_eval.throughput serve URL [--model NAME] [--concurrency 1,16] [--requests 32]
                               [--input-len 128] [--output-len 128] [--json OUT]
 
 ``offline`` runs each checkpoint in turn in a Python with vLLM (default $TBQ_VLLM_PYTHON, else this one), in
-one invocation so the numbers sit side by side; ``eval.random_checkpoint`` makes real shapes with random
+one invocation so the numbers sit side by side; ``tbq_eval.random_checkpoint`` makes real shapes with random
 weights. A checkpoint may repeat with other ``--disabled-kernels`` (vLLM's VLLM_DISABLED_KERNELS, one
 ';'-separated entry per checkpoint) to compare linear kernels: tbq's plugin, Machete, Marlin. ``serve`` streams
 completions from an OpenAI-compatible server (`vllm serve`) at each concurrency and reports output tokens per
@@ -138,8 +138,8 @@ def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",")]
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None, prog: str | None = None) -> list[dict]:
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="mode", required=True)
     off = sub.add_parser("offline", help="vLLM offline generate at several batch sizes")
     off.add_argument("checkpoints", nargs="+")

@@ -1,9 +1,9 @@
 """Result JSON files -> a Markdown report, PNG plots and one machine-readable JSON.
 
-    python -m eval.report --protocol results.jsonl [...] [--throughput offline.json [...]] -o DIR [--official]
+    python -m tbq_eval.report --protocol results.jsonl [...] [--throughput offline.json [...]] -o DIR [--official]
 
-Protocol rows come from `eval.protocol` (one JSON object per line), throughput rows from
-`eval.throughput offline --json`. Writes DIR/report.md, DIR/report.json, DIR/ppl_vs_bits.png and
+Protocol rows come from `tbq_eval.protocol` (one JSON object per line), throughput rows from
+`tbq_eval.throughput offline --json`. Writes DIR/report.md, DIR/report.json, DIR/ppl_vs_bits.png and
 DIR/throughput.png (when there are throughput rows). ``--official`` adds the official TurboBoA code's figures on
 the same protocol (algorithm.md section 8) beside ours.
 """
@@ -128,8 +128,8 @@ def write_report(protocol: list[dict], throughput: list[dict], out: Path, offici
     return out / "report.md"
 
 
-def main(argv: list[str] | None = None) -> Path:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None, prog: str | None = None) -> Path:
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--protocol", type=Path, nargs="*", default=[])
     ap.add_argument("--throughput", type=Path, nargs="*", default=[])
     ap.add_argument("-o", "--out", type=Path, required=True)
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> Path:
     a = ap.parse_args(argv)
     missing = [p for p in a.protocol + a.throughput if not p.is_file()]
     if missing:
-        raise SystemExit(f"error: result file {missing[0]} does not exist; pass files written by eval.protocol/eval.throughput")
+        raise SystemExit(f"error: result file {missing[0]} does not exist; pass files written by tbq_eval.protocol/tbq_eval.throughput")
     path = write_report(read_rows(a.protocol), read_rows(a.throughput), a.out, a.official)
     print(path.read_text())
     return path

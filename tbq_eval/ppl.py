@@ -1,6 +1,6 @@
 """Perplexity over non-overlapping windows of a held-out text (algorithm.md section 8), no BOS added.
 
-    python -m eval.ppl TARGET [--dataset exl2-wiki|exl2-c4|FILE.txt|FILE.jsonl] [--seqlen 2048]
+    python -m tbq_eval.ppl TARGET [--dataset exl2-wiki|exl2-c4|FILE.txt|FILE.jsonl] [--seqlen 2048]
                        [--max-windows N] [--backend torch|vllm] [--vllm-python PY] [--dtype auto] [--json OUT]
 
 TARGET, torch backend: a tbq run directory (its fake-quantized weights), a Hugging Face model folder or a
@@ -133,10 +133,10 @@ def default_vllm_python() -> str:
     return os.environ.get("TBQ_VLLM_PYTHON", sys.executable)
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     from transformers import AutoTokenizer
 
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("target")
     ap.add_argument("--dataset", default="exl2-wiki")
     ap.add_argument("--split", default="test", help="exl2-wiki: test = the held-out 20%% of articles")

@@ -1,5 +1,5 @@
 """Helpers shared by the scripts that run inside a Python with vLLM (vllm_logprobs.py, vllm_throughput.py);
-imported as a sibling module, since those scripts run as files, not as part of the ``eval`` package."""
+imported as a sibling module, since those scripts run as files, not as part of the ``tbq_eval`` package."""
 
 from __future__ import annotations
 
