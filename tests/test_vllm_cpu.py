@@ -85,6 +85,34 @@ def test_vllm_cpu_matches_reference(vllm_model, tmp_path, scheme):
     assert worst_fp > 0.05, worst_fp  # the check can fail: the unquantized model gives other log-probs
 
 
+VLLM_READS_CONFIG = """
+import json, sys
+from vllm.model_executor.layers.quantization.compressed_tensors.compressed_tensors import CompressedTensorsConfig
+qc = json.load(open(sys.argv[1]))["quantization_config"]
+cfg = CompressedTensorsConfig.from_config(qc)
+schemes = {t: (m["weights"].num_bits, m["weights"].group_size, m["weights"].symmetric)
+           for t, m in cfg.target_scheme_map.items()}
+print(json.dumps({"schemes": schemes, "ignore": cfg.ignore, "format": cfg.quant_format}))
+"""
+
+
+@pytest.mark.parametrize("scheme", [{"sym": True, "group_size": 128}, {"sym": False, "group_size": -1}])
+def test_vllm_reads_our_int4_export_config(vllm_model, tmp_path, scheme):
+    """On every CPU (also those without AVX-512, where vLLM's CPU build cannot run int4): vLLM's own
+    compressed-tensors reader takes our int4 export's quantization_config as the scheme we wrote."""
+    root, text = vllm_model
+    cfg = build_config(str(root / "fp"), quant={"method": "rtn", "bits": 4, **scheme},
+                       calib={"dataset": str(text), "nsamples": 2, "seqlen": 32})
+    ckpt = export_vllm(quantize_model(cfg, tmp_path / "run", progress=False), tmp_path / "export")
+    done = subprocess.run([VLLM_PYTHON, "-c", VLLM_READS_CONFIG, str(ckpt / "config.json")], env=ENV,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    group = None if scheme["group_size"] == -1 else scheme["group_size"]
+    assert got["schemes"] == {"Linear": [4, group, scheme["sym"]]}
+    assert got["ignore"] == ["lm_head"] and got["format"] == "pack-quantized"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
