@@ -3,20 +3,13 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from typer.testing import CliRunner
 
-from tbq_cli.main import app
 from turboboa_export.export.compressed_tensors import check_vllm_support
 from turboboa_export.export.pack import pack_rows, unpack_rows
 from turboboa_export.pipeline.rundir import load_fake_quant_model, load_run
 
+from .cli_checks import cli
 from .reference import reference_model
-
-runner = CliRunner()
-
-
-def cli(*args):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 def bitwise_pack_reference(values, bits):

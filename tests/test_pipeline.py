@@ -3,19 +3,13 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
-from typer.testing import CliRunner
 
-from tbq_cli.main import app
 from turboboa_export.config import build_config
 from turboboa_export.pipeline import rundir
 from turboboa_export.pipeline.rundir import load_fake_quant_model, load_run
 from turboboa_export.pipeline.sequential import quantize_model
 
-runner = CliRunner()
-
-
-def cli(*args):
-    return runner.invoke(app, [str(a) for a in args])
+from .cli_checks import cli, one_line_error
 
 
 def quick_args(model, text, out, *extra):
@@ -86,14 +80,6 @@ def test_interrupted_run_resumes_to_the_same_bits(tiny_models, calib_text, tmp_p
     a, b = block_tensors(full), block_tensors(tmp_path / "resumed")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert len((tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()) == 21
-
-
-def one_line_error(res, *words):
-    assert res.exit_code == 2, res.output
-    lines = [l for l in res.output.strip().splitlines() if l.startswith("error:")]
-    assert len(lines) == 1 and "Traceback" not in res.output, res.output
-    for w in words:
-        assert w in lines[0], lines[0]
 
 
 def test_error_bits(tiny_models, calib_text, tmp_path):

@@ -9,32 +9,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from tbq_cli.main import app
 from turboboa_export.config import build_config
 from turboboa_export.errors import TbqError
 from turboboa_export.pipeline.rundir import load_fake_quant_model, load_run
 from turboboa_export.pipeline.sequential import quantize_model
 
+from .cli_checks import cli, one_line_error
 from .tiny import make_tokenizer, sample_text
 
-runner = CliRunner()
 BOS = 1  # "<s>" in tests/tiny.py's tokenizer
 EVAL = Path(__file__).parents[1] / "tbq_eval"
-
-
-def cli(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def one_line_error(res, *words):
-    assert res.exit_code == 2, res.output
-    lines = [l for l in res.output.strip().splitlines() if l.startswith("error:")]
-    assert len(lines) == 1 and "Traceback" not in res.output, res.output
-    for w in words:
-        assert w in lines[0], lines[0]
-    return lines[0]
 
 
 def small_model(root, name="tiny-llama", kind="llama", edit=None, **overrides):

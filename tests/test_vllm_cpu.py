@@ -213,7 +213,7 @@ def dense_with_transform(run: Path, export: Path, out: Path) -> Path:
     return out
 
 
-def test_vllm_cpu_serves_rotated_export(tmp_path, online="full"):
+def test_vllm_cpu_serves_rotated_export(tmp_path):
     """A Hadamard-rotated W4 run exported with its online down_proj Hadamard in ``transform_config`` (order
     768 = 12 * 64: the plugin's tbq-hadamard, its H_12 product and its Sylvester-64 GEMM; one vLLM start keeps CI
     short, the block form's plugin path is one call of the same code), served with tbq's plugin found as an entry
@@ -234,7 +234,7 @@ def test_vllm_cpu_serves_rotated_export(tmp_path, online="full"):
     (tmp_path / "calib.txt").write_text(sample_text())
     run = quantize_model(build_config(str(tmp_path / "fp"), quant={"method": "gptq", "bits": 4, "sym": True,
                                                                    "group_size": 128},
-                                      transform={"rotate": "hadamard", "online_rotation": online},
+                                      transform={"rotate": "hadamard", "online_rotation": "full"},
                                       calib={"dataset": str(tmp_path / "calib.txt"), "nsamples": 4, "seqlen": 64}),
                          tmp_path / "run", progress=False)
     ckpt = export_vllm(run, tmp_path / "export")

@@ -8,15 +8,13 @@ tbq's rotated exports at full speed, and block-diagonal ones under tensor parall
 - replaces vLLM's compressed-tensors ``HadamardTransform`` with :class:`TbqHadamardTransform`'s class. For the
   transforms tbq derives (type ``hadamard``: Sylvester, optionally block-diagonal with ``head_dim`` B; type
   ``tbq-hadamard``: H_n = (H_m kron S_p) / sqrt(n) with tbq's shipped base H_m) it allocates no matrix, runs the
-  Sylvester part with vLLM's Hadacore kernel on CUDA (torch butterflies elsewhere) and H_m as one [m, m] x [m, p]
-  product per token; block-diagonal transforms run at tensor-parallel size > 1 when B divides each rank's share of
+  Sylvester part with vLLM's Hadacore kernel on CUDA for sizes >= HADACORE_MIN and as one [p, p] GEMM below (torch
+  butterflies off CUDA), and H_m as one [m, m] x [m, p] product per token; block-diagonal transforms run at tensor-parallel size > 1 when B divides each rank's share of
   the input; a full transform of a sharded input is refused in one line naming ``--online-rotation block:B``.
   Every other transform (dense ``random-hadamard`` matrices, output transforms) is left to vLLM's own code.
 """
 
 from __future__ import annotations
-
-import torch
 
 from .rotation.hadamard import factor
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
 from ..algorithms.quantized import QuantizedWeight
+from ..arch import spec_for
 from ..errors import TbqError
 from ..plan import Scheme
 from ..pipeline.rundir import RUN_FIX, load_run
@@ -79,7 +81,8 @@ def _check_transform(qc: dict, info: dict, config: dict) -> list[str]:
     t = TransformConfig(**info["config"].get("transform", {}))
     if t.rotate != "hadamard":
         return ["the export has a transform_config but the run is not rotated"] if "transform_config" in qc else []
-    tcfg, method = down_transform(spec_for_dict(config).down, config["intermediate_size"], t.online_block)
+    spec = spec_for(SimpleNamespace(model_type=config.get("model_type")))  # the spec reads only the model type
+    tcfg, method = down_transform(spec.down, config["intermediate_size"], t.online_block)
     if qc.get("transform_config") != tcfg or qc.get("quant_method") != method:
         return [f"transform_config/quant_method differ from the run's online rotation ({t.online_rotation})"]
     return []
@@ -102,14 +105,6 @@ def scheme_of(name: str, groups: list[tuple[list[str], Scheme]]) -> Scheme | Non
             return sc
     return next((sc for targets, sc in groups if "Linear" in targets), None)
 
-
-def spec_for_dict(config: dict):
-    """The ArchSpec of a config.json's contents."""
-    from transformers import AutoConfig
-
-    from ..arch import spec_for
-
-    return spec_for(AutoConfig.for_model(**config))
 
 
 def verify_export(folder: Path, run: Path | None = None) -> list[str]:
