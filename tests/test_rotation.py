@@ -3,6 +3,7 @@ activation fake-quantization."""
 
 import json
 import math
+import sys
 
 import pytest
 import torch
@@ -137,7 +138,7 @@ def test_rotated_run_end_to_end(tiny_models, calib_text, tmp_path):
               "--quiet", "--method", "turboboa", "--rotate", "hadamard"]
     res = runner.invoke(app, common + ["--bits", "8", "-o", str(tmp_path / "w8")])
     assert res.exit_code == 0, res.output
-    res = runner.invoke(app, common + ["--bits", "4", "--act-bits", "4", "-o", str(tmp_path / "w4a4")])
+    res = runner.invoke(app, common + ["--bits", "4", "--sym", "--act-bits", "4", "-o", str(tmp_path / "w4a4")])
     assert res.exit_code == 0, res.output
     fp, tok = load_for_eval(str(tiny_models["llama"]))
     ws = eval_windows(tok, str(calib_text), 40, 3)
@@ -157,7 +158,8 @@ def test_rotated_run_end_to_end(tiny_models, calib_text, tmp_path):
     assert torch.allclose(hooked, plain, rtol=0.3, atol=0.3)  # ... after the same Hadamard
     res = runner.invoke(app, ["export", str(tmp_path / "w8"), "--format", "hf", "-o", str(tmp_path / "x")])
     assert res.exit_code == 2 and "rotated" in res.output and "Traceback" not in res.output
-    # the W4A4 export: compressed-tensors parses its config; tbq's vLLM paths refuse it in one line
+    # the W4A4 export: compressed-tensors parses its config; it is tbq's plugin's (quant_method tbq, with the clip
+    # ratio), and tbq's vLLM paths refuse it in one line when the vLLM Python lacks the plugin
     from compressed_tensors.quantization import QuantizationConfig
     from compressed_tensors.transform import TransformConfig
 
@@ -169,9 +171,14 @@ def test_rotated_run_end_to_end(tiny_models, calib_text, tmp_path):
     parsed = QuantizationConfig.model_validate(raw)
     acts = parsed.config_groups["group_0"].input_activations
     assert (acts.num_bits, acts.strategy, acts.dynamic, acts.symmetric) == (4, "token", True, True)
+    assert raw["quant_method"] == "tbq" and raw["tbq"] == {"act_clip": 0.9}
     assert TransformConfig.model_validate(raw["transform_config"]).config_groups["tbq_down_hadamard"].apply[0].location == "input"
-    with pytest.raises(SystemExit, match="W4A4"):
-        ppl_mod.main([str(out), "--backend", "vllm", "--dataset", str(calib_text), "--seqlen", "40"])
+    no_plugin = tmp_path / "no-plugin-python"  # a Python without tbq's entry point
+    no_plugin.write_text(f"#!/bin/sh\nexec {sys.executable} -I -S \"$@\"\n")
+    no_plugin.chmod(0o755)
+    with pytest.raises(SystemExit, match="integer activations"):
+        ppl_mod.main([str(out), "--backend", "vllm", "--dataset", str(calib_text), "--seqlen", "40",
+                      "--vllm-python", str(no_plugin)])
 
 
 def test_bad_transform_settings_are_clear(tiny_models, tmp_path):

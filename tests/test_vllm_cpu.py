@@ -258,6 +258,50 @@ def test_vllm_cpu_serves_rotated_export(tmp_path):
     assert worst_plain > 0.05, worst_plain
 
 
+def test_vllm_cpu_serves_w4a4_export(tmp_path):
+    """A rotated W4A4 run (symmetric int4 g128 weights, int4 per-token activations, the full online Hadamard of
+    order 768) served by vLLM through tbq's plugin (quant_method tbq, its integer-activation scheme; off CUDA the op's
+    float64 integer sums, so this runs on any CPU): prompt log-probs match our fake-quantized reference, and would
+    not if the activations were left unquantized (the reference without its activation quantization differs)."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from .tiny import sample_text
+
+    torch.manual_seed(0)
+    tok = make_tokenizer()
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=256, intermediate_size=768, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=64, max_position_embeddings=256,
+                      initializer_range=0.1, tie_word_embeddings=False)
+    AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).save_pretrained(tmp_path / "fp")
+    tok.save_pretrained(tmp_path / "fp")
+    (tmp_path / "calib.txt").write_text(sample_text())
+    run = quantize_model(build_config(str(tmp_path / "fp"), quant={"method": "rtn", "bits": 4, "group_size": 128},
+                                      transform={"rotate": "hadamard", "act_bits": 4},
+                                      calib={"dataset": str(tmp_path / "calib.txt"), "nsamples": 2, "seqlen": 32}),
+                         tmp_path / "run", progress=False)
+    ckpt = export_vllm(run, tmp_path / "export")
+    prompts = [[5, 17, 33, 8, 90, 41, 12, 7, 66, 3], [100, 2, 14, 59, 23, 77, 31, 9]]
+    (tmp_path / "p.json").write_text(json.dumps(prompts))
+    subprocess.run([VLLM_PYTHON, str(SCRIPT), str(ckpt), str(tmp_path / "p.json"), str(tmp_path / "o.json"),
+                    "--max-tokens", "1", "--dtype", "float32"], check=True,
+                   env={**ENV, "PYTHONPATH": plugin_site(tmp_path / "site")}, timeout=600)
+    got = json.loads((tmp_path / "o.json").read_text())
+
+    def worst(model):
+        return max(max(abs(a - b) for a, b in zip(o["prompt_logprobs"], prompt_logprobs(model, p)[0]))
+                   for p, o in zip(prompts, got))
+
+    ref = reference_model(run)
+    with_act_quant = worst(ref)
+    for block in ref.model.layers:  # the same weights and Hadamard, activations left unquantized
+        for proj in (block.self_attn.q_proj, block.self_attn.k_proj, block.self_attn.v_proj, block.self_attn.o_proj,
+                     block.mlp.gate_proj, block.mlp.up_proj, block.mlp.down_proj):
+            hooks = list(proj._forward_pre_hooks)
+            proj._forward_pre_hooks.pop(hooks[-1])  # the last hook quantizes the activations
+    assert with_act_quant < 0.02, with_act_quant
+    assert worst(ref) > 0.1, worst(ref)
+
+
 PLUGIN_CHECK = """
 import os, sys
 sys.path.insert(0, sys.argv[1])

@@ -222,7 +222,8 @@ def build_config(
     **run: object,
 ) -> RunConfig:
     """Merge a preset, a JSON config file (or the same object as ``config_data``) and explicit settings (later
-    wins; ``ignore`` patterns add up) into a validated RunConfig. Raises TbqError naming a bad setting."""
+    wins; ``ignore`` patterns add up) into a validated RunConfig; with integer activations (``act_bits``) weights
+    default to symmetric, what W4A4/W4A8 serving takes. Raises TbqError naming a bad setting."""
     q: dict = {}
     c: dict = {}
     t: dict = {}
@@ -252,6 +253,8 @@ def build_config(
     c.update({k: v for k, v in (calib or {}).items() if v is not None})
     t.update({k: v for k, v in (transform or {}).items() if v is not None})
     r.update({k: v for k, v in run.items() if v is not None})
+    if t.get("act_bits") and "sym" not in q:  # integer-activation layers are served with symmetric weights only
+        q["sym"] = True
     try:
         return RunConfig(model=model, quant=QuantConfig(**q), calib=CalibConfig(**c), transform=TransformConfig(**t),
                          **r)

@@ -1,5 +1,6 @@
 """The vLLM classes behind :mod:`turboboa_export.vllm_plugin` (imported only by its ``register``, in a Python with
-vLLM): the ``tbq`` quantization config and the transform module that applies derived Hadamards."""
+vLLM): the ``tbq`` quantization config (integer-activation layers on :class:`TbqIntActScheme`) and the transform
+module that applies derived Hadamards."""
 
 from __future__ import annotations
 
@@ -13,14 +14,34 @@ from vllm.model_executor.layers.quantization.compressed_tensors.transform.module
 
 from .rotation.hadamard import (apply_online_rotation, base_matrix, factor, kron_transform, sylvester,
                                 sylvester_transform)
-from .vllm_plugin import DERIVED, HADACORE_MIN, PLUGIN_QUANT_METHOD, derived_plan
+from .vllm_int_scheme import TbqIntActScheme
+from .vllm_plugin import ACT_CLIP_KEY, DERIVED, HADACORE_MIN, PLUGIN_QUANT_METHOD, derived_plan
 
 
 class TbqConfig(CompressedTensorsConfig):
-    """compressed-tensors checkpoints that need tbq's plugin (``quant_method: tbq``)."""
+    """compressed-tensors checkpoints that need tbq's plugin (``quant_method: tbq``): derived online Hadamards, and
+    W4A4/W4A8 layers (dynamic per-token integer activations, clip ratio ``quantization_config.tbq.act_clip``)."""
+
+    act_clip: float | None = None
 
     def get_name(self) -> str:
         return PLUGIN_QUANT_METHOD
+
+    @classmethod
+    def from_config(cls, config: dict) -> "TbqConfig":
+        out = super().from_config(config)
+        out.act_clip = (config.get(PLUGIN_QUANT_METHOD) or {}).get(ACT_CLIP_KEY)
+        return out
+
+    def get_scheme(self, layer: torch.nn.Module, layer_name: str | None = None):
+        parts = self.get_scheme_dict(layer, layer_name)
+        acts = parts.get("input_activations") if parts else None
+        if acts is None or parts.get("weights") is None:
+            return super().get_scheme(layer, layer_name)
+        if self.act_clip is None:
+            raise ValueError(f"quantization_config has integer activations but no {PLUGIN_QUANT_METHOD}."
+                             f"{ACT_CLIP_KEY}; re-export the run with this tbq (`tbq export RUN --format vllm`)")
+        return TbqIntActScheme(parts["weights"], acts, self.act_clip, layer_name)
 
 
 def hadacore_or_butterflies(y: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,10 @@ tbq's rotated exports at full speed, and block-diagonal ones under tensor parall
   Sylvester part with vLLM's Hadacore kernel on CUDA for sizes >= HADACORE_MIN and as one [p, p] GEMM below (torch
   butterflies off CUDA), and H_m as one [m, m] x [m, p] product per token; block-diagonal transforms run at tensor-parallel size > 1 when B divides each rank's share of
   the input; a full transform of a sharded input is refused in one line naming ``--online-rotation block:B``.
-  Every other transform (dense ``random-hadamard`` matrices, output transforms) is left to vLLM's own code.
+  Every other transform (dense ``random-hadamard`` matrices, output transforms) is left to vLLM's own code;
+- serves W4A4 and W4A8 layers (``quant_method: tbq`` too: stock vLLM has no int4-activation scheme): int4 weights as
+  exported, per-token int4/int8 activations with the run's clip ratio, the product on the int8 tensor cores
+  (``turboboa_export.vllm_int_scheme``, ``tbq_kernels.int_act``).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ TBQ_HADAMARD = "tbq-hadamard"  # transform type of the full m * 2^k Hadamard, m 
 PLUGIN_QUANT_METHOD = "tbq"  # quant_method of checkpoints that only vLLM with this plugin serves
 ENTRY_POINT = "turboboa_export.vllm_plugin:register"
 DERIVED = ("hadamard", TBQ_HADAMARD)
+ACT_CLIP_KEY = "act_clip"  # quantization_config["tbq"][ACT_CLIP_KEY]: the clip ratio of W4A4/W4A8 activations
 # vLLM 0.25.1's Hadacore miscomputes some token counts below this size (measured on an H200, fp16 and bf16: e.g.
 # 38 rows of 128, 12728 rows of 32); the plugin runs smaller Sylvester blocks as one [p, p] GEMM instead, and only
 # exports whose blocks are at least this large are left to stock vLLM

@@ -27,7 +27,7 @@ from ..plan import Scheme
 from ..pipeline.rundir import RUN_FIX, load_run, side_files_of_run
 from ..readers import read_safetensors, reading
 from .manifest import tensor_record
-from ..vllm_plugin import HADACORE_MIN, PLUGIN_QUANT_METHOD, TBQ_HADAMARD
+from ..vllm_plugin import ACT_CLIP_KEY, ENTRY_POINT, HADACORE_MIN, PLUGIN_QUANT_METHOD, TBQ_HADAMARD
 from .pack import pack_rows, unpack_rows
 
 VLLM_GROUP_SIZES = (-1, 32, 64, 128)
@@ -52,24 +52,33 @@ PLUGIN_PROBE = ("import sys; from importlib.metadata import entry_points; "
 
 
 def check_vllm_servable(checkpoint: Path, vllm_python: str | None = None) -> None:
-    """Refuse, in one line, checkpoints the vLLM in ``vllm_python`` cannot serve: int4 activations (W4A4: no
-    kernel in vLLM 0.25), and ``quant_method: tbq`` checkpoints when tbq's plugin is not installed there."""
+    """Refuse, in one line, ``quant_method: tbq`` checkpoints (derived online Hadamards, W4A4/W4A8) when the vLLM
+    in ``vllm_python`` lacks tbq's plugin."""
     import subprocess
 
-    from ..vllm_plugin import ENTRY_POINT
-
     qcfg = json.loads((Path(checkpoint) / "config.json").read_text()).get("quantization_config", {})
-    for group in qcfg.get("config_groups", {}).values():
-        acts = group.get("input_activations") or {}
-        if acts.get("num_bits") == 4:
-            raise TbqError(f"{checkpoint} is W4A4 (int4 activations); stock vLLM 0.25 has no kernel for it; "
-                           "evaluate the run with `tbq eval ppl RUN` instead")
     if qcfg.get("quant_method") == PLUGIN_QUANT_METHOD and vllm_python is not None:
         probe = subprocess.run([vllm_python, "-c", PLUGIN_PROBE.format(ENTRY_POINT)], capture_output=True)
         if probe.returncode != 0:
-            raise TbqError(f"{checkpoint} needs tbq's vLLM plugin (its online Hadamard is a tbq-hadamard transform), "
-                           f"which {vllm_python} does not have; install tbq there (`{vllm_python} -m pip install "
-                           "tbq`) or re-quantize with --online-rotation block:B for stock vLLM")
+            needs = ("integer activations (W4A4/W4A8)" if PLUGIN_QUANT_METHOD in qcfg
+                     else "its online Hadamard is a tbq-hadamard transform")
+            fix = "" if PLUGIN_QUANT_METHOD in qcfg else " or re-quantize with --online-rotation block:B for stock vLLM"
+            raise TbqError(f"{checkpoint} needs tbq's vLLM plugin ({needs}), which {vllm_python} does not have; "
+                           f"install tbq there (`{vllm_python} -m pip install tbq`){fix}")
+
+
+def check_int_act_exportable(schemes: dict[str, Scheme], weights: dict[str, QuantizedWeight], run: Path) -> None:
+    """W4A4/W4A8 exports are served by tbq's plugin on int8 tensor cores: symmetric int4 weights without act-order."""
+    for sc in set(schemes.values()):
+        if sc.bits != 4 or not sc.sym:
+            raise TbqError(f"run {run} has {sc.bits}-bit {'symmetric' if sc.sym else 'asymmetric'} weights with "
+                           "integer activations, which tbq's vLLM plugin does not serve; re-quantize with --bits 4 --sym")
+        if sc.group_size not in (-1, 32, 64, 128):
+            raise TbqError(f"run {run} has group size {sc.group_size} with integer activations; re-quantize with "
+                           "--group-size -1 (per channel), 32, 64 or 128")
+    if any(has_act_order(q) for q in weights.values()):
+        raise TbqError(f"run {run} uses act-order groups with integer activations, which tbq's vLLM plugin does not "
+                       "serve; re-quantize without --act-order")
 
 
 def check_dense_exportable(info: dict, run: Path) -> None:
@@ -105,11 +114,13 @@ def down_transform(spec_down: str, n: int, block: int | None) -> tuple[dict, str
 
 
 def quantization_config(schemes: dict[str, Scheme], act_order: set[str], act_bits: int | None = None,
-                        transform: tuple[dict, str] | None = None, ignore: list[str] | tuple[str, ...] = ()) -> dict:
+                        transform: tuple[dict, str] | None = None, ignore: list[str] | tuple[str, ...] = (),
+                        act_clip: float | None = None) -> dict:
     """The ``quantization_config`` block, built with compressed-tensors' own models. ``schemes``: quantized module
     name -> Scheme; one config group per distinct scheme, targeting ``Linear`` when there is one and the exact
     module names otherwise; ``act_order``: the modules stored with act-order groups (``weight_g_idx``); ``act_bits``
-    adds dynamic per-token symmetric input activations (W4A4); ``transform`` is a (``transform_config``,
+    adds dynamic per-token symmetric input activations (W4A4/W4A8, with their clip ratio ``act_clip`` under
+    ``tbq.act_clip``; served by tbq's plugin only: ``quant_method: tbq``); ``transform`` is a (``transform_config``,
     ``quant_method``) pair from :func:`down_transform`; ``ignore``: dense linears besides lm_head."""
     from compressed_tensors.quantization import QuantizationArgs, QuantizationConfig, QuantizationScheme
 
@@ -133,6 +144,9 @@ def quantization_config(schemes: dict[str, Scheme], act_order: set[str], act_bit
     out = cfg.model_dump(exclude_none=True)
     if transform is not None:
         out["transform_config"], out["quant_method"] = transform
+    if act_bits is not None:
+        out["quant_method"] = PLUGIN_QUANT_METHOD
+        out[PLUGIN_QUANT_METHOD] = {ACT_CLIP_KEY: act_clip}
     return out
 
 
@@ -146,10 +160,15 @@ def linear_tensors(name: str, q: QuantizedWeight, bits: int, sym: bool, dtype: t
     }
     if not sym:
         out[f"{name}.weight_zero_point"] = pack_rows(q.zero.T.long(), bits).T.contiguous()
-    g = q.g_idx.long()
-    if not torch.equal(g, torch.sort(g).values):
+    if has_act_order(q):
         out[f"{name}.weight_g_idx"] = q.g_idx.to(torch.int32)
     return out
+
+
+def has_act_order(q: QuantizedWeight) -> bool:
+    """Whether the weight's groups are not consecutive column blocks (act-order: ``weight_g_idx`` is stored)."""
+    g = q.g_idx.long()
+    return not torch.equal(g, torch.sort(g).values)
 
 
 def dequantize_exported(tensors: dict[str, torch.Tensor], name: str, bits: int) -> torch.Tensor:
@@ -223,10 +242,11 @@ def write_vllm_checkpoint(out: Path, weights: dict[str, QuantizedWeight], rest: 
                           schemes: dict[str, Scheme], info: dict, side_files: Path | None = None,
                           overwrite: bool = False, act_bits: int | None = None,
                           transform: tuple[dict, str] | None = None, ignore: list[str] | tuple[str, ...] = (),
-                          card: Callable[[Path], str] | None = None) -> Path:
+                          card: Callable[[Path], str] | None = None, act_clip: float | None = None) -> Path:
     """Write quantized linears plus the other tensors as a pack-quantized checkpoint at ``out`` (atomically).
     ``config`` is the model's transformers config; ``schemes`` each quantized linear's Scheme; ``side_files`` the
-    run whose model-folder files are copied; ``act_bits`` declares dynamic per-token activations; ``transform`` is
+    run whose model-folder files are copied; ``act_bits`` declares dynamic per-token activations (clip ratio
+    ``act_clip``); ``transform`` is
     :func:`down_transform`'s pair; ``ignore`` the linears kept dense (their weights are in ``rest``); ``card``
     gives the README.md of the checkpoint from its final path."""
     for sc in sorted(set(schemes.values())):
@@ -246,7 +266,8 @@ def write_vllm_checkpoint(out: Path, weights: dict[str, QuantizedWeight], rest: 
         save_sharded(tensors, tmp)
         records = {k: tensor_record(t) for k, t in sorted(tensors.items())}
         config.dtype = dtype
-        config.quantization_config = quantization_config(schemes, act_order, act_bits, transform, ignore)
+        config.quantization_config = quantization_config(schemes, act_order, act_bits, transform, ignore,
+                                                          act_clip)
         config.save_pretrained(tmp)
         if side_files is not None:
             copy_side_files(side_files, tmp)
@@ -284,6 +305,8 @@ def export_vllm(run: Path, out: Path, overwrite: bool = False) -> Path:
     schemes, dense = run_schemes(info, weights)
     for sc in sorted(set(schemes.values())):
         check_vllm_support(sc.bits, sc.sym, sc.group_size)
+    if t.get("act_bits"):
+        check_int_act_exportable(schemes, weights, run)
     if t.get("kv_bits"):
         raise TbqError(f"run {run} fake-quantizes the KV cache to int{t['kv_bits']}, which stock vLLM cannot express; "
                        "quantize without --kv-bits to export")
@@ -295,9 +318,10 @@ def export_vllm(run: Path, out: Path, overwrite: bool = False) -> Path:
         transform = down_transform(spec_for(config).down, config.intermediate_size, block)
     info_out = {"run": str(run.resolve()), **({"act_clip": t["act_clip"]} if t.get("act_bits") else {})}
     rest = read_safetensors(run / "rest.safetensors", "run file", RUN_FIX)
-    quant_method = transform[1] if transform else "compressed-tensors"
+    quant_method = PLUGIN_QUANT_METHOD if t.get("act_bits") else transform[1] if transform else "compressed-tensors"
     return write_vllm_checkpoint(out, weights, rest, config, schemes, info_out, run, overwrite, t.get("act_bits"),
-                                 transform, dense, lambda final: model_card(run, info, "vllm", final, quant_method))
+                                 transform, dense, lambda final: model_card(run, info, "vllm", final, quant_method),
+                                 t.get("act_clip"))
 
 
 def export_hf(run: Path, out: Path, overwrite: bool = False) -> Path:

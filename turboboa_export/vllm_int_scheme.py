@@ -1,0 +1,80 @@
+"""The vLLM compressed-tensors scheme of tbq's W4A4 and W4A8 exports (imported by :mod:`turboboa_export.vllm_classes`
+in a Python with vLLM): symmetric int4 weights, channel-wise or grouped, kept packed as exported; dynamic per-token
+symmetric int4 or int8 activations with the run's clip ratio; the product on the int8 tensor cores
+(:mod:`tbq_kernels.int_act`). The online Hadamard of a rotated run is applied before, by the transform module.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from compressed_tensors.quantization import QuantizationArgs
+from vllm.model_executor.layers.quantization.compressed_tensors.schemes import CompressedTensorsScheme
+from vllm.model_executor.parameter import (BasevLLMParameter, ChannelQuantScaleParameter, GroupQuantScaleParameter,
+                                           PackedvLLMParameter)
+
+from tbq_kernels.int_act import ACT_BITS, int_gemm_op, quantize_act
+
+
+def int_act_refusal(weights: QuantizationArgs, acts: QuantizationArgs) -> str | None:
+    """Why the scheme cannot serve these args (one line naming what to choose), or None."""
+    if acts.type != "int" or acts.num_bits not in ACT_BITS or not acts.dynamic or acts.strategy != "token":
+        return (f"activations {acts.num_bits}-bit {acts.type} {acts.strategy} are not served; tbq serves dynamic "
+                "per-token int4 or int8 activations (--act-bits 4 or 8)")
+    if not acts.symmetric:
+        return "asymmetric activations are not served; tbq quantizes activations symmetrically"
+    if weights.type != "int" or weights.num_bits != 4 or not weights.symmetric or weights.actorder is not None:
+        return (f"{weights.num_bits}-bit {'symmetric' if weights.symmetric else 'asymmetric'} weights"
+                f"{' with act-order' if weights.actorder is not None else ''} with integer activations are not "
+                "served; quantize with --bits 4, symmetric weights and no act-order")
+    return None
+
+
+class TbqIntActScheme(CompressedTensorsScheme):
+    """W4A4 / W4A8: int4 weights [N, K/8] int32 and scales [N, groups] as exported, activations quantized per token."""
+
+    def __init__(self, weights: QuantizationArgs, acts: QuantizationArgs, clip: float, layer_name: str | None):
+        reason = int_act_refusal(weights, acts)
+        if reason is not None:
+            raise ValueError(f"{layer_name}: {reason}")
+        self.act_bits, self.clip, self.layer_name = acts.num_bits, clip, layer_name
+        self.group_size = weights.group_size if weights.strategy == "group" else None
+
+    @classmethod
+    def get_min_capability(cls) -> int:
+        return 80  # int8 tensor cores with int32 accumulation (Ampere and up)
+
+    def create_weights(self, layer: torch.nn.Module, output_partition_sizes: list[int], input_size: int,
+                       input_size_per_partition: int, params_dtype: torch.dtype, weight_loader, **kwargs) -> None:
+        if input_size_per_partition != input_size:
+            raise ValueError(f"{self.layer_name}: per-token activation scales need the whole input row, which "
+                             "tensor parallelism splits; serve W4A4/W4A8 exports at --tensor-parallel-size 1")
+        n, k = sum(output_partition_sizes), input_size
+        group = self.group_size or k
+        if k % group:
+            raise ValueError(f"{self.layer_name}: group size {group} does not divide K={k}")
+        layer.output_size_per_partition = n
+        weight = PackedvLLMParameter(input_dim=1, output_dim=0, packed_dim=1, packed_factor=8,
+                                     weight_loader=weight_loader,
+                                     data=torch.empty(n, math.ceil(k / 8), dtype=torch.int32))
+        scale_data = torch.empty(n, k // group, dtype=params_dtype)
+        scale = (GroupQuantScaleParameter(output_dim=0, input_dim=1, weight_loader=weight_loader, data=scale_data)
+                 if self.group_size else
+                 ChannelQuantScaleParameter(output_dim=0, weight_loader=weight_loader, data=scale_data))
+        shape = BasevLLMParameter(data=torch.empty(2, dtype=torch.int64), weight_loader=weight_loader)
+        layer.register_parameter("weight_packed", weight)
+        layer.register_parameter("weight_scale", scale)
+        layer.register_parameter("weight_shape", shape)
+        layer.tbq_group_size = group
+
+    def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
+        for name in ("weight_packed", "weight_scale"):  # plain tensors from here on (what the op takes)
+            setattr(layer, name, torch.nn.Parameter(getattr(layer, name).data.contiguous(), requires_grad=False))
+
+    def apply_weights(self, layer: torch.nn.Module, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        x2 = x.reshape(-1, x.shape[-1])
+        q, s_x = quantize_act(x2, self.act_bits, self.clip)
+        y = int_gemm_op(q, s_x, layer.weight_packed, layer.weight_scale, layer.tbq_group_size, x.dtype)
+        y = y.reshape(*x.shape[:-1], y.shape[-1])
+        return y if bias is None else y + bias
