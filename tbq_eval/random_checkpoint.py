@@ -1,11 +1,14 @@
 """Random-weight checkpoints of real model shapes, for throughput runs (speed does not depend on the values).
 
-    python -m tbq_eval.random_checkpoint llama2-7b -o DIR [--format fp16|vllm] [--bits 4] [--group-size 128]
+    python -m tbq_eval.random_checkpoint llama2-7b -o DIR [--format fp16|vllm|w8a8] [--bits 4] [--group-size 128]
                                      [--asym] [--layers N] [--seed 0] [--online-rotation full|block:B]
+                                     [--act-bits 4|8]
 
 ``fp16``: a dense Hugging Face checkpoint. ``vllm``: random integer codes, scales and zeros written by the same
 code as ``tbq export --format vllm`` (compressed-tensors pack-quantized); ``--online-rotation`` adds the online
-down_proj Hadamard of a ``--rotate hadamard`` export (the weights stay random). No tokenizer: feed token ids.
+down_proj Hadamard of a ``--rotate hadamard`` export (the weights stay random), ``--act-bits`` makes it W4A4/W4A8
+(served by tbq's plugin). ``w8a8``: stock vLLM's W8A8-int8 (compressed-tensors ``int-quantized``: int8 per-channel
+weights, dynamic per-token int8 activations, CUTLASS). No tokenizer: feed token ids.
 """
 
 from __future__ import annotations
@@ -78,8 +81,9 @@ def random_quantized(out_f: int, in_f: int, spec: GridSpec, group_size: int, gen
 
 def write_random(shape: str, out: Path, fmt: str = "fp16", bits: int = 4, group_size: int = 128, sym: bool = True,
                  layers: int | None = None, seed: int = 0, overwrite: bool = False,
-                 online_rotation: str | None = None) -> Path:
-    """Write a random-weight checkpoint of ``shape`` to ``out`` (``online_rotation``: full | block:B, vllm only)."""
+                 online_rotation: str | None = None, act_bits: int | None = None) -> Path:
+    """Write a random-weight checkpoint of ``shape`` to ``out`` (``online_rotation``: full | block:B, and
+    ``act_bits``: 4 | 8, vllm only)."""
     config = shape_config(shape, layers)
     gen = torch.Generator().manual_seed(seed)
     shapes = tensor_shapes(config)
@@ -93,8 +97,10 @@ def write_random(shape: str, out: Path, fmt: str = "fp16", bits: int = 4, group_
             (tmp / "tbq_random.json").write_text(json.dumps({**info, "format": "fp16"}, indent=2))
 
         return write_atomically(out, overwrite, fill)
+    if fmt == "w8a8":
+        return write_w8a8(config, shapes, gen, out, info, overwrite)
     if fmt != "vllm":
-        raise TbqError(f"unknown format {fmt!r}; choose fp16 or vllm")
+        raise TbqError(f"unknown format {fmt!r}; choose fp16, vllm or w8a8")
     spec = spec_for(config)
     transform = None
     if online_rotation is not None:
@@ -114,15 +120,46 @@ def write_random(shape: str, out: Path, fmt: str = "fp16", bits: int = 4, group_
                 raise TbqError(f"group size {group_size} does not divide in_features {in_f} of {name}")
             weights[name] = random_quantized(out_f, in_f, GridSpec(bits, sym), group_size, gen)
     schemes = {name: Scheme(bits, sym, group_size) for name in weights}
+    if act_bits is not None:
+        info["act_bits"] = act_bits
     return write_vllm_checkpoint(out, weights, random_tensors(shapes, gen), config, schemes, info,
-                                 overwrite=overwrite, transform=transform)
+                                 overwrite=overwrite, transform=transform, act_bits=act_bits,
+                                 act_clip=None if act_bits is None else 0.9)
+
+
+def write_w8a8(config, shapes: dict[str, torch.Size], gen: torch.Generator, out: Path, info: dict,
+               overwrite: bool) -> Path:
+    """Stock W8A8-int8: every decoder linear as int8 codes [N, K] with float32 per-channel scales [N, 1]."""
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationConfig, QuantizationScheme
+
+    spec = spec_for(config)
+    tensors = {}
+    for name in [n for n in shapes if n.startswith(f"{spec.layers}.") and n.endswith("proj.weight")]:
+        out_f, in_f = shapes.pop(name)
+        tensors[name] = torch.randint(-127, 128, (out_f, in_f), generator=gen, dtype=torch.int8)
+        tensors[name[:-len("weight")] + "weight_scale"] = 1e-4 + 1e-4 * torch.rand(out_f, 1, generator=gen)
+    tensors.update(random_tensors(shapes, gen))
+    weights = QuantizationArgs(num_bits=8, type="int", symmetric=True, strategy="channel", dynamic=False)
+    acts = QuantizationArgs(num_bits=8, type="int", symmetric=True, strategy="token", dynamic=True)
+    qcfg = QuantizationConfig(config_groups={"group_0": QuantizationScheme(targets=["Linear"], weights=weights,
+                                                                           input_activations=acts)},
+                              quant_method="compressed-tensors", format="int-quantized",
+                              quantization_status="compressed", ignore=["lm_head"])
+
+    def fill(tmp: Path) -> None:
+        save_sharded(tensors, tmp)
+        config.quantization_config = qcfg.model_dump(exclude_none=True)
+        config.save_pretrained(tmp)
+        (tmp / "tbq_random.json").write_text(json.dumps({**info, "format": "w8a8"}, indent=2))
+
+    return write_atomically(out, overwrite, fill)
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> Path:
     ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("shape", help=", ".join(SHAPES))
     ap.add_argument("-o", "--out", type=Path, required=True)
-    ap.add_argument("--format", choices=("fp16", "vllm"), default="fp16")
+    ap.add_argument("--format", choices=("fp16", "vllm", "w8a8"), default="fp16")
     ap.add_argument("--bits", type=int, default=4)
     ap.add_argument("--group-size", type=int, default=128)
     ap.add_argument("--asym", action="store_true")
@@ -130,10 +167,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> Path:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--overwrite", action="store_true")
     ap.add_argument("--online-rotation", help="full | block:B: the online Hadamard of a rotated export")
+    ap.add_argument("--act-bits", type=int, choices=(4, 8), help="W4A4 / W4A8 (dynamic per-token activations)")
     a = ap.parse_args(argv)
     try:
         path = write_random(a.shape, a.out, a.format, a.bits, a.group_size, not a.asym, a.layers, a.seed, a.overwrite,
-                            a.online_rotation)
+                            a.online_rotation, a.act_bits)
     except TbqError as e:
         raise SystemExit(f"error: {e}") from None
     print(path)

@@ -2,7 +2,7 @@
 
     python -m tbq_eval.throughput offline CKPT [CKPT ...] [--labels fp16,w4] [--batch-sizes 1,16,128]
                               [--input-len 128] [--output-len 256] [--vllm-python PY] [--json OUT]
-                              [--disabled-kernels ";TbqDequantLinearKernel,MacheteLinearKernel"]
+                              [--disabled-kernels ";TbqDequantLinearKernel,MacheteLinearKernel"] [--prefill 8x2048]
     python -m tbq_eval.throughput serve URL [--model NAME] [--concurrency 1,16] [--requests 32]
                               [--input-len 128] [--output-len 128] [--json OUT]
 
@@ -11,7 +11,8 @@ one invocation so the numbers sit side by side; ``tbq_eval.random_checkpoint`` m
 weights. A checkpoint may repeat with other ``--disabled-kernels`` (vLLM's VLLM_DISABLED_KERNELS, one
 ';'-separated entry per checkpoint) to compare linear kernels: tbq's plugin, Machete, Marlin. ``serve`` streams
 completions from an OpenAI-compatible server (`vllm serve`) at each concurrency and reports output tokens per
-second, time to first token and latency. Both print a Markdown table and write JSON.
+second, time to first token and latency. Both print a Markdown table and write JSON. ``--prefill BxL`` adds a
+column of prompt tokens per second for B prompts of L tokens in one step.
 """
 
 from __future__ import annotations
@@ -40,9 +41,12 @@ WORKER = Path(__file__).with_name("vllm_throughput.py")
 
 def offline(checkpoints: list[str], labels: list[str], batch_sizes: list[int], input_len: int, output_len: int,
             vllm_python: str, enforce_eager: bool = False, disabled_kernels: list[str] | None = None,
-            dtype: str = "auto", tensor_parallel_size: int = 1) -> list[dict]:
+            dtype: str = "auto", tensor_parallel_size: int = 1, prefill: str | None = None,
+            load_format: str = "auto") -> list[dict]:
     """One row per (checkpoint, batch size): output tokens per second of vLLM's offline generate, in ``dtype``
-    (``auto``: each checkpoint's fp16/bf16, per family), at ``tensor_parallel_size``."""
+    (``auto``: each checkpoint's fp16/bf16, per family), at ``tensor_parallel_size``; with ``prefill`` "BxL" one
+    more row per checkpoint with prompt tokens per second (``prefill_tok_s``); ``load_format`` is vLLM's (dummy: it
+    draws the weights, reading only config.json)."""
     rows = []
     for ckpt in checkpoints:
         check_vllm_servable(Path(ckpt), vllm_python)
@@ -53,7 +57,9 @@ def offline(checkpoints: list[str], labels: list[str], batch_sizes: list[int], i
                    "--input-len", str(input_len), "--output-len", str(output_len),
                    "--dtype", serving_dtype(ckpt, dtype), "--tensor-parallel-size", str(tensor_parallel_size)]
             env = {**os.environ, **VLLM_ENV, **({} if disabled is None else {"VLLM_DISABLED_KERNELS": disabled})}
-            done = subprocess.run(cmd + (["--enforce-eager"] if enforce_eager else []), env=env)
+            cmd += (["--enforce-eager"] if enforce_eager else []) + (["--prefill", prefill] if prefill else [])
+            cmd += ["--load-format", load_format]
+            done = subprocess.run(cmd, env=env)
             if done.returncode != 0 or not out.is_file():
                 raise TbqError(f"vLLM ({vllm_python}) failed on {ckpt} (exit {done.returncode}); its log is above")
             rows += [{"label": label, "checkpoint": ckpt, **r} for r in json.loads(out.read_text())]
@@ -61,16 +67,19 @@ def offline(checkpoints: list[str], labels: list[str], batch_sizes: list[int], i
 
 
 def offline_table(rows: list[dict]) -> str:
-    """Markdown: one line per checkpoint, tok/s per batch size, and the ratio to the first checkpoint."""
+    """Markdown: one line per checkpoint, tok/s per batch size (and prefill), and the ratio to the first checkpoint."""
     labels = list(dict.fromkeys(r["label"] for r in rows))
-    sizes = sorted({r["batch"] for r in rows})
-    tps = {(r["label"], r["batch"]): r["output_tok_s"] for r in rows}
+    sizes = sorted({r["batch"] for r in rows if "output_tok_s" in r})
+    tps = {(r["label"], r["batch"]): r["output_tok_s"] for r in rows if "output_tok_s" in r}
+    tps.update({(r["label"], "prefill"): r["prefill_tok_s"] for r in rows if "prefill_tok_s" in r})
+    pre = next((f"prefill {r['batch']}x{r['input_len']} tok/s" for r in rows if "prefill_tok_s" in r), None)
+    columns = sizes + (["prefill"] if pre else [])
     base = labels[0]
-    lines = ["| checkpoint | " + " | ".join(f"batch {b} tok/s" for b in sizes) + " |",
-             "|---|" + "---|" * len(sizes)]
+    lines = ["| checkpoint | " + " | ".join(f"batch {b} tok/s" for b in sizes) + (f" | {pre}" if pre else "") + " |",
+             "|---|" + "---|" * len(columns)]
     for label in labels:
         cells = []
-        for b in sizes:
+        for b in columns:
             v = tps.get((label, b))
             ratio = f" ({v / tps[(base, b)]:.2f}x)" if v and label != base and (base, b) in tps else ""
             cells.append("-" if v is None else f"{v:.0f}{ratio}")
@@ -151,6 +160,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> list[dict]:
     off.add_argument("--disabled-kernels", help="';'-separated VLLM_DISABLED_KERNELS, one entry per checkpoint")
     off.add_argument("--tensor-parallel-size", type=int, default=1)
     off.add_argument("--dtype", default="auto", help="vLLM's activation dtype (auto: each checkpoint's, per family)")
+    off.add_argument("--prefill", help="BxL: also prompt tok/s of B prompts of L tokens (e.g. 8x2048)")
     srv = sub.add_parser("serve", help="streamed completions against a running OpenAI-compatible server")
     srv.add_argument("url")
     srv.add_argument("--model")
@@ -170,7 +180,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> list[dict]:
                 if len(given) != len(a.checkpoints):
                     raise TbqError(f"{len(given)} {name} for {len(a.checkpoints)} checkpoints; give one each")
             rows = offline(a.checkpoints, labels, a.batch_sizes, a.input_len, a.output_len, a.vllm_python,
-                           a.enforce_eager, disabled, a.dtype, a.tensor_parallel_size)
+                           a.enforce_eager, disabled, a.dtype, a.tensor_parallel_size, a.prefill)
             table = offline_table(rows)
         else:
             rows = serve(a.url, a.model, a.concurrency, a.requests, a.input_len, a.output_len, a.vocab_size)

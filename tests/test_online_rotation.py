@@ -201,11 +201,12 @@ def test_plugin_plans_each_transform_per_rank():
 @pytest.mark.parametrize("n,block", [(14336, None), (1536, None), (14336, 512), (11008, 32), (4096, 128)])
 @pytest.mark.parametrize("rows", [1, 38, 12729])
 def test_plugin_transform_on_cuda_matches_float64(n, block, dtype, rows):
-    """The plugin's CUDA path (vLLM's Hadacore for Sylvester parts of 512 and more, one GEMM below, one [m, m]
-    product) against the float64 transform of the same half-precision inputs, at token counts where vLLM 0.25.1's
-    Hadacore fails for small sizes (38 x 128, 12729 x 256); needs vLLM (skips where it is not installed)."""
+    """The plugin's CUDA path (vLLM's Hadacore for Sylvester parts of 512 and more, one GEMM below, the [m, m]
+    product by tbq's Triton mix) against the float64 transform of the same half-precision inputs, at token counts
+    where vLLM 0.25.1's Hadacore fails for small sizes (38 x 128, 12729 x 256); needs vLLM (skips where it is not
+    installed)."""
     pytest.importorskip("vllm")
-    from turboboa_export.vllm_classes import sylvester_gemm_matrix, sylvester_op
+    from turboboa_export.vllm_classes import full_transform, sylvester_gemm_matrix, sylvester_op
 
     x = torch.randn(rows, n, generator=torch.Generator().manual_seed(n + rows)).to(dtype)
     want = apply_online_rotation(x.double(), block)
@@ -213,7 +214,7 @@ def test_plugin_transform_on_cuda_matches_float64(n, block, dtype, rows):
     m = 1 if block is not None else factor(n)[0]
     op = sylvester_op(sylvester_gemm_matrix(block or n // m, xc.device, dtype))
     if block is None:
-        got = kron_transform(xc, base_matrix(m).T.to(xc).contiguous(), op)
+        got = full_transform(xc, base_matrix(m).T.to(xc).contiguous(), op)
     else:
         got = apply_online_rotation(xc, block, op)
     err = float((got.double().cpu() - want).abs().max() / want.abs().max())

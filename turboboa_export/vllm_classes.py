@@ -12,8 +12,9 @@ from compressed_tensors.transform import TransformLocation
 from vllm.distributed.parallel_state import get_tensor_model_parallel_world_size
 from vllm.model_executor.layers.quantization.compressed_tensors.transform.module import HadamardTransform
 
-from .rotation.hadamard import (apply_online_rotation, base_matrix, factor, kron_transform, sylvester,
-                                sylvester_transform)
+from tbq_kernels.hadamard_mix import hadamard_mix_op
+
+from .rotation.hadamard import apply_online_rotation, base_matrix, factor, sylvester, sylvester_transform
 from .vllm_int_scheme import TbqIntActScheme
 from .vllm_plugin import ACT_CLIP_KEY, DERIVED, HADACORE_MIN, PLUGIN_QUANT_METHOD, derived_plan
 
@@ -63,6 +64,15 @@ def sylvester_op(syl: torch.Tensor | None):
     return hadacore_or_butterflies if syl is None else (lambda y: torch.matmul(y, syl))
 
 
+def full_transform(x: torch.Tensor, base_t: torch.Tensor, sylvester_op) -> torch.Tensor:
+    """x @ (H_m kron S_p) / sqrt(m p) over the last dim, ``base_t`` = H_m^T / sqrt(m) [m, m] in x's dtype: the H_m
+    part first, in one pass into a fresh buffer (``tbq::hadamard_mix``), then the Sylvester part on that buffer
+    (Hadacore works in place). The two parts commute: H_m^T X S_p."""
+    m = base_t.shape[0]
+    y = hadamard_mix_op(x.reshape(-1, m, x.shape[-1] // m), base_t)
+    return sylvester_op(y).reshape(x.shape)
+
+
 class TbqHadamardTransform(HadamardTransform):
     """vLLM's transform module; derived input Hadamards hold no weights (see the module docstring)."""
 
@@ -97,4 +107,4 @@ class TbqHadamardTransform(HadamardTransform):
         op = sylvester_op(self.syl)
         if self.block is not None:
             return apply_online_rotation(value, self.block, op)
-        return kron_transform(value, self.base, op)
+        return full_transform(value, self.base, op)
