@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # The GPU numbers of the serving work (docs/gpu.md says how to set the machine up), as one detached job. Stages:
 #   cuda_tests: the plugin's CUDA paths against float64 (online Hadamard: Hadacore or GEMM + tbq's Triton mix; the
-#       W4A4/W4A8 Triton GEMM, bit-exact integer sums);
-#   kernels: per-layer microseconds of the W4A4 linear against cuBLAS fp16 and CUTLASS W8A8 (Llama-3-8B shapes);
+#       W4A4/W4A8 channel-wise CUTLASS path);
 #   protocol: SmolLM2-135M TurboBoA under algorithm.md section 8, the runs in $PROTO_RUNS (default: rotated W4 g64
 #       full vs block:$BLOCK, W4A4 and W4A8 per channel); then vllm_ppl: the runs in $PPL_RUNS exported, perplexity
 #       from vLLM's prompt log-probs over all held-out windows beside tbq_eval.ppl's (quant_method tbq exports
@@ -30,9 +29,6 @@ stage() { echo "$(date +%T) $*" >> "$RES/stages.txt"; }
 cuda_tests() {
   python3 -m pytest -q -p no:cacheprovider tests/test_online_rotation.py tests/test_int_act.py \
     tests/test_hadamard_mix.py -k "cuda or plans" > "$RES/cuda_tests.txt" 2>&1
-}
-kernels() {
-  python3 -m tbq_kernels.benchmarks.int_gemm_shapes --json "$RES/int_gemm_shapes.json" > "$RES/int_gemm_shapes.txt" 2>&1
 }
 protocol() {
   export CUDA_VISIBLE_DEVICES=${SMOL_GPU:-0}

@@ -9,10 +9,15 @@ with q_x = clamp(round(x / s_x), -2^(b-1), 2^(b-1) - 1), s_x = clip * max_k |x[m
 fake quantization, ``turboboa_export.rotation.online.quantize_activations``) and q_w = u - 8 the exported codes.
 
 - :func:`quantize_act`: the activation codes and scales in plain torch (float32), which torch.compile fuses into one
-  kernel inside vLLM;
-- :func:`int_gemm`: checks, launch configuration and the Triton kernel (``triton_int_gemm``) on CUDA; on CPU the same
-  sums in float64 matmuls (exact: every partial sum is an integer below 2^53), so vLLM's CPU build can serve W4A4 too;
-- ``torch.ops.tbq.int_gemm``: the op vLLM's compiled graph calls; references in :mod:`tbq_kernels.reference`.
+  kernel inside vLLM; :func:`fake_quant_act`: s_x q_x in the activation dtype;
+- :func:`int8_weight` + :func:`int_linear_cutlass` (CUDA, channel-wise weights): the codes unpacked once to int8
+  and vLLM's CUTLASS int8 scaled-mm with per-token x per-channel scales: exact integer sums on the int8 tensor cores;
+- grouped weights on CUDA: vLLM's own W4A16 kernel on :func:`fake_quant_act`'s activations (exact up to the fp16
+  rounding of s_x q_x; wired in ``turboboa_export.vllm_int_scheme``);
+- :func:`int_gemm` (``torch.ops.tbq.int_gemm``): the same sums in float64 matmuls on any device (exact: every
+  partial sum is an integer below 2^53), so vLLM's CPU build serves W4A4 too.
+A fused kernel reading the packed int4 weights (Triton, int8 tl.dot) measured 2-5x slower than CUTLASS and cuBLAS
+(results/int-act-h200/triton_int_gemm_shapes.txt) and was removed. References in :mod:`tbq_kernels.reference`.
 """
 
 from __future__ import annotations
@@ -20,7 +25,6 @@ from __future__ import annotations
 import torch
 
 from .layout import DequantWeight
-from .ops import _split_k
 
 ACT_BITS = (4, 8)
 
@@ -58,33 +62,37 @@ def check_int_gemm_inputs(q: torch.Tensor, s_x: torch.Tensor, w: DequantWeight) 
         raise ValueError("activation codes, scales and the weight must be on one device")
 
 
-def block_k(w: DequantWeight) -> int:
-    """The K-tile: the largest of 128, 64, 32 dividing the group (channel-wise: K)."""
-    return next(b for b in (128, 64, 32) if w.group_size % b == 0)
-
-
 def int_gemm(q: torch.Tensor, s_x: torch.Tensor, w: DequantWeight, out_dtype: torch.dtype) -> torch.Tensor:
     """y = s_x * sum_g s_w[:, g] * (q_g @ q_w,g^T) -> [M, N] in ``out_dtype``; q int8 [M, K], s_x float32 [M, 1],
-    ``w`` symmetric int4 (scales [N, groups]). Triton on CUDA, float64 matmuls elsewhere; one-line ValueErrors."""
+    ``w`` symmetric int4 (scales [N, groups]); float64 integer sums on any device; one-line ValueErrors."""
     check_int_gemm_inputs(q, s_x, w)
-    if not q.is_cuda:
-        return int_gemm_torch(q, s_x, w).to(out_dtype)
-    from . import triton_int_gemm
+    return int_gemm_torch(q, s_x, w).to(out_dtype)
 
-    m, n, k = q.shape[0], w.out_features, w.in_features
-    bk = block_k(w)
-    bm, bn, warps, stages = (16, 64, 4, 4) if m <= 16 else (64, 64, 4, 4) if m <= 64 else (128, 128, 8, 3)
-    tiles = -(-m // bm) * -(-n // bn)
-    split = _split_k(tiles, k, bk)
-    atomic = split > 1
-    y = (torch.zeros(m, n, device=q.device, dtype=torch.float32) if atomic
-         else torch.empty(m, n, device=q.device, dtype=out_dtype))
-    triton_int_gemm.int_gemm_kernel[(tiles, split)](
-        q, s_x, w.packed, w.scale, y, m, n, w.group_size, k // split,
-        q.stride(0), w.packed.stride(0), w.scale.stride(0), y.stride(0),
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, PER_CHANNEL=w.group_size == k, ATOMIC=atomic,
-        num_warps=warps, num_stages=stages)
-    return y.to(out_dtype)
+
+def fake_quant_act(x: torch.Tensor, bits: int, clip: float) -> torch.Tensor:
+    """s_x q_x in x's dtype (x [M, K]): the activations a W4A16 kernel multiplies to compute the W4A4/W4A8 product."""
+    q, s = quantize_act(x, bits, clip)
+    return (q.float() * s).to(x.dtype)
+
+
+def int8_weight(w: DequantWeight) -> tuple[torch.Tensor, torch.Tensor]:
+    """Channel-wise symmetric int4 ``w`` as CUTLASS operands: (codes int8 [K, N] column-major, scales float32 [N, 1])."""
+    from turboboa_export.export.pack import unpack_rows
+
+    if w.group_size != w.in_features or w.bits != 4 or w.zero is not None:
+        raise ValueError("int8_weight takes channel-wise symmetric int4 weights")
+    codes = (unpack_rows(w.packed, 4, w.in_features) - 8).to(torch.int8)  # [N, K]
+    return codes.t(), w.scale.float().reshape(-1, 1).contiguous()  # [K, N] with stride (1, K): column-major
+
+
+def int_linear_cutlass(x: torch.Tensor, w8: torch.Tensor, s_w: torch.Tensor, bits: int, clip: float,
+                       bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x [M, K] (float16/bfloat16, CUDA) through per-token ``bits``-bit codes and vLLM's CUTLASS int8 scaled-mm with
+    :func:`int8_weight`'s operands -> [M, N] in x's dtype: s_x[m] s_w[n] sum_k q_x[m, k] q_w[n, k] (+ bias)."""
+    import vllm._custom_ops as ops
+
+    q, s_x = quantize_act(x, bits, clip)
+    return ops.cutlass_scaled_mm(q, w8, s_x, s_w, x.dtype, bias)
 
 
 def int_gemm_torch(q: torch.Tensor, s_x: torch.Tensor, w: DequantWeight) -> torch.Tensor:
@@ -101,7 +109,7 @@ def int_gemm_torch(q: torch.Tensor, s_x: torch.Tensor, w: DequantWeight) -> torc
                          schema="(Tensor q, Tensor s_x, Tensor packed, Tensor scale, int group_size, "
                                 "ScalarType out_dtype) -> Tensor")
 def int_gemm_op(q, s_x, packed, scale, group_size, out_dtype):
-    """:func:`int_gemm` as an opaque torch op, so torch.compile (vLLM) traces around the Triton launch."""
+    """:func:`int_gemm` as an opaque torch op, so torch.compile (vLLM) traces around it."""
     return int_gemm(q, s_x, DequantWeight(packed, scale, None, 4, group_size, q.shape[-1]), out_dtype)
 
 

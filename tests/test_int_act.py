@@ -1,6 +1,6 @@
 """W4A4 / W4A8 ops (tbq_kernels.int_act): the float64 references against the run's fake quantization (what
 calibration and ``tbq eval ppl`` compute), the ops against the references on fresh random inputs, boundary errors,
-and (CUDA) the Triton kernel against the reference."""
+and (CUDA) the CUTLASS path against the reference."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import os
 import pytest
 import torch
 
-from tbq_kernels.int_act import check_int_gemm_inputs, int_gemm, int_gemm_op, quantize_act
+from tbq_kernels.int_act import check_int_gemm_inputs, int_gemm_op, quantize_act
 from tbq_kernels.layout import DequantWeight, random_weight
 from tbq_kernels.reference import dequantize_ref, int_gemm_ref, quantize_act_ref
 from turboboa_export.rotation.online import quantize_activations
@@ -118,24 +118,42 @@ def test_custom_op_has_a_shape_only_fake_for_tracing():
         assert y.shape == (5, 96) and y.dtype == torch.bfloat16
 
 
+def test_fake_quant_act_and_int8_weight():
+    """s_x q_x in x's dtype equals the run's fake quantization of a float16 input (both quantize in float32); the
+    CUTLASS weight operand holds the exported codes minus 8, K-major (column-major [K, N]), scales float32 [N, 1]."""
+    from tbq_kernels.int_act import fake_quant_act, int8_weight
+    from turboboa_export.export.pack import unpack_rows
+
+    gen = torch.Generator().manual_seed(seed())
+    x = outlier_rows(6, 128, gen).half()
+    assert torch.equal(fake_quant_act(x, 4, 0.9), quantize_activations(x, 4, 0.9))
+    w = random_weight(40, 128, 4, 128, False, torch.float16, gen)
+    w8, s_w = int8_weight(w)
+    assert w8.shape == (128, 40) and w8.stride() == (1, 128) and w8.dtype == torch.int8
+    assert torch.equal(w8.t().long(), unpack_rows(w.packed, 4, 128) - 8)
+    assert s_w.dtype == torch.float32 and torch.equal(s_w, w.scale.float())
+    with pytest.raises(ValueError, match="channel-wise"):
+        int8_weight(random_weight(40, 128, 4, 64, False, torch.float16, gen))
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_triton_kernel_matches_reference_on_cuda(dtype):
-    """Integer sums bit for bit (unit scales, float32 out), and outputs within fp16/bf16 rounding of the float64
-    reference, per channel and grouped, act bits 4 and 8, M from 1 to 300 (GEMV-like and tiled, split-K or not)."""
+def test_cutlass_path_matches_reference_on_cuda(dtype):
+    """The plugin's channel-wise CUDA path (per-token codes, CUTLASS int8 scaled-mm) within fp16/bf16 rounding of the
+    float64 reference on the same codes, act bits 4 and 8, M from 1 to 300; needs vLLM (skips where it is not)."""
+    pytest.importorskip("vllm")
+    from tbq_kernels.int_act import int8_weight, int_linear_cutlass
+
     gen = torch.Generator().manual_seed(seed())
-    for n, k, group in ((96, 576, -1), (320, 1024, 128), (128, 512, 64), (4096, 4096, 128), (256, 14336, -1)):
-        group = k if group == -1 else group
-        w = random_weight(n, k, 4, group, False, dtype, gen).to("cuda")
+    for n, k in ((192, 576), (4096, 4096), (4096, 14336)):
+        w = random_weight(n, k, 4, k, False, dtype, gen).to("cuda")
+        w8, s_w = int8_weight(w)
         for m in (1, 7, 16, 33, 300):
             for bits in (4, 8):
-                q, s = quantize_act_ref(outlier_rows(m, k, gen), bits, 0.9)
-                q8, s32 = q.to(torch.int8).cuda(), s.float().cuda()
-                ones = DequantWeight(w.packed, torch.ones_like(w.scale), None, 4, group, k)
-                exact = int_gemm(q8, torch.ones_like(s32), ones, torch.float32).cpu()
-                assert torch.equal(exact.double(), int_gemm_ref(q8, torch.ones_like(s32), ones)), (n, k, m, bits)
-                got = int_gemm(q8, s32, w, dtype).cpu().double()
-                want = int_gemm_ref(q8, s32, w)
+                x = outlier_rows(m, k, gen).to("cuda", dtype)
+                got = int_linear_cutlass(x, w8, s_w, bits, 0.9).cpu().double()
+                q, s = quantize_act(x, bits, 0.9)
+                want = int_gemm_ref(q, s, w)
                 assert torch.isfinite(got).all()
                 err = ((got - want).abs() / want.abs().amax(1, keepdim=True)).max().item()
-                assert err < 1e-2, (n, k, group, m, bits, err)
+                assert err < 1e-2, (n, k, m, bits, err)

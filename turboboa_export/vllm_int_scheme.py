@@ -1,7 +1,12 @@
 """The vLLM compressed-tensors scheme of tbq's W4A4 and W4A8 exports (imported by :mod:`turboboa_export.vllm_classes`
-in a Python with vLLM): symmetric int4 weights, channel-wise or grouped, kept packed as exported; dynamic per-token
-symmetric int4 or int8 activations with the run's clip ratio; the product on the int8 tensor cores
-(:mod:`tbq_kernels.int_act`). The online Hadamard of a rotated run is applied before, by the transform module.
+in a Python with vLLM): symmetric int4 weights, channel-wise or grouped; dynamic per-token symmetric int4 or int8
+activations with the run's clip ratio (:mod:`tbq_kernels.int_act`). The online Hadamard of a rotated run is applied
+before, by the transform module. Paths:
+
+- CUDA, channel-wise: codes unpacked to int8 at load (1 byte per weight), CUTLASS int8 scaled-mm (exact sums);
+- CUDA, grouped: the weights stay packed and vLLM's W4A16 kernel (Machete/Marlin, as vLLM picks) multiplies the
+  fake-quantized activations s_x q_x (exact up to their fp16/bf16 rounding);
+- elsewhere (vLLM's CPU build): ``tbq::int_gemm``, float64 integer sums.
 """
 
 from __future__ import annotations
@@ -10,11 +15,15 @@ import math
 
 import torch
 from compressed_tensors.quantization import QuantizationArgs
-from vllm.model_executor.layers.quantization.compressed_tensors.schemes import CompressedTensorsScheme
+from vllm.model_executor.layers.quantization.compressed_tensors.schemes import (CompressedTensorsScheme,
+                                                                                CompressedTensorsWNA16)
 from vllm.model_executor.parameter import (BasevLLMParameter, ChannelQuantScaleParameter, GroupQuantScaleParameter,
                                            PackedvLLMParameter)
+from vllm.platforms import current_platform
 
-from tbq_kernels.int_act import ACT_BITS, int_gemm_op, quantize_act
+from tbq_kernels.int_act import (ACT_BITS, fake_quant_act, int8_weight, int_gemm_op, int_linear_cutlass,
+                                 quantize_act)
+from tbq_kernels.layout import DequantWeight
 
 
 def int_act_refusal(weights: QuantizationArgs, acts: QuantizationArgs) -> str | None:
@@ -40,6 +49,9 @@ class TbqIntActScheme(CompressedTensorsScheme):
             raise ValueError(f"{layer_name}: {reason}")
         self.act_bits, self.clip, self.layer_name = acts.num_bits, clip, layer_name
         self.group_size = weights.group_size if weights.strategy == "group" else None
+        self.path = "portable" if not current_platform.is_cuda() else "wna16" if self.group_size else "cutlass"
+        self.wna16 = (CompressedTensorsWNA16(strategy="group", num_bits=4, group_size=self.group_size, symmetric=True,
+                                             layer_name=layer_name) if self.path == "wna16" else None)
 
     @classmethod
     def get_min_capability(cls) -> int:
@@ -50,6 +62,12 @@ class TbqIntActScheme(CompressedTensorsScheme):
         if input_size_per_partition != input_size:
             raise ValueError(f"{self.layer_name}: per-token activation scales need the whole input row, which "
                              "tensor parallelism splits; serve W4A4/W4A8 exports at --tensor-parallel-size 1")
+        if self.wna16 is not None:
+            self.wna16.create_weights(layer=layer, output_size=kwargs.get("output_size", sum(output_partition_sizes)),
+                                      input_size=input_size, output_partition_sizes=output_partition_sizes,
+                                      input_size_per_partition=input_size_per_partition, params_dtype=params_dtype,
+                                      weight_loader=weight_loader)
+            return
         n, k = sum(output_partition_sizes), input_size
         group = self.group_size or k
         if k % group:
@@ -69,12 +87,27 @@ class TbqIntActScheme(CompressedTensorsScheme):
         layer.tbq_group_size = group
 
     def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
+        if self.wna16 is not None:
+            self.wna16.process_weights_after_loading(layer)
+            return
+        if self.path == "cutlass":
+            k = layer.weight_packed.shape[1] * 8
+            w8, s_w = int8_weight(DequantWeight(layer.weight_packed.data, layer.weight_scale.data, None, 4, k, k))
+            del layer.weight_packed, layer.weight_scale  # the int4 codes live on as int8 only
+            layer.register_parameter("weight_int8", torch.nn.Parameter(w8, requires_grad=False))
+            layer.register_parameter("weight_scale_f32", torch.nn.Parameter(s_w, requires_grad=False))
+            return
         for name in ("weight_packed", "weight_scale"):  # plain tensors from here on (what the op takes)
             setattr(layer, name, torch.nn.Parameter(getattr(layer, name).data.contiguous(), requires_grad=False))
 
     def apply_weights(self, layer: torch.nn.Module, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         x2 = x.reshape(-1, x.shape[-1])
-        q, s_x = quantize_act(x2, self.act_bits, self.clip)
-        y = int_gemm_op(q, s_x, layer.weight_packed, layer.weight_scale, layer.tbq_group_size, x.dtype)
-        y = y.reshape(*x.shape[:-1], y.shape[-1])
-        return y if bias is None else y + bias
+        if self.path == "cutlass":
+            y = int_linear_cutlass(x2, layer.weight_int8, layer.weight_scale_f32, self.act_bits, self.clip, bias)
+        elif self.wna16 is not None:
+            y = self.wna16.apply_weights(layer, fake_quant_act(x2, self.act_bits, self.clip), bias)
+        else:
+            q, s_x = quantize_act(x2, self.act_bits, self.clip)
+            y = int_gemm_op(q, s_x, layer.weight_packed, layer.weight_scale, layer.tbq_group_size, x.dtype)
+            y = y if bias is None else y + bias
+        return y.reshape(*x.shape[:-1], y.shape[-1])

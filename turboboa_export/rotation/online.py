@@ -19,11 +19,13 @@ from .hadamard import apply_hadamard, apply_online_rotation
 
 
 def quantize_activations(x: torch.Tensor, bits: int, clip: float) -> torch.Tensor:
-    """Per token (last dim): s = clip max|x| / (2^(b-1) - 1), x_hat = s clamp(round(x / s), -2^(b-1), 2^(b-1) - 1)."""
+    """Per token (last dim): s = clip max|x| / (2^(b-1) - 1), x_hat = s clamp(round(x / s), -2^(b-1), 2^(b-1) - 1);
+    fp16/bf16 inputs are quantized in float32, as the served kernels do (tbq_kernels.int_act), x's dtype kept."""
     qmax = 2 ** (bits - 1) - 1
-    s = clip * x.abs().amax(-1, keepdim=True) / qmax
+    xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+    s = clip * xf.abs().amax(-1, keepdim=True) / qmax
     s = torch.where(s > 0, s, torch.ones_like(s))
-    return torch.clamp(torch.round(x / s), -qmax - 1, qmax) * s
+    return (torch.clamp(torch.round(xf / s), -qmax - 1, qmax) * s).to(x.dtype)
 
 
 @dataclass
