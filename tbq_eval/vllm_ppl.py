@@ -1,6 +1,5 @@
 """Perplexity of an exported checkpoint as vLLM computes it (prompt log-probs) beside tbq's own PyTorch
-evaluation of the run, on the same held-out windows and in the same activation dtype (the export check of issue 4;
-W4A4 codes are sensitive to the rounding of the activations they quantize).
+evaluation of the run, on the same held-out windows (the export check of issue 4).
 
     python -m tbq_eval.vllm_ppl EXPORT RUN [--vllm-python PY] [--seqlen 1024] [--windows 4] [--dataset exl2-wiki]
                                   [--dtype auto]
@@ -12,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-
-import torch
 
 from turboboa_export.errors import TbqError
 from turboboa_export.pipeline.sequential import pick_device
@@ -35,11 +32,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     ap.add_argument("--json", type=Path)
     a = ap.parse_args(argv)
     try:
-        dtype = serving_dtype(a.export, a.dtype)
-        model, tok = load_for_eval(a.run, getattr(torch, dtype))
+        model, tok = load_for_eval(a.run)
         ws = eval_windows(tok, a.dataset, a.seqlen, a.windows or None)
         result = {"export": a.export, "run": a.run, "windows": int(ws.shape[0]), "tokens": int(ws.numel()),
-                  "dtype": dtype,
+                  "dtype": serving_dtype(a.export, a.dtype),
                   "vllm_ppl": vllm_perplexity(a.export, ws, a.vllm_python, a.dtype),
                   "tbq_ppl": perplexity(model, ws, pick_device(a.device), progress=False)}
     except TbqError as e:
