@@ -46,7 +46,7 @@ def quantize(
     method: Optional[str] = typer.Option(None, help="rtn | gptq | boa | turboboa (default turboboa)."),
     bits: Optional[int] = typer.Option(None, help="Weight bits: 2, 3, 4 or 8 (default 4)."),
     group_size: Optional[int] = typer.Option(None, help="Columns per group, -1 for per channel (default -1)."),
-    sym: Optional[bool] = typer.Option(None, "--sym/--asym", help="Symmetric grid (default asymmetric)."),
+    sym: Optional[bool] = typer.Option(None, "--sym/--asym", help="Symmetric grid (default asymmetric; symmetric with --act-bits)."),
     grid: Optional[str] = typer.Option(None, help="Grid search: minmax | mse | hessian (default minmax for rtn, hessian otherwise)."),
     damp: Optional[float] = typer.Option(None, help="Hessian damping, fraction of mean diag (default 0.01)."),
     act_order: Optional[bool] = typer.Option(None, "--act-order/--no-act-order", help="Column act-order."),
@@ -64,7 +64,7 @@ def quantize(
         None, help="With --rotate hadamard, down_proj's online Hadamard: full (H_n; needs tbq's vLLM plugin unless n is "
                    "a power of two >= 512) | block:B (Sylvester blocks of size B; stock vLLM for B >= 512 at TP=1, "
                    "tbq's plugin otherwise and at TP > 1 when B divides each rank's share)."),
-    act_bits: Optional[int] = typer.Option(None, help="Fake-quantize linear inputs per token to 4 or 8 bits (W4A4)."),
+    act_bits: Optional[int] = typer.Option(None, help="Quantize linear inputs per token to 4 or 8 bits (W4A4/W4A8, served by tbq's vLLM plugin)."),
     act_clip: Optional[float] = typer.Option(None, help="Activation clip ratio in (0, 1] (default 0.9)."),
     kv_bits: Optional[int] = typer.Option(None, help="Fake-quantize keys and values per token and head to 4 or 8 bits."),
     rotation_seed: Optional[int] = typer.Option(None, help="Seed of the random Hadamard (default 0)."),
