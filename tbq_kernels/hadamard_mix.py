@@ -30,10 +30,11 @@ def check_mix_inputs(y: torch.Tensor, base_t: torch.Tensor) -> None:
 
 def hadamard_mix(y: torch.Tensor, base_t: torch.Tensor) -> torch.Tensor:
     """B Y per token: y [T, m, p] (float16/bfloat16 on CUDA: Triton; else torch.matmul), base_t [m, m] in y's dtype
-    -> [T, m, p] contiguous, y's dtype."""
+    -> [T, m, p] contiguous, y's dtype; float32 accumulation and one rounding to y's dtype on every path."""
     check_mix_inputs(y, base_t)
-    if not y.is_cuda or y.dtype not in (torch.float16, torch.bfloat16):
-        return torch.matmul(base_t, y)
+    if not y.is_cuda or y.dtype not in (torch.float16, torch.bfloat16):  # float32 accumulation, as the kernel
+        acc = torch.promote_types(y.dtype, torch.float32)
+        return torch.matmul(base_t.to(acc), y.to(acc)).to(y.dtype)
     import triton
 
     from .triton_hadamard_mix import mix_kernel

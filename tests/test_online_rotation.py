@@ -100,6 +100,7 @@ def test_online_rotation_settings():
 
 @pytest.mark.parametrize("kind,over,block", [("llama", {"intermediate_size": 96}, None),
                                              ("llama", {"intermediate_size": 96}, 32),
+                                             ("llama", {"intermediate_size": 148}, 4),  # 37 * 4: no full H_148
                                              ("llama", {}, 16),
                                              ("qwen3", {"intermediate_size": 160}, 32)])
 def test_rotation_preserves_logits_under_each_form(kind, over, block):
@@ -126,6 +127,11 @@ def test_block_size_must_divide_the_intermediate_size():
     model = tiny_model("llama", intermediate_size=96)
     with pytest.raises(TbqError, match="block:64 needs a block size dividing the intermediate size 96.*block:32"):
         rotate_model(model, spec_for(model.config), seed=0, online_block=64)
+    # an intermediate size with no shipped Hadamard order (148 = 37 * 4, like Qwen2.5-7B's 18944 = 37 * 512) is
+    # refused for the full transform only, naming block:B
+    model = tiny_model("llama", intermediate_size=148)
+    with pytest.raises(TbqError, match="intermediate size 148.*block:B"):
+        rotate_model(model, spec_for(model.config), seed=0, online_block=None)
 
 
 def tensor_bytes(folder) -> dict[str, int]:

@@ -213,13 +213,9 @@ def dense_with_transform(run: Path, export: Path, out: Path) -> Path:
     return out
 
 
-def test_vllm_cpu_serves_rotated_export(tmp_path):
-    """A Hadamard-rotated W4 run exported with its online down_proj Hadamard in ``transform_config`` (order
-    768 = 12 * 64: the plugin's tbq-hadamard, its H_12 product and its Sylvester-64 GEMM; one vLLM start keeps CI
-    short, the block form's plugin path is one call of the same code), served with tbq's plugin found as an entry
-    point: vLLM's log-probs match our reference, which they would not without the transform (the reference with the
-    online Hadamard removed differs). Without AVX-512 (no int4 GEMM in vLLM's CPU build) the run's dequantized
-    weights are served with the same transform_config instead."""
+def write_model_768(folder: Path) -> None:
+    """A 2-layer LLaMA with intermediate size 768 = 12 * 64 (a full online Hadamard with a Paley base) at
+    folder/fp, and calibration text at folder/calib.txt."""
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     from .tiny import sample_text
@@ -229,9 +225,19 @@ def test_vllm_cpu_serves_rotated_export(tmp_path):
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=256, intermediate_size=768, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, head_dim=64, max_position_embeddings=256,
                       initializer_range=0.1, tie_word_embeddings=False)
-    AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).save_pretrained(tmp_path / "fp")
-    tok.save_pretrained(tmp_path / "fp")
-    (tmp_path / "calib.txt").write_text(sample_text())
+    AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).save_pretrained(folder / "fp")
+    tok.save_pretrained(folder / "fp")
+    (folder / "calib.txt").write_text(sample_text())
+
+
+def test_vllm_cpu_serves_rotated_export(tmp_path):
+    """A Hadamard-rotated W4 run exported with its online down_proj Hadamard in ``transform_config`` (order
+    768 = 12 * 64: the plugin's tbq-hadamard, its H_12 product and its Sylvester-64 GEMM; one vLLM start keeps CI
+    short, the block form's plugin path is one call of the same code), served with tbq's plugin found as an entry
+    point: vLLM's log-probs match our reference, which they would not without the transform (the reference with the
+    online Hadamard removed differs). Without AVX-512 (no int4 GEMM in vLLM's CPU build) the run's dequantized
+    weights are served with the same transform_config instead."""
+    write_model_768(tmp_path)
     run = quantize_model(build_config(str(tmp_path / "fp"), quant={"method": "gptq", "bits": 4, "sym": True,
                                                                    "group_size": 128},
                                       transform={"rotate": "hadamard", "online_rotation": "full"},
@@ -243,9 +249,12 @@ def test_vllm_cpu_serves_rotated_export(tmp_path):
         ckpt = dense_with_transform(run, ckpt, tmp_path / "dense")
     prompts = [[5, 17, 33, 8, 90, 41, 12, 7, 66, 3], [100, 2, 14, 59, 23, 77, 31, 9]]
     (tmp_path / "p.json").write_text(json.dumps(prompts))
+    # the dense weights are served in float32 (a tight check); the int4 export in bfloat16, where the rounding of the
+    # transform's two stages alone moves log-probs of this sharp-logit model by about 0.05
+    dtype, tol = ("bfloat16", 0.08) if INT4_CPU else ("float32", 0.02)
     subprocess.run([VLLM_PYTHON, str(SCRIPT), str(ckpt), str(tmp_path / "p.json"), str(tmp_path / "o.json"),
-                    "--max-tokens", "1"], check=True, env={**ENV, "PYTHONPATH": plugin_site(tmp_path / "site")},
-                   timeout=600)
+                    "--max-tokens", "1", "--dtype", dtype], check=True,
+                   env={**ENV, "PYTHONPATH": plugin_site(tmp_path / "site")}, timeout=600)
     got = json.loads((tmp_path / "o.json").read_text())
     ref = reference_model(run)
     worst = max(max(abs(a - b) for a, b in zip(o["prompt_logprobs"], prompt_logprobs(ref, p)[0]))
@@ -254,8 +263,9 @@ def test_vllm_cpu_serves_rotated_export(tmp_path):
         block.mlp.down_proj._forward_pre_hooks.clear()
     worst_plain = max(max(abs(a - b) for a, b in zip(o["prompt_logprobs"], prompt_logprobs(ref, p)[0]))
                       for p, o in zip(prompts, got))
-    assert worst < 0.05, worst
-    assert worst_plain > 0.05, worst_plain
+    print(f"worst |log-prob difference| {worst:.4f} (without the online Hadamard {worst_plain:.4f}), {dtype}")
+    assert worst < tol, worst
+    assert worst_plain > 4 * tol, worst_plain
 
 
 def test_vllm_cpu_serves_w4a4_export(tmp_path):
@@ -263,18 +273,7 @@ def test_vllm_cpu_serves_w4a4_export(tmp_path):
     order 768) served by vLLM through tbq's plugin (quant_method tbq, its integer-activation scheme; off CUDA the op's
     float64 integer sums, so this runs on any CPU): prompt log-probs match our fake-quantized reference, and would
     not if the activations were left unquantized (the reference without its activation quantization differs)."""
-    from transformers import AutoModelForCausalLM, LlamaConfig
-
-    from .tiny import sample_text
-
-    torch.manual_seed(0)
-    tok = make_tokenizer()
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=256, intermediate_size=768, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, head_dim=64, max_position_embeddings=256,
-                      initializer_range=0.1, tie_word_embeddings=False)
-    AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).save_pretrained(tmp_path / "fp")
-    tok.save_pretrained(tmp_path / "fp")
-    (tmp_path / "calib.txt").write_text(sample_text())
+    write_model_768(tmp_path)
     run = quantize_model(build_config(str(tmp_path / "fp"), quant={"method": "rtn", "bits": 4, "group_size": 128},
                                       transform={"rotate": "hadamard", "act_bits": 4},
                                       calib={"dataset": str(tmp_path / "calib.txt"), "nsamples": 2, "seqlen": 32}),

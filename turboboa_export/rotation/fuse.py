@@ -23,17 +23,19 @@ ROTATABLE = ("llama", "mistral", "qwen2", "qwen3")  # RMSNorm x * w before each 
 
 
 def check_rotatable(config, spec: ArchSpec, online_block: int | None = None) -> None:
-    """A clear error for families or sizes the rotation does not cover (``online_block``: B of block:B)."""
+    """A clear error for families or sizes the rotation does not cover (``online_block``: B of block:B, which
+    needs no Hadamard of the intermediate size's order, only B dividing it)."""
     if spec.family not in ROTATABLE:
         raise TbqError(f"--rotate hadamard supports {', '.join(ROTATABLE)}, not {spec.family} (its norms sit in the "
                        "residual stream or scale by 1 + w); quantize without --rotate")
-    for what, n in (("hidden size", config.hidden_size), ("intermediate size", config.intermediate_size),
-                    ("head dim", attention_shape(config).head_dim)):
+    for what, n in (("hidden size", config.hidden_size), ("head dim", attention_shape(config).head_dim),
+                    *((("intermediate size", config.intermediate_size),) if online_block is None else ())):
         try:
             factor(n)
         except TbqError as e:
-            raise TbqError(f"cannot rotate: {what} {n}: {e}") from None
-    check_online_rotation(config.intermediate_size, online_block)
+            raise TbqError(f"cannot rotate: {what} {n}: {e}; for the intermediate size, --online-rotation block:B "
+                           "needs no full Hadamard") from None
+    check_online_rotation(config.intermediate_size, online_block)  # block:B only needs B to divide it
 
 
 def _set(module: nn.Linear, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
