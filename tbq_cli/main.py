@@ -96,16 +96,16 @@ def quantize(
 @one_line_errors
 def inspect(run: Path = typer.Argument(..., help="A run directory written by `tbq quantize`.")):
     """Print a summary of a run."""
-    from turboboa_export.pipeline.rundir import load_run
+    from turboboa_export.pipeline.rundir import run_info, run_linear_names
 
-    info, weights = load_run(run)
+    info = run_info(run)
     q = info["config"]["quant"]
     metrics = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines() if l.strip()]
     group = "per-channel" if q["group_size"] == -1 else f"g{q['group_size']}"
     typer.echo(f"model      {info['model']['source']} ({info['model']['model_type']}, {info['model']['num_blocks']} blocks)")
     typer.echo(f"method     {q['method']} W{q['bits']} {group} {'sym' if q['sym'] else 'asym'}, grid {q['grid']}")
     typer.echo(f"calib      {json.dumps(info['config']['calib'])}")
-    typer.echo(f"linears    {len(weights)} quantized")
+    typer.echo(f"linears    {len(run_linear_names(run))} quantized")
     typer.echo(f"time       {info['timings']['quantize_seconds']:.1f} s quantizing")
     if metrics:
         last = max(m["block"] for m in metrics)

@@ -67,7 +67,8 @@ class SafetensorsFiles:
 
     def read(self, names: Iterable[str]) -> Iterator[tuple[str, torch.Tensor]]:
         """(name, tensor) for each of ``names`` (in the order given, grouped by file), each a CPU tensor of its
-        stored dtype that owns its memory. A name no file holds is a KeyError."""
+        stored dtype that owns its memory; a file stays open (mapped) only while its tensors are being read. A
+        name no file holds is a KeyError."""
         from safetensors import safe_open
 
         by_file: dict[Path, list[str]] = {}
@@ -75,8 +76,8 @@ class SafetensorsFiles:
             by_file.setdefault(self.where[name], []).append(name)
         for path, keys in by_file.items():
             with reading(path, "safetensors file", self.fix), safe_open(path, framework="pt") as f:
-                tensors = [(key, f.get_tensor(key)) for key in keys]
-            yield from tensors
+                for key in keys:
+                    yield key, f.get_tensor(key)
 
     def get(self, name: str) -> torch.Tensor:
         """One tensor."""
