@@ -76,8 +76,8 @@ class SafetensorsFiles:
             by_file.setdefault(self.where[name], []).append(name)
         for path, keys in by_file.items():
             with reading(path, "safetensors file", self.fix), safe_open(path, framework="pt") as f:
-                for key in keys:
-                    yield key, f.get_tensor(key)
+                for key in keys:  # a copy: safetensors' own tensor would keep the whole file mapped
+                    yield key, f.get_tensor(key).clone()
 
     def get(self, name: str) -> torch.Tensor:
         """One tensor."""

@@ -136,6 +136,26 @@ class RunWriter:
         return replace_dir(self.partial, self.final)
 
 
+class RunFollower(RunWriter):
+    """What a rank other than 0 of a distributed run sees of the run that rank 0 writes (created by rank 0's
+    RunWriter before this one): where it resumes and the saved blocks; it writes nothing."""
+
+    def __init__(self, final: Path, config: RunConfig, overwrite: bool = False, resume: bool = False):
+        self.final = Path(final)
+        self.partial = self.final.with_name(self.final.name + ".partial")
+        self.config = config
+        self.blocks_done = self.info()["blocks_done"] if resume else 0
+
+    def save_block(self, index: int, weights: dict[str, QuantizedWeight], metrics: list[dict]) -> None:
+        self.blocks_done = index + 1
+
+    def abandon(self) -> None:
+        pass
+
+    def finish(self, rest: dict[str, torch.Tensor], lm, tokenizer, sources: list[Path], **info) -> Path:
+        return self.final
+
+
 def side_files_of_run(run: Path) -> list[Path]:
     """The run's copies of its model folder's non-weight files: everything at its top level but its own files, a
     model card (runs written before issue 19 may hold the source's) and the run's ``eval.json``."""

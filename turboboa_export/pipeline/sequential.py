@@ -34,7 +34,8 @@ from ..models import load_tokenizer, local_folder, resolve_model, side_files
 from ..plan import block_plan, check_plan
 from .attention_check import check_attention, check_tokens, checked_layers
 from .capture import capture_inputs, run_block, to_device
-from .rundir import RunWriter
+from .distributed import Ranks, join, reduce_statistics, shared_linear
+from .rundir import RunFollower, RunWriter
 from .statistics import INPUT_OF, BlockStatistics, SecondMoments, record_inputs
 from .weights import InMemoryWeights, open_model, outer_paths
 
@@ -110,25 +111,37 @@ def unseen_inputs(stats: BlockStatistics, role: str, name: str) -> int:
     return n
 
 
-def quantize_linears(modules: dict, names: dict, stats: BlockStatistics, cfgs: dict[str, QuantConfig], shape, device):
+def quantize_linears(modules: dict, names: dict, stats: BlockStatistics, cfgs: dict[str, QuantConfig], shape, device,
+                     ranks: Ranks = Ranks()):
     """Quantize each linear of a block in place (its weight becomes the dequantized one), role by role with the
-    role's settings ``cfgs[role]`` (its method among them). Returns ({name: QuantizedWeight}, per-module metrics).
-    Raises TbqError naming the module when its Hessian cannot be factored."""
-    weights, metrics = {}, []
+    role's settings ``cfgs[role]`` (its method among them); with several ``ranks``, each quantizes the linears
+    ``ranks.owners`` gives it and every rank receives every result. The roles are independent: each reads its own
+    weight and the block's statistics. Returns ({name: QuantizedWeight}, per-module metrics). Raises TbqError
+    naming the module when its Hessian cannot be factored."""
+    owner = ranks.owners({role: m.out_features * m.in_features ** 2 + m.in_features ** 3
+                          for role, m in modules.items()})  # GPTQ-like cost: row updates and the inverse
+    mine: dict[str, tuple[QuantizedWeight, list[float]] | str] = {}
     for role, m in modules.items():
+        if owner[role] != ranks.rank:
+            continue
         t0 = time.time()
-        unseen = unseen_inputs(stats, role, names[role])
         try:
             result, loss = get_method(cfgs[role].method).quantize(role, m.weight.data.float(), stats, cfgs[role], shape)
         except NumericalError as e:
-            raise TbqError(f"cannot quantize {names[role]}: {e}") from None
-        set_weight(m, result)
+            mine[role] = f"cannot quantize {names[role]}: {e}"
+            break  # every rank stops at this role (shared_linear raises it)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
+        mine[role] = result, [time.time() - t0, loss, peak_memory_bytes(device)]
+    weights, metrics = {}, []
+    for role, m in modules.items():
+        unseen = unseen_inputs(stats, role, names[role])
+        result, (seconds, loss, peak) = shared_linear(ranks, mine.get(role), owner[role])
+        set_weight(m, result)
         weights[names[role]] = result
         metrics.append({"module": names[role], "role": role, "method": cfgs[role].method, "bits": cfgs[role].bits,
-                        "seconds": time.time() - t0, "loss": loss,
-                        "unseen_input_channels": unseen, "peak_memory_bytes": peak_memory_bytes(device)})
+                        "seconds": seconds, "loss": loss,
+                        "unseen_input_channels": unseen, "peak_memory_bytes": int(peak)})
     return weights, metrics
 
 
@@ -138,10 +151,26 @@ def block_rest(block, prefix: str, quantized) -> dict[str, torch.Tensor]:
     return {f"{prefix}.{k}": v.to("cpu") for k, v in block.state_dict().items() if f"{prefix}.{k}" not in skip}
 
 
-def relative_error(out, ref) -> float:
-    """||out - ref|| / ||ref|| over all samples."""
+def outer_rest(model, weights, rotation: Rotation | None, spec: ArchSpec) -> dict[str, torch.Tensor]:
+    """The tensors outside the blocks (embedding, final norm, lm_head unless tied), loaded now, the head rotated
+    when the run rotates."""
+    tied = getattr(model.config, "tie_word_embeddings", False)  # a tied lm_head is not stored
+    for path in outer_paths(model, spec.layers):
+        if not (tied and path == spec.lm_head):
+            weights.load(model, path)
+    if rotation is not None:
+        rotation.head(model)
+    rest = {k: v for k, v in model.state_dict().items() if not k.startswith(f"{spec.layers}.")}
+    if tied:
+        rest.pop(f"{spec.lm_head}.weight", None)
+    return rest
+
+
+def relative_error(out, ref, ranks: Ranks = Ranks()) -> float:
+    """||out - ref|| / ||ref|| over all samples (of every rank)."""
     num = sum(float((a.float() - b.float()).pow(2).sum()) for a, b in zip(out, ref))
     den = sum(float(b.float().pow(2).sum()) for b in ref)
+    num, den = ranks.sum([num, den])
     return (num / den) ** 0.5
 
 
@@ -182,7 +211,8 @@ def quantize_loaded(model, tokenizer, config: RunConfig, out: Path, source: dict
     spec = spec_for(model.config)
     layers = model.get_submodule(spec.layers)
     check_plan(spec, config.quant, layers)
-    device = pick_device(config.device)
+    ranks, device = join(pick_device(config.device))
+    progress = progress and ranks.lead
     shape = attention_shape(model.config)
     c = config.calib
     batch, coverage = calibration_batch(tokenizer, c.dataset, c.nsamples, c.seqlen, c.seed)
@@ -193,10 +223,12 @@ def quantize_loaded(model, tokenizer, config: RunConfig, out: Path, source: dict
     for block in checked:
         weights.release(block)
     transforms, rotation = apply_transforms(model, spec, config.transform)
-    writer = RunWriter(out, config, overwrite=overwrite, resume=resume)
+    writer = RunWriter(out, config, overwrite=overwrite, resume=resume) if ranks.lead else None
+    ranks.barrier()  # rank 0 has made the partial run that the others follow
+    writer = writer or RunFollower(out, config, overwrite=overwrite, resume=resume)
     try:
-        return _quantize_blocks(config, model, weights, rotation, tokenizer, spec, device, shape, batch, transforms,
-                                writer, progress,
+        return _quantize_blocks(config, model, weights, rotation, tokenizer, spec, device, ranks, shape,
+                                batch[ranks.share(len(batch))], transforms, writer, progress,
                                 info={"model": {**source, "model_type": model.config.model_type},
                                       "calibration": coverage},
                                 sources=sources, t_start=t_start)
@@ -226,7 +258,7 @@ def report_coverage(coverage: dict[str, int], seqlen: int, progress: bool) -> No
 
 
 def _quantize_blocks(config: RunConfig, model, weights, rotation: Rotation | None, tokenizer, spec: ArchSpec,
-                     device, shape, batch, transforms, writer: RunWriter, progress: bool, info: dict,
+                     device, ranks: Ranks, shape, batch, transforms, writer: RunWriter, progress: bool, info: dict,
                      sources: list[Path], t_start: float) -> Path:
     """Steps (1)-(4) for every block, then the finished run (see ``quantize_model``)."""
     layers = model.get_submodule(spec.layers)
@@ -267,25 +299,22 @@ def _quantize_blocks(config: RunConfig, model, weights, rotation: Rotation | Non
             with_r, attention = block_statistics_needs(cfgs, spec, shape)
             stats, fp = collect_statistics(block, spec, fp, q, kwargs, with_r, attention, transforms.act_quant_off,
                                            roles=plan)
+            reduce_statistics(stats, ranks)
             t_stats = time.time() - t0
-            quantized, metrics = quantize_linears(modules, full, stats, cfgs, shape, device)
+            quantized, metrics = quantize_linears(modules, full, stats, cfgs, shape, device, ranks)
             q = [run_block(block, x, kwargs) for x in q]
-            err = relative_error(q, fp)
+            err = relative_error(q, fp, ranks)
             for m in metrics:
                 m.update(block=i, block_output_rel_error=err, block_stats_seconds=t_stats)
             bar.set_postfix(rel_err=f"{err:.4f}")
             writer.save_block(i, quantized, metrics)
-        rest.update(block_rest(block, f"{spec.layers}.{i}", full.values()))
+        if ranks.lead:  # the others write nothing
+            rest.update(block_rest(block, f"{spec.layers}.{i}", full.values()))
         weights.release(block)
-    tied = getattr(model.config, "tie_word_embeddings", False)  # a tied lm_head is not stored
-    for path in outer_paths(model, spec.layers):
-        if not (tied and path == spec.lm_head):
-            weights.load(model, path)
-    if rotation is not None:
-        rotation.head(model)
-    rest.update((k, v) for k, v in model.state_dict().items() if not k.startswith(f"{spec.layers}."))
-    if tied:
-        rest.pop(f"{spec.lm_head}.weight", None)
+    if ranks.lead:
+        rest.update(outer_rest(model, weights, rotation, spec))
     info["model"]["num_blocks"] = len(layers)
-    return writer.finish(rest, model, tokenizer, sources, **info, dense_linears=dense,
+    path = writer.finish(rest, model, tokenizer, sources, **info, dense_linears=dense,
                          timings={"quantize_seconds": time.time() - t_quant, "total_seconds": time.time() - t_start})
+    ranks.barrier()  # the run is in place for every rank
+    return path
