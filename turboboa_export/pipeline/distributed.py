@@ -128,6 +128,9 @@ def join(device: torch.device) -> tuple[Ranks, torch.device]:
 
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", os.environ["RANK"]))
     if device.type == "cuda":
+        if local >= torch.cuda.device_count():
+            raise TbqError(f"{world} processes need {world} GPUs, and this machine has {torch.cuda.device_count()}; "
+                           "lower --gpus")
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
     if not dist.is_initialized():

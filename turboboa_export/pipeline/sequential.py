@@ -33,6 +33,7 @@ from ..rotation.online import OnlineTransforms, install_configured
 from ..models import load_tokenizer, local_folder, resolve_model, side_files
 from ..plan import block_plan, check_plan
 from .attention_check import check_attention, check_tokens, checked_layers
+from .activations import activation_home, keep
 from .capture import capture_inputs, run_block, to_device
 from .distributed import Ranks, join, reduce_statistics, shared_linear
 from .rundir import RunFollower, RunWriter
@@ -71,30 +72,38 @@ def peak_memory_bytes(device: torch.device) -> int:
 
 @torch.no_grad()
 def collect_statistics(block, spec: ArchSpec, fp_in, q_in, kwargs, with_r: bool, attention_stats=None,
-                       full_precision=nullcontext, roles: Collection[str] | None = None):
-    """Statistics pass: returns (BlockStatistics, full-precision outputs). ``full_precision()`` is entered for the
-    full-precision stream (it turns activation quantization off). Second moments are summed only for the inputs of
-    ``roles`` (default: every linear), the linears to be quantized."""
+                       full_precision=nullcontext, roles: Collection[str] | None = None, device=None):
+    """Statistics pass: returns (BlockStatistics, full-precision outputs, kept where the inputs are).
+    ``full_precision()`` is entered for the full-precision stream (it turns activation quantization off). Second
+    moments are summed only for the inputs of ``roles`` (default: every linear), the linears to be quantized.
+    ``device``: where the block runs (default: where the inputs are)."""
     modules = {role: block.get_submodule(path) for role, path in spec.linears().items()}
     first_role = {}
     for role, key in INPUT_OF.items():
         if roles is None or role in roles:
             first_role.setdefault(key, role)
-    device = fp_in[0].device
+    home = fp_in[0].device
+    device = home if device is None else device
     moments = {key: SecondMoments(modules[role].in_features, device, with_r) for key, role in first_role.items()}
     attn = attention_stats(block) if attention_stats is not None else None
     fp_out = []
     with record_inputs(modules) as seen:
         for x_fp, x_q in zip(fp_in, q_in):
+            x_fp, x_q = x_fp.to(device), x_q.to(device)
             with full_precision():
-                fp_out.append(run_block(block, x_fp, kwargs))
+                fp_out.append(keep(run_block(block, x_fp, kwargs), home))
             fp_seen = dict(seen)
             run_block(block, x_q, kwargs)
             for key, role in first_role.items():
                 moments[key].add(seen[role], fp_seen[role])
             if attn is not None:
                 attn.add(seen["q"], fp_seen["q"], kwargs)
-    return BlockStatistics(moments, attn, half_products(q_in[0]) is not None), fp_out
+    return BlockStatistics(moments, attn, half_products(x_q) is not None), fp_out
+
+
+def run_stream(block, xs: list[torch.Tensor], kwargs: dict, device: torch.device) -> list[torch.Tensor]:
+    """The block's outputs for the sequences ``xs``, run on ``device`` and kept where the sequences are."""
+    return [keep(run_block(block, x.to(device), kwargs), x.device) for x in xs]
 
 
 def set_weight(module, q: QuantizedWeight) -> None:
@@ -112,14 +121,16 @@ def unseen_inputs(stats: BlockStatistics, role: str, name: str) -> int:
 
 
 def quantize_linears(modules: dict, names: dict, stats: BlockStatistics, cfgs: dict[str, QuantConfig], shape, device,
-                     ranks: Ranks = Ranks()):
+                     ranks: Ranks = Ranks(), costs: dict[str, float] | None = None):
     """Quantize each linear of a block in place (its weight becomes the dequantized one), role by role with the
     role's settings ``cfgs[role]`` (its method among them); with several ``ranks``, each quantizes the linears
-    ``ranks.owners`` gives it and every rank receives every result. The roles are independent: each reads its own
-    weight and the block's statistics. Returns ({name: QuantizedWeight}, per-module metrics). Raises TbqError
-    naming the module when its Hessian cannot be factored."""
-    owner = ranks.owners({role: m.out_features * m.in_features ** 2 + m.in_features ** 3
-                          for role, m in modules.items()})  # GPTQ-like cost: row updates and the inverse
+    ``ranks.owners`` gives it by ``costs`` (role -> the previous block's seconds; missing, a GPTQ-like FLOP
+    estimate) and every rank receives every result. The roles are independent: each reads its own weight and the
+    block's statistics. Returns ({name: QuantizedWeight}, per-module metrics). Raises TbqError naming the module
+    when its Hessian cannot be factored."""
+    if costs is None or costs.keys() != modules.keys():  # row updates and the inverse
+        costs = {role: m.out_features * m.in_features ** 2 + m.in_features ** 3 for role, m in modules.items()}
+    owner = ranks.owners(costs)
     mine: dict[str, tuple[QuantizedWeight, list[float]] | str] = {}
     for role, m in modules.items():
         if owner[role] != ranks.rank:
@@ -265,16 +276,19 @@ def _quantize_blocks(config: RunConfig, model, weights, rotation: Rotation | Non
     captured = capture_inputs(model, layers, batch)
     if rotation is None:  # read again at the end; a rotated one is kept (rotating it again is a float64 product)
         weights.release(model.get_submodule(spec.embed))
-    fp = [x.to(device) for x in captured.inputs]
-    q = [x.clone() for x in fp]
-    names: list[str] = []
+    home = activation_home(device, captured.inputs)
+    fp = [keep(x, home) for x in captured.inputs]
+    q = [keep(x.clone(), home) for x in fp]
     dense: list[str] = []  # linears kept dense (--ignore)
     rest: dict[str, torch.Tensor] = {}  # every tensor but the quantized weights, block by block
+    costs = None  # seconds of each role in the last quantized block
     t_quant = time.time()
     bar = tqdm(range(len(layers)), desc="blocks", disable=not progress)
     for i in bar:
         bar.set_description(f"({i + 1}/{len(layers)}) {'replaying' if i < writer.blocks_done else 'quantizing'}")
         block = weights.load(model, f"{spec.layers}.{i}")
+        if i + 1 < len(layers):
+            weights.prefetch(model, f"{spec.layers}.{i + 1}")  # read while this block computes
         if rotation is not None:
             rotation.block(block)
         block = block.to(device)
@@ -283,26 +297,26 @@ def _quantize_blocks(config: RunConfig, model, weights, rotation: Rotation | Non
         modules = {role: block.get_submodule(spec.linears()[role]) for role in plan}
         full = {role: name for role, (name, _) in plan.items()}
         cfgs = {role: cfg for role, (_, cfg) in plan.items()}
-        names += full.values()
         dense += [name for name, cfg in block_plan(spec, config.quant, i).values() if cfg is None]
         if i < writer.blocks_done:
             saved = writer.load_block(i)
             with transforms.act_quant_off():
-                fp = [run_block(block, x, kwargs) for x in fp]
+                fp = run_stream(block, fp, kwargs, device)
             for role, m in modules.items():
                 set_weight(m, saved[full[role]])
-            q = [run_block(block, x, kwargs) for x in q]
+            q = run_stream(block, q, kwargs, device)
         else:
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             t0 = time.time()
             with_r, attention = block_statistics_needs(cfgs, spec, shape)
             stats, fp = collect_statistics(block, spec, fp, q, kwargs, with_r, attention, transforms.act_quant_off,
-                                           roles=plan)
+                                           roles=plan, device=device)
             reduce_statistics(stats, ranks)
             t_stats = time.time() - t0
-            quantized, metrics = quantize_linears(modules, full, stats, cfgs, shape, device, ranks)
-            q = [run_block(block, x, kwargs) for x in q]
+            quantized, metrics = quantize_linears(modules, full, stats, cfgs, shape, device, ranks, costs)
+            costs = {m["role"]: m["seconds"] for m in metrics}  # the same on every rank: balances the next block
+            q = run_stream(block, q, kwargs, device)
             err = relative_error(q, fp, ranks)
             for m in metrics:
                 m.update(block=i, block_output_rel_error=err, block_stats_seconds=t_stats)

@@ -11,6 +11,7 @@ from whichever name the checkpoint stores); ``tests/test_streaming.py`` compares
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -66,19 +67,31 @@ class StreamedWeights:
             if not found:
                 raise TbqError(f"the checkpoint has no tensor {names[0]}; {MODEL_FIX}")
             self.stored.update(dict.fromkeys(names, found[0]))
+        self._reader = ThreadPoolExecutor(max_workers=1)
+        self._ahead: dict[str, Future] = {}  # path -> its tensors being read
+
+    def _sources(self, module: nn.Module, path: str) -> dict[str, str]:
+        """Local name -> checkpoint tensor of the parameters of ``module`` (``model.<path>``) still on meta."""
+        return {n: self.stored[f"{path}.{n}" if path else n] for n, p in module.named_parameters() if p.device == META}
+
+    def prefetch(self, model: nn.Module, path: str) -> None:
+        """Start reading the tensors of ``model.<path>`` in the background, for its :meth:`load` (the next block's,
+        read while the current one computes)."""
+        sources = dict.fromkeys(self._sources(model.get_submodule(path), path).values())
+        self._ahead[path] = self._reader.submit(lambda: dict(self.files.read(sources)))
 
     def load(self, model: nn.Module, path: str) -> nn.Module:
         """Read the parameters of ``model.<path>`` that are still on the meta device (on the CPU, in the skeleton's
         dtypes) and return that module."""
         module = model.get_submodule(path)
-        wanted = [(f"{path}.{n}" if path else n, n) for n, p in module.named_parameters() if p.device == META]
-        if not wanted:
+        sources = self._sources(module, path)
+        ahead = self._ahead.pop(path, None)
+        if not sources:
             return module
-        local = dict(wanted)
-        sources = {full: self.stored[full] for full, _ in wanted}
-        by_source: dict[str, torch.Tensor] = dict(self.files.read(dict.fromkeys(sources.values())))
-        for full, source in sources.items():
-            owner_path, _, pname = local[full].rpartition(".")
+        by_source = ahead.result() if ahead is not None else dict(self.files.read(dict.fromkeys(sources.values())))
+        for local, source in sources.items():
+            full = f"{path}.{local}" if path else local
+            owner_path, _, pname = local.rpartition(".")
             owner = module.get_submodule(owner_path)
             like = owner._parameters[pname]
             value = by_source[source]
@@ -107,6 +120,9 @@ class InMemoryWeights:
 
     def load(self, model: nn.Module, path: str) -> nn.Module:
         return model.get_submodule(path)
+
+    def prefetch(self, model: nn.Module, path: str) -> None:
+        pass
 
     def release(self, module: nn.Module) -> None:
         module.to("cpu")
