@@ -138,18 +138,19 @@ def write_blocks_model(path: Path, blocks: int) -> Path:
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmHWM from /proc")
 def test_peak_host_memory_does_not_grow_with_blocks(calib_text, tmp_path):
-    """Peak RSS (VmHWM) of quantizing 2 and 6 blocks of 17 MB: streamed, the 4 added blocks add less than a quarter
-    of one block each (loading the whole model added about two blocks each). glibc is told to return every freed
-    allocation above 64 KB to the system, so that the measure is what tbq keeps, not what the allocator caches."""
+    """Peak RSS (VmHWM) of quantizing 3 and 7 blocks of 17 MB: streamed, the 4 added blocks add less than half a
+    block each (the block being read ahead may or may not be in memory at the peak: up to two blocks of jitter;
+    loading the whole model added about two blocks per block). glibc is told to return every freed allocation
+    above 64 KB to the system, so that the measure is what tbq keeps, not what the allocator caches."""
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
     procs = {n: subprocess.Popen([sys.executable, "-c", PEAK_RSS, str(write_blocks_model(tmp_path / f"m{n}", n)),
                                   str(calib_text), str(tmp_path / f"run{n}")], env=env, stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True) for n in (2, 6)}
+                                 stderr=subprocess.PIPE, text=True) for n in (3, 7)}
     peak = {}
     for n, p in procs.items():
         out, err = p.communicate()
         assert p.returncode == 0, err[-2000:]
         peak[n] = int(out.split()[-1])
-    per_block = (peak[6] - peak[2]) / 4
-    assert per_block < BLOCK_BYTES / 4, (peak, BLOCK_BYTES)
+    per_block = (peak[7] - peak[3]) / 4
+    assert per_block < BLOCK_BYTES / 2, (peak, BLOCK_BYTES)

@@ -19,8 +19,9 @@ def activation_home(device: torch.device, inputs: list[torch.Tensor]) -> torch.d
 
 
 def keep(x: torch.Tensor, home: torch.device) -> torch.Tensor:
-    """``x`` stored at ``home`` (pinned when that is host memory for a GPU run)."""
+    """``x`` stored at ``home``; a GPU result kept in host memory goes to pinned memory (fast copies back)."""
     if x.device == home:
         return x
-    x = x.to(home)
-    return x.pin_memory() if home.type == "cpu" and torch.cuda.is_available() else x
+    if x.is_cuda and home.type == "cpu":
+        return torch.empty(x.shape, dtype=x.dtype, pin_memory=True).copy_(x)
+    return x.to(home)
