@@ -154,3 +154,19 @@ def test_peak_host_memory_does_not_grow_with_blocks(calib_text, tmp_path):
         peak[n] = int(out.split()[-1])
     per_block = (peak[7] - peak[3]) / 4
     assert per_block < BLOCK_BYTES / 2, (peak, BLOCK_BYTES)
+
+
+@pytest.mark.gpu
+def test_activations_in_host_memory_give_the_same_bits(half_models, calib_text, tmp_path, monkeypatch):
+    """On a GPU, calibration activations kept in pinned host memory (as when they do not fit) give the bits of
+    activations kept on the GPU: each sequence runs on the GPU, and the statistics' half-precision products follow
+    the GPU copy of the bf16 activations."""
+    from turboboa_export.pipeline import sequential
+
+    settings = dict(method="turboboa", bits=3, group_size=32, sym=True, dataset=str(calib_text), nsamples=4,
+                    seqlen=48, device="cuda")
+    on_gpu = quantize(str(half_models["llama"]), output=tmp_path / "gpu", **settings).path
+    monkeypatch.setattr(sequential, "activation_home", lambda device, inputs: torch.device("cpu"))
+    on_host = quantize(str(half_models["llama"]), output=tmp_path / "host", **settings).path
+    a, b = block_tensors(on_gpu), block_tensors(on_host)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
