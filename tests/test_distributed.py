@@ -43,20 +43,23 @@ def test_owners_spread_the_costliest_first():
     assert set(four.values()) == {0, 1, 2, 3}
 
 
-def quantize_cli(model, text, out, *extra):
+def quantize_cli(model, text, out, *extra, device="cpu"):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     return subprocess.run([sys.executable, "-m", "tbq_cli.main", "quantize", str(model), "--dataset", str(text),
                            "--seqlen", "48", "--method", "turboboa", "--bits", "3", "--group-size", "32", "--device",
-                           "cpu", "--quiet", "-o", str(out), *map(str, extra)], env=env, capture_output=True, text=True)
+                           device, "--quiet", "-o", str(out), *map(str, extra)], env=env, capture_output=True, text=True)
 
 
-def test_two_processes_give_the_one_process_bits(tiny_models, calib_text, tmp_path):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+    torch.cuda.device_count() < 2, reason="needs 2 GPUs")])])
+def test_two_processes_give_the_one_process_bits(tiny_models, calib_text, tmp_path, device):
     """TurboBoA (H_in, R and the attention statistics all used) on 2 windows: split one per process, each sum is
     the 1-process sum (s_0 + s_1, one thread each), so codes, scales, zeros, untouched tensors, losses and block
-    errors are equal; the linears computed by rank 1 reach rank 0's run through the broadcast."""
+    errors are equal; the linears computed by rank 1 reach rank 0's run through the broadcast (gloo on CPU,
+    NCCL on 2 GPUs)."""
     one, two = tmp_path / "one", tmp_path / "two"
     for out, extra in ((one, ()), (two, ("--gpus", 2))):
-        res = quantize_cli(tiny_models["llama"], calib_text, out, "--nsamples", 2, *extra)
+        res = quantize_cli(tiny_models["llama"], calib_text, out, "--nsamples", 2, *extra, device=device)
         assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.strip() == f"wrote {two}"  # rank 0 speaks, once
     a, b = block_tensors(one), block_tensors(two)
