@@ -22,12 +22,12 @@ DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF1
           "BOOL": torch.bool}
 
 
-def _header(path: Path, fix: str) -> dict[str, tuple[str, list[int]]]:
-    """name -> (stored dtype name, shape) of every tensor of a safetensors file, from its header alone."""
+def _header(path: Path, fix: str) -> dict[str, str]:
+    """name -> stored dtype name ("BF16", ...) of every tensor of a safetensors file, from its header alone."""
     from safetensors import safe_open
 
     with reading(path, "safetensors file", fix), safe_open(path, framework="pt") as f:
-        return {name: (f.get_slice(name).get_dtype(), f.get_slice(name).get_shape()) for name in f.keys()}
+        return {name: f.get_slice(name).get_dtype() for name in f.keys()}
 
 
 class SafetensorsFiles:
@@ -39,15 +39,15 @@ class SafetensorsFiles:
     def __init__(self, files: Iterable[Path], fix: str):
         self.fix = fix
         self.where: dict[str, Path] = {}
-        self.meta: dict[str, tuple[torch.dtype, tuple[int, ...]]] = {}
+        self.dtypes: dict[str, torch.dtype] = {}
         for path in files:
-            for name, (dtype, shape) in _header(Path(path), fix).items():
+            for name, dtype in _header(Path(path), fix).items():
                 if name in self.where:
                     raise TbqError(f"tensor {name} is in both {self.where[name]} and {path}; {fix}")
                 if dtype not in DTYPES:
                     raise TbqError(f"tensor {name} of {path} has dtype {dtype}, which tbq does not read; {fix}")
                 self.where[name] = Path(path)
-                self.meta[name] = (DTYPES[dtype], tuple(shape))
+                self.dtypes[name] = DTYPES[dtype]
 
     def __contains__(self, name: str) -> bool:
         return name in self.where
@@ -56,14 +56,8 @@ class SafetensorsFiles:
         return list(self.where)
 
     def dtype(self, name: str) -> torch.dtype:
-        return self.meta[name][0]
-
-    def shape(self, name: str) -> tuple[int, ...]:
-        return self.meta[name][1]
-
-    def nbytes(self, name: str) -> int:
-        dtype, shape = self.meta[name]
-        return torch.Size(shape).numel() * dtype.itemsize
+        """The stored dtype of tensor ``name``."""
+        return self.dtypes[name]
 
     def read(self, names: Iterable[str]) -> Iterator[tuple[str, torch.Tensor]]:
         """(name, tensor) for each of ``names`` (in the order given, grouped by file), each a CPU tensor of its

@@ -2,8 +2,8 @@
 meta device, one part (a decoder block, the embeddings, the head) when its turn comes and dropped after, or a
 transformers model already in memory (the Python API), whose parts are all there.
 
-Both give the pipeline the same two calls, ``load(model, path)`` before a part is used and ``release(module)``
-after, so there is one quantization loop. A streamed part holds exactly what ``from_pretrained`` would have put
+Both give the pipeline the same calls, ``load(model, path)`` before a part is used, ``release(module)`` after and
+``prefetch(model, path)`` to read a part ahead, so there is one quantization loop. A streamed part holds exactly what ``from_pretrained`` would have put
 there (the skeleton's dtype: the config's, else the checkpoint's first floating tensor's; tied parameters read
 from whichever name the checkpoint stores); ``tests/test_streaming.py`` compares the two.
 """
@@ -53,8 +53,6 @@ class StreamedWeights:
 
     ``model``: the skeleton (``open_model``); ``files``: its checkpoint. Raises TbqError when the checkpoint lacks
     a parameter of the model (under every name it is tied to)."""
-
-    streamed = True
 
     def __init__(self, model: nn.Module, files: SafetensorsFiles):
         self.files = files
@@ -115,8 +113,6 @@ class StreamedWeights:
 class InMemoryWeights:
     """A model whose weights are all in memory (on the CPU): loading is a lookup, releasing moves a part back to
     the CPU, where it stays, changed in place."""
-
-    streamed = False
 
     def load(self, model: nn.Module, path: str) -> nn.Module:
         return model.get_submodule(path)
