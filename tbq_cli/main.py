@@ -69,12 +69,23 @@ def quantize(
     kv_bits: Optional[int] = typer.Option(None, help="Fake-quantize keys and values per token and head to 4 or 8 bits."),
     rotation_seed: Optional[int] = typer.Option(None, help="Seed of the random Hadamard (default 0)."),
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda[:N] (default auto)."),
+    gpus: int = typer.Option(1, "--gpus", min=1, help="Processes, one per GPU (cuda:0..N-1; with --device cpu, CPU "
+                                                      "processes): calibration split, linears spread over them."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model code from the model folder."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing non-empty output directory."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its last finished block."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ):
     """Quantize MODEL block by block and write the run to -o."""
+    import os
+
+    if gpus > 1 and "RANK" not in os.environ:  # inside the launched ranks, RANK is set
+        from turboboa_export.launch import launch
+
+        if "quantize" not in sys.argv[1:]:
+            raise TbqError("--gpus relaunches the tbq command line, and there is none here; run `tbq quantize ... "
+                           "--gpus N` or torchrun --nproc-per-node N -m tbq_cli.main quantize ...")
+        raise typer.Exit(launch(sys.argv[1:], gpus))
     from turboboa_export.config import build_config
     from turboboa_export.pipeline.sequential import quantize_model
 
@@ -89,23 +100,24 @@ def quantize(
         device=device, trust_remote_code=trust_remote_code or None,
     )
     path = quantize_model(cfg, output, overwrite=overwrite, resume=resume, progress=not quiet)
-    typer.echo(f"wrote {path}")
+    if os.environ.get("RANK", "0") == "0":
+        typer.echo(f"wrote {path}")
 
 
 @app.command()
 @one_line_errors
 def inspect(run: Path = typer.Argument(..., help="A run directory written by `tbq quantize`.")):
     """Print a summary of a run."""
-    from turboboa_export.pipeline.rundir import load_run
+    from turboboa_export.pipeline.rundir import run_info, run_linear_names
 
-    info, weights = load_run(run)
+    info = run_info(run)
     q = info["config"]["quant"]
     metrics = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines() if l.strip()]
     group = "per-channel" if q["group_size"] == -1 else f"g{q['group_size']}"
     typer.echo(f"model      {info['model']['source']} ({info['model']['model_type']}, {info['model']['num_blocks']} blocks)")
     typer.echo(f"method     {q['method']} W{q['bits']} {group} {'sym' if q['sym'] else 'asym'}, grid {q['grid']}")
     typer.echo(f"calib      {json.dumps(info['config']['calib'])}")
-    typer.echo(f"linears    {len(weights)} quantized")
+    typer.echo(f"linears    {len(run_linear_names(run))} quantized")
     typer.echo(f"time       {info['timings']['quantize_seconds']:.1f} s quantizing")
     if metrics:
         last = max(m["block"] for m in metrics)

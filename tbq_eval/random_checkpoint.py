@@ -2,9 +2,10 @@
 
     python -m tbq_eval.random_checkpoint llama2-7b -o DIR [--format fp16|vllm|w8a8] [--bits 4] [--group-size 128]
                                      [--asym] [--layers N] [--seed 0] [--online-rotation full|block:B]
-                                     [--act-bits 4|8]
+                                     [--act-bits 4|8] [--dtype float16|bfloat16]
 
-``fp16``: a dense Hugging Face checkpoint. ``vllm``: random integer codes, scales and zeros written by the same
+``fp16``: a dense Hugging Face checkpoint (in ``--dtype``; written shard by shard, so an 8B or 70B one needs no more
+memory than one 4 GB shard). ``vllm``: random integer codes, scales and zeros written by the same
 code as ``tbq export --format vllm`` (compressed-tensors pack-quantized); ``--online-rotation`` adds the online
 down_proj Hadamard of a ``--rotate hadamard`` export (the weights stay random), ``--act-bits`` makes it W4A4/W4A8
 (served by tbq's plugin). ``w8a8``: stock vLLM's W8A8-int8 (compressed-tensors ``int-quantized``: int8 per-channel
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -33,6 +35,8 @@ SHAPES: dict[str, dict] = {
                       num_hidden_layers=32, vocab_size=32000, max_position_embeddings=4096),
     "llama3-8b": dict(hidden_size=4096, intermediate_size=14336, num_attention_heads=32, num_key_value_heads=8,
                       num_hidden_layers=32, vocab_size=128256, rope_theta=500000.0, max_position_embeddings=8192),
+    "llama3-70b": dict(hidden_size=8192, intermediate_size=28672, num_attention_heads=64, num_key_value_heads=8,
+                       num_hidden_layers=80, vocab_size=128256, rope_theta=500000.0, max_position_embeddings=8192),
     "smollm2-135m": dict(hidden_size=576, intermediate_size=1536, num_attention_heads=9, num_key_value_heads=3,
                          num_hidden_layers=30, vocab_size=49152, tie_word_embeddings=True, rope_theta=100000.0,
                          max_position_embeddings=8192),
@@ -41,14 +45,14 @@ SHAPES: dict[str, dict] = {
 }
 
 
-def shape_config(shape: str, layers: int | None = None):
-    """The LlamaConfig of a named shape (fp16), optionally with fewer layers."""
+def shape_config(shape: str, layers: int | None = None, dtype: torch.dtype = torch.float16):
+    """The LlamaConfig of a named shape (``dtype``), optionally with fewer layers."""
     from transformers import LlamaConfig
 
     if shape not in SHAPES:
         raise TbqError(f"unknown shape {shape!r}; choose one of {', '.join(SHAPES)}")
     cfg = LlamaConfig(**{**SHAPES[shape], **({"num_hidden_layers": layers} if layers else {})})
-    cfg.dtype = torch.float16
+    cfg.dtype = dtype
     return cfg
 
 
@@ -63,10 +67,12 @@ def tensor_shapes(config) -> dict[str, torch.Size]:
     return shapes
 
 
-def random_tensors(shapes: dict[str, torch.Size], gen: torch.Generator) -> dict[str, torch.Tensor]:
-    """N(0, 0.02) matrices and norm weights of one, in fp16."""
-    return {name: torch.ones(shape, dtype=torch.float16) if "norm" in name
-            else (0.02 * torch.randn(shape, generator=gen)).to(torch.float16) for name, shape in shapes.items()}
+def random_tensors(shapes: dict[str, torch.Size], gen: torch.Generator,
+                   dtype: torch.dtype = torch.float16) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) in ``shapes``' order, each made when asked for: N(0, 0.02) matrices and norm weights of one."""
+    for name, shape in shapes.items():
+        yield name, (torch.ones(shape, dtype=dtype) if "norm" in name
+                     else (0.02 * torch.randn(shape, generator=gen)).to(dtype))
 
 
 def random_quantized(out_f: int, in_f: int, spec: GridSpec, group_size: int, gen: torch.Generator) -> QuantizedWeight:
@@ -81,18 +87,17 @@ def random_quantized(out_f: int, in_f: int, spec: GridSpec, group_size: int, gen
 
 def write_random(shape: str, out: Path, fmt: str = "fp16", bits: int = 4, group_size: int = 128, sym: bool = True,
                  layers: int | None = None, seed: int = 0, overwrite: bool = False,
-                 online_rotation: str | None = None, act_bits: int | None = None) -> Path:
+                 online_rotation: str | None = None, act_bits: int | None = None,
+                 dtype: torch.dtype = torch.float16) -> Path:
     """Write a random-weight checkpoint of ``shape`` to ``out`` (``online_rotation``: full | block:B, and
-    ``act_bits``: 4 | 8, vllm only)."""
-    config = shape_config(shape, layers)
+    ``act_bits``: 4 | 8, vllm only; ``dtype``: the fp16 format's, float16 or bfloat16)."""
+    config = shape_config(shape, layers, dtype)
     gen = torch.Generator().manual_seed(seed)
     shapes = tensor_shapes(config)
     info = {"random_shape": shape, "layers": config.num_hidden_layers, "seed": seed}
     if fmt == "fp16":
-        tensors = random_tensors(shapes, gen)
-
         def fill(tmp: Path) -> None:
-            save_sharded(tensors, tmp)
+            save_sharded(random_tensors(shapes, gen, dtype), tmp)
             config.save_pretrained(tmp)
             (tmp / "tbq_random.json").write_text(json.dumps({**info, "format": "fp16"}, indent=2))
 
@@ -122,7 +127,7 @@ def write_random(shape: str, out: Path, fmt: str = "fp16", bits: int = 4, group_
     schemes = {name: Scheme(bits, sym, group_size) for name in weights}
     if act_bits is not None:
         info["act_bits"] = act_bits
-    return write_vllm_checkpoint(out, weights, random_tensors(shapes, gen), config, schemes, info,
+    return write_vllm_checkpoint(out, weights.items(), random_tensors(shapes, gen), config, schemes, info,
                                  overwrite=overwrite, transform=transform, act_bits=act_bits,
                                  act_clip=None if act_bits is None else 0.9)
 
@@ -147,7 +152,7 @@ def write_w8a8(config, shapes: dict[str, torch.Size], gen: torch.Generator, out:
                               quantization_status="compressed", ignore=["lm_head"])
 
     def fill(tmp: Path) -> None:
-        save_sharded(tensors, tmp)
+        save_sharded(tensors.items(), tmp)
         config.quantization_config = qcfg.model_dump(exclude_none=True)
         config.save_pretrained(tmp)
         (tmp / "tbq_random.json").write_text(json.dumps({**info, "format": "w8a8"}, indent=2))
@@ -168,10 +173,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> Path:
     ap.add_argument("--overwrite", action="store_true")
     ap.add_argument("--online-rotation", help="full | block:B: the online Hadamard of a rotated export")
     ap.add_argument("--act-bits", type=int, choices=(4, 8), help="W4A4 / W4A8 (dynamic per-token activations)")
+    ap.add_argument("--dtype", choices=("float16", "bfloat16"), default="float16", help="of the fp16 format")
     a = ap.parse_args(argv)
     try:
         path = write_random(a.shape, a.out, a.format, a.bits, a.group_size, not a.asym, a.layers, a.seed, a.overwrite,
-                            a.online_rotation, a.act_bits)
+                            a.online_rotation, a.act_bits, getattr(torch, a.dtype))
     except TbqError as e:
         raise SystemExit(f"error: {e}") from None
     print(path)

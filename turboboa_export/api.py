@@ -85,8 +85,8 @@ def quantize(model_or_path: Any, config: "RunConfig | dict | None" = None, *, ou
              **settings: Any) -> Run:
     """Quantize a model block by block into the run folder ``output`` and return the :class:`Run`.
 
-    ``model_or_path``: a model folder, hub id or built-in name (loaded as ``tbq quantize`` loads it), or an
-    in-memory transformers ``PreTrainedModel`` of a supported family, on CPU; that one is changed in place (its
+    ``model_or_path``: a model folder, hub id or built-in name (streamed block by block, as ``tbq quantize`` does),
+    or an in-memory transformers ``PreTrainedModel`` of a supported family, on CPU; that one is changed in place (its
     linears end holding their dequantized weights) and calibrated with ``tokenizer`` or, without one, the tokenizer
     of its ``name_or_path``. ``config``: a RunConfig or a config-file object (``{"quant": {...}, "calib": {...},
     "rules": [...], "ignore": [...]}``); ``settings`` override it with the CLI's names (``bits=4``, ``method="gptq"``,

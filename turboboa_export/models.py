@@ -78,13 +78,21 @@ def load_config(name: str, trust_remote_code: bool = False):
         return AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
 
 
-def load_model(name: str, trust_remote_code: bool = False):
-    """Model (on CPU, its own dtype, eval mode) and tokenizer of a resolved model; a model or tokenizer that
-    transformers cannot build is a one-line TbqError naming the folder."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load_tokenizer(name: str, trust_remote_code: bool = False):
+    """The tokenizer of a resolved model; one that transformers cannot build is a one-line TbqError naming it."""
+    from transformers import AutoTokenizer
 
     with reading(name, "the tokenizer of model", MODEL_FIX):
-        tok = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+        return AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+
+
+def load_model(name: str, trust_remote_code: bool = False):
+    """The whole model (on CPU, its own dtype, eval mode) and tokenizer of a resolved model, for evaluating it
+    (quantization streams the weights instead: ``pipeline.weights``); a model or tokenizer that transformers
+    cannot build is a one-line TbqError naming the folder."""
+    from transformers import AutoModelForCausalLM
+
+    tok = load_tokenizer(name, trust_remote_code)
     with reading(name, "model", MODEL_FIX):
         model = AutoModelForCausalLM.from_pretrained(name, dtype="auto", trust_remote_code=trust_remote_code)
     model.eval()
@@ -111,3 +119,16 @@ def side_files(name: str) -> list[Path]:
             return []
     return sorted(f for f in folder.iterdir() if f.is_file() and not f.name.startswith(".")
                   and f.name not in REWRITTEN + NOT_CARRIED and not f.name.endswith(WEIGHT_SUFFIXES + (".index.json",)))
+
+
+def local_folder(name: str) -> Path:
+    """A resolved model as a local folder: a folder itself, a hub id's snapshot (fetched when it is not in the hub
+    cache; the weights as safetensors only, without the original-format copies some repositories add, with the
+    config, tokenizer and other side files)."""
+    if Path(name).is_dir():
+        return Path(name)
+    from huggingface_hub import snapshot_download
+
+    with reading(name, "model", "check the hub id and your network, or pass a local model folder"):
+        skip = [f"*{suffix}" for suffix in WEIGHT_SUFFIXES if suffix != ".safetensors"] + ["consolidated*"]
+        return Path(snapshot_download(name, ignore_patterns=skip))

@@ -10,8 +10,11 @@ and zeros are packed as they are. Dequantization: (q - zp) * scale.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
+from collections.abc import Iterable, Iterator
+from itertools import chain
 from pathlib import Path
 from typing import Callable
 
@@ -24,8 +27,8 @@ from ..atomic import check_output_dir, refuse_overlap, replace_dir
 from ..config import TransformConfig
 from ..errors import TbqError
 from ..plan import Scheme
-from ..pipeline.rundir import RUN_FIX, load_run, side_files_of_run
-from ..readers import read_safetensors, reading
+from ..pipeline.rundir import RUN_FIX, iter_run_weights, run_info, run_linear_names, run_rest, side_files_of_run
+from ..readers import reading
 from .manifest import tensor_record
 from ..vllm_plugin import ACT_CLIP_KEY, ENTRY_POINT, HADACORE_MIN, PLUGIN_QUANT_METHOD, TBQ_HADAMARD
 from .pack import pack_rows, unpack_rows
@@ -67,7 +70,7 @@ def check_vllm_servable(checkpoint: Path, vllm_python: str | None = None) -> Non
                            f"install tbq there (`{vllm_python} -m pip install tbq`){fix}")
 
 
-def check_int_act_exportable(schemes: dict[str, Scheme], weights: dict[str, QuantizedWeight], run: Path) -> None:
+def check_int_act_exportable(schemes: dict[str, Scheme], act_order: bool, run: Path) -> None:
     """W4A4/W4A8 exports are served by tbq's plugin on int8 tensor cores: symmetric int4 weights without act-order."""
     for sc in set(schemes.values()):
         if sc.bits != 4 or not sc.sym:
@@ -76,7 +79,7 @@ def check_int_act_exportable(schemes: dict[str, Scheme], weights: dict[str, Quan
         if sc.group_size not in (-1, 32, 64, 128):
             raise TbqError(f"run {run} has group size {sc.group_size} with integer activations; re-quantize with "
                            "--group-size -1 (per channel), 32, 64 or 128")
-    if any(has_act_order(q) for q in weights.values()):
+    if act_order and any(sc.group_size != -1 for sc in schemes.values()):  # act-order groups store a g_idx
         raise TbqError(f"run {run} uses act-order groups with integer activations, which tbq's vLLM plugin does not "
                        "serve; re-quantize without --act-order")
 
@@ -190,28 +193,30 @@ def export_dtype(model_dtype: torch.dtype, spec: ArchSpec) -> torch.dtype:
     return model_dtype if model_dtype in (torch.float16, torch.bfloat16) else getattr(torch, spec.half_dtype)
 
 
-def save_sharded(tensors: dict[str, torch.Tensor], folder: Path) -> None:
-    """safetensors shards of at most SHARD_BYTES, with an index when there is more than one."""
-    shards, current, size = [], {}, 0
-    for key in sorted(tensors):
-        t = tensors[key].contiguous()
-        nbytes = t.numel() * t.element_size()
-        if current and size + nbytes > SHARD_BYTES:
-            shards.append(current)
+def save_sharded(tensors: Iterable[tuple[str, torch.Tensor]], folder: Path) -> None:
+    """safetensors shards of at most SHARD_BYTES from (name, tensor) pairs, filled in the order given and each
+    written as soon as it is full (one shard in memory at a time), with an index when there is more than one."""
+    shards: list[list[str]] = []  # the names in each shard written so far
+    current: dict[str, torch.Tensor] = {}
+    size = total = 0
+    for key, t in chain(tensors, [(None, None)]):  # None: the end
+        nbytes = 0 if t is None else t.numel() * t.element_size()
+        if current and (t is None or size + nbytes > SHARD_BYTES):
+            save_file(current, folder / f".shard-{len(shards)}", metadata={"format": "pt"})
+            shards.append(list(current))
             current, size = {}, 0
-        current[key] = t
-        size += nbytes
-    shards.append(current)
+        if t is not None:
+            current[key] = t.contiguous()
+            size, total = size + nbytes, total + nbytes
     if len(shards) == 1:
-        save_file(shards[0], folder / "model.safetensors", metadata={"format": "pt"})
+        os.replace(folder / ".shard-0", folder / "model.safetensors")
         return
     weight_map = {}
-    for i, shard in enumerate(shards, 1):
-        fname = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-        save_file(shard, folder / fname, metadata={"format": "pt"})
-        weight_map.update({k: fname for k in shard})
-    index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in tensors.values())},
-             "weight_map": weight_map}
+    for i, names in enumerate(shards):
+        fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        os.replace(folder / f".shard-{i}", folder / fname)
+        weight_map.update(dict.fromkeys(names, fname))
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
     (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
 
 
@@ -238,13 +243,21 @@ def write_atomically(out: Path, overwrite: bool, fill, source: Path | None = Non
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def write_vllm_checkpoint(out: Path, weights: dict[str, QuantizedWeight], rest: dict[str, torch.Tensor], config,
-                          schemes: dict[str, Scheme], info: dict, side_files: Path | None = None,
-                          overwrite: bool = False, act_bits: int | None = None,
+def recorded(tensors: Iterable[tuple[str, torch.Tensor]], records: dict[str, dict]) -> Iterator[tuple[str, torch.Tensor]]:
+    """The pairs of ``tensors`` as they come, each one's :func:`manifest.tensor_record` added to ``records``."""
+    for key, t in tensors:
+        records[key] = tensor_record(t)
+        yield key, t
+
+
+def write_vllm_checkpoint(out: Path, weights: Iterable[tuple[str, QuantizedWeight]],
+                          rest: Iterable[tuple[str, torch.Tensor]], config, schemes: dict[str, Scheme], info: dict,
+                          side_files: Path | None = None, overwrite: bool = False, act_bits: int | None = None,
                           transform: tuple[dict, str] | None = None, ignore: list[str] | tuple[str, ...] = (),
                           card: Callable[[Path], str] | None = None, act_clip: float | None = None) -> Path:
     """Write quantized linears plus the other tensors as a pack-quantized checkpoint at ``out`` (atomically).
-    ``config`` is the model's transformers config; ``schemes`` each quantized linear's Scheme; ``side_files`` the
+    ``weights`` and ``rest`` are (name, tensor) pairs, consumed once, in order, so that they may be read as they are
+    written. ``config`` is the model's transformers config; ``schemes`` each quantized linear's Scheme; ``side_files`` the
     run whose model-folder files are copied; ``act_bits`` declares dynamic per-token activations (clip ratio
     ``act_clip``); ``transform`` is
     :func:`down_transform`'s pair; ``ignore`` the linears kept dense (their weights are in ``rest``); ``card``
@@ -253,18 +266,21 @@ def write_vllm_checkpoint(out: Path, weights: dict[str, QuantizedWeight], rest: 
         check_vllm_support(sc.bits, sc.sym, sc.group_size)
     dtype = export_dtype(getattr(config, "dtype", None) or torch.float32, spec_for(config))
 
-    def fill(tmp: Path) -> None:
-        tensors = {}
-        act_order = set()
-        for name, w in weights.items():
+    act_order: set[str] = set()
+
+    def tensors() -> Iterator[tuple[str, torch.Tensor]]:
+        for name, w in weights:
             part = linear_tensors(name, w, schemes[name].bits, schemes[name].sym, dtype)
             if f"{name}.weight_g_idx" in part:
                 act_order.add(name)
-            tensors.update(part)
-        for key, t in rest.items():
-            tensors[key] = t.to(dtype) if t.is_floating_point() else t
-        save_sharded(tensors, tmp)
-        records = {k: tensor_record(t) for k, t in sorted(tensors.items())}
+            yield from part.items()
+        for key, t in rest:
+            yield key, t.to(dtype) if t.is_floating_point() else t
+
+    def fill(tmp: Path) -> None:
+        records: dict[str, dict] = {}
+        save_sharded(recorded(tensors(), records), tmp)
+        records = dict(sorted(records.items()))
         config.dtype = dtype
         config.quantization_config = quantization_config(schemes, act_order, act_bits, transform, ignore,
                                                           act_clip)
@@ -300,13 +316,13 @@ def export_vllm(run: Path, out: Path, overwrite: bool = False) -> Path:
     from .card import model_card
 
     run = Path(run)
-    info, weights = load_run(run)
+    info = run_info(run)
     t = info["config"].get("transform", {})
-    schemes, dense = run_schemes(info, weights)
+    schemes, dense = run_schemes(info, run_linear_names(run))
     for sc in sorted(set(schemes.values())):
         check_vllm_support(sc.bits, sc.sym, sc.group_size)
     if t.get("act_bits"):
-        check_int_act_exportable(schemes, weights, run)
+        check_int_act_exportable(schemes, info["config"]["quant"].get("act_order", False), run)
     if t.get("kv_bits"):
         raise TbqError(f"run {run} fake-quantizes the KV cache to int{t['kv_bits']}, which stock vLLM cannot express; "
                        "quantize without --kv-bits to export")
@@ -317,27 +333,38 @@ def export_vllm(run: Path, out: Path, overwrite: bool = False) -> Path:
         block = TransformConfig(**t).online_block
         transform = down_transform(spec_for(config).down, config.intermediate_size, block)
     info_out = {"run": str(run.resolve()), **({"act_clip": t["act_clip"]} if t.get("act_bits") else {})}
-    rest = read_safetensors(run / "rest.safetensors", "run file", RUN_FIX)
     quant_method = PLUGIN_QUANT_METHOD if t.get("act_bits") else transform[1] if transform else "compressed-tensors"
-    return write_vllm_checkpoint(out, weights, rest, config, schemes, info_out, run, overwrite, t.get("act_bits"),
-                                 transform, dense, lambda final: model_card(run, info, "vllm", final, quant_method),
-                                 t.get("act_clip"))
+    return write_vllm_checkpoint(out, iter_run_weights(run), run_rest(run), config, schemes, info_out, run, overwrite,
+                                 t.get("act_bits"), transform, dense,
+                                 lambda final: model_card(run, info, "vllm", final, quant_method), t.get("act_clip"))
 
 
 def export_hf(run: Path, out: Path, overwrite: bool = False) -> Path:
-    """Write the run's dequantized weights as a dense Hugging Face checkpoint, with the model folder's other files
-    (tokenizer, generation config, ...) as the run holds them, and a model card."""
-    from ..pipeline.rundir import load_fake_quant_model
+    """Write the run's dequantized weights (in its model's dtype) as a dense Hugging Face checkpoint, with the model
+    folder's other files (tokenizer, generation config, ...) as the run holds them, and a model card; one block's
+    weights are in memory at a time."""
+    from transformers import AutoConfig, GenerationConfig
+
     from .card import model_card
 
     run = Path(run)
     refuse_overlap(out, run, "run")
-    info = load_run(run)[0]
+    info = run_info(run)
     check_dense_exportable(info, run)
-    model = load_fake_quant_model(run)
+    with reading(run / "config.json", "run file", RUN_FIX):
+        config = AutoConfig.from_pretrained(run)
+    dtype = config.dtype or torch.float32
+
+    def tensors() -> Iterator[tuple[str, torch.Tensor]]:
+        for name, q in iter_run_weights(run):
+            yield f"{name}.weight", q.dequantize().to(dtype)
+        for key, t in run_rest(run):
+            yield key, t.to(dtype) if t.is_floating_point() else t
 
     def fill(tmp: Path) -> None:
-        model.save_pretrained(tmp)
+        save_sharded(tensors(), tmp)
+        config.save_pretrained(tmp)
+        GenerationConfig.from_model_config(config).save_pretrained(tmp)  # what save_pretrained writes; a run's own wins
         copy_side_files(run, tmp)
         (tmp / "README.md").write_text(model_card(run, info, "hf", Path(out), None))
         (tmp / EXPORT_INFO).write_text(json.dumps({"run": str(run.resolve()), "format": "hf"}, indent=2))

@@ -1,5 +1,6 @@
 """``tbq verify``: reload an export, check every tensor against its config, its export-time record (dtype, shape,
-checksum) and the run: quantized linears dequantized, every other tensor in the export dtype."""
+checksum) and the run: quantized linears dequantized, every other tensor in the export dtype. Tensors are read
+one (or one linear's few) at a time, so a 70B checkpoint is verified in a few hundred MB."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from ..algorithms.quantized import QuantizedWeight
 from ..arch import spec_for
 from ..errors import TbqError
 from ..plan import Scheme
-from ..pipeline.rundir import RUN_FIX, load_run
-from ..readers import read_json_object, read_safetensors, reading
+from ..checkpoint import SafetensorsFiles
+from ..pipeline.rundir import iter_run_weights, run_info, run_linear_names, run_rest
+from ..readers import read_json_object, reading
 from .compressed_tensors import EXPORT_INFO, dequantize_exported
 from .manifest import record_mismatch
 from .pack import packed_words
@@ -23,36 +25,33 @@ from .pack import packed_words
 EXPORT_FIX = "re-run `tbq export` to write the checkpoint again"
 
 
-def load_tensors(folder: Path) -> dict[str, torch.Tensor]:
-    """Every tensor of every safetensors shard of ``folder``; an unreadable shard is a one-line TbqError."""
-    tensors = {}
-    for f in sorted(folder.glob("*.safetensors")):
-        tensors.update(read_safetensors(f, "checkpoint shard", EXPORT_FIX))
-    return tensors
+def checkpoint_files(folder: Path) -> SafetensorsFiles:
+    """Every tensor of every safetensors shard of ``folder`` (a stray shard's too), by name, read on demand; an
+    unreadable shard is a one-line TbqError."""
+    return SafetensorsFiles(sorted(Path(folder).glob("*.safetensors")), EXPORT_FIX)
 
 
-def _check_records(tensors: dict[str, torch.Tensor], records: dict[str, dict]) -> list[str]:
+def _check_records(files: SafetensorsFiles, records: dict[str, dict]) -> list[str]:
     """Every tensor against the dtype, shape and checksum written at export time; missing and extra ones."""
-    problems = [f"{k}: missing from the checkpoint" for k in sorted(records.keys() - tensors.keys())]
-    problems += [f"{k}: not written by the export" for k in sorted(tensors.keys() - records.keys())]
-    for k in sorted(tensors.keys() & records.keys()):
-        problem = record_mismatch(k, tensors[k], records[k])
-        if problem:
-            problems.append(problem)
-    return problems
+    keys = set(files.keys())
+    problems = [f"{k}: missing from the checkpoint" for k in sorted(records.keys() - keys)]
+    problems += [f"{k}: not written by the export" for k in sorted(keys - records.keys())]
+    found = {k: record_mismatch(k, t, records[k]) for k, t in files.read(sorted(keys & records.keys()))}
+    return problems + [found[k] for k in sorted(found) if found[k]]
 
 
-def _check_rest(tensors: dict[str, torch.Tensor], rest: dict[str, torch.Tensor], dtype: torch.dtype) -> list[str]:
-    """The run's unquantized tensors (embedding, norms, ...) against the export's, in the export dtype."""
-    problems = []
-    for k in sorted(rest):
-        want = rest[k].to(dtype) if rest[k].is_floating_point() else rest[k]
-        got = tensors.get(k)
+def _check_rest(files: SafetensorsFiles, rest, dtype: torch.dtype) -> list[str]:
+    """The run's unquantized tensors (embedding, norms, ...; (name, tensor) pairs) against the export's, in the
+    export dtype."""
+    found = {}
+    for k, t in rest:
+        want = t.to(dtype) if t.is_floating_point() else t
+        got = files.get(k) if k in files else None
         if got is None:
-            problems.append(f"{k}: missing from the checkpoint")
+            found[k] = f"{k}: missing from the checkpoint"
         elif got.dtype != want.dtype or got.shape != want.shape or not torch.equal(got, want):
-            problems.append(f"{k}: differs from the run's (export {got.dtype} {tuple(got.shape)})")
-    return problems
+            found[k] = f"{k}: differs from the run's (export {got.dtype} {tuple(got.shape)})"
+    return [found[k] for k in sorted(found)]
 
 
 def _check_shapes(tensors: dict, name: str, bits: int, sym: bool, groups_expected, dtype: torch.dtype) -> list[str]:
@@ -124,30 +123,33 @@ def verify_export(folder: Path, run: Path | None = None) -> list[str]:
         dtype = getattr(torch, config.get("dtype") or config.get("torch_dtype"))
     info = (read_json_object(folder / EXPORT_INFO, "export record", EXPORT_FIX) if (folder / EXPORT_INFO).is_file()
             else {})
-    tensors = load_tensors(folder)
-    names = sorted(k[: -len(".weight_packed")] for k in tensors if k.endswith(".weight_packed"))
+    files = checkpoint_files(folder)
+    names = sorted(k[: -len(".weight_packed")] for k in files.keys() if k.endswith(".weight_packed"))
     if not names:
         return ["no quantized linears (*.weight_packed) found"]
-    problems = _check_records(tensors, info["tensors"]) if "tensors" in info else []
+    problems = _check_records(files, info["tensors"]) if "tensors" in info else []
     schemes = {name: scheme_of(name, groups) for name in names}
     problems += [f"{name}: no config group targets it" for name, sc in schemes.items() if sc is None]
     schemes = {name: sc for name, sc in schemes.items() if sc is not None}
+
+    def linear(name: str) -> dict[str, torch.Tensor]:  # one linear's tensors
+        return dict(files.read(k for k in files.keys() if k.startswith(f"{name}.weight_")))
+
     for name, sc in schemes.items():
-        problems += _check_shapes(tensors, name, sc.bits, sc.sym,
+        problems += _check_shapes(linear(name), name, sc.bits, sc.sym,
                                   lambda k, gs=sc.group_size: 1 if gs == -1 else k // gs, dtype)
     if run is None and "run" in info:
         run = Path(info["run"])
     if run is not None:
-        run_info, weights = load_run(run)
-        problems += _check_transform(qc, run_info, config)
-        problems += _check_rest(tensors, read_safetensors(Path(run) / "rest.safetensors", "run file", RUN_FIX), dtype)
-        if sorted(weights) != names:
-            problems.append(f"the export has {len(names)} quantized linears, the run {len(weights)}")
-        for name in schemes:
-            if name in weights:
-                q = weights[name]
+        problems += _check_transform(qc, run_info(run), config)
+        problems += _check_rest(files, run_rest(run), dtype)
+        run_names = run_linear_names(run)
+        if run_names != names:
+            problems.append(f"the export has {len(names)} quantized linears, the run {len(run_names)}")
+        for name, q in iter_run_weights(run):
+            if name in schemes:
                 # the run's weights with the scales rounded to the export dtype, as stored
                 ref = QuantizedWeight(q.codes, q.scale.to(dtype).float(), q.zero, q.g_idx).dequantize()
-                if not torch.equal(dequantize_exported(tensors, name, schemes[name].bits), ref):
+                if not torch.equal(dequantize_exported(linear(name), name, schemes[name].bits), ref):
                     problems.append(f"{name}: dequantized weights differ from the run's")
     return problems

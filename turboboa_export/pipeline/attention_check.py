@@ -62,6 +62,12 @@ def layer_types(config, n: int) -> list[str]:
     return list(getattr(config, "layer_types", None) or ["full_attention"] * n)
 
 
+def checked_layers(config, n: int) -> list[int]:
+    """The layers the check runs: the first of each attention type, in order."""
+    types = layer_types(config, n)
+    return [types.index(t) for t in dict.fromkeys(types)]
+
+
 def check_tokens(config, seqlen: int) -> int:
     """The length of the check sequence: MIN_TOKENS, longer than a sliding window, at most ``seqlen``."""
     window = getattr(config, "sliding_window", None) or 0
@@ -76,7 +82,8 @@ def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
 @torch.no_grad()
 def check_attention(model, spec: ArchSpec, ids: torch.Tensor) -> None:
     """Compare tbq's post-RoPE queries and keys and attention probabilities with the model's own, for the first
-    layer of each layer type, on token ids [1, L] (model on the CPU or any one device).
+    layer of each layer type (:func:`checked_layers`; their weights and the embedding's loaded), on token ids
+    [1, L] (model on the CPU or any one device).
 
     Raises TbqError naming the family, layer type and what differs (queries, keys or probabilities) when the
     largest difference, relative to the largest value (absolute for probabilities), exceeds the tolerance of the
@@ -88,8 +95,8 @@ def check_attention(model, spec: ArchSpec, ids: torch.Tensor) -> None:
     tol = TOLERANCE.get(model.dtype, HALF_TOLERANCE)
     with probed(model):
         cap = capture_inputs(model, layers, ids)
-        for layer_type in dict.fromkeys(types):
-            i = types.index(layer_type)
+        for i in checked_layers(model.config, len(layers)):
+            layer_type = types[i]
             block = layers[i]
             attn = block.get_submodule(spec.attn)
             x = block.get_submodule(spec.input_norm)(cap.inputs[0])

@@ -182,6 +182,10 @@ class AttentionStatistics:
         self._kk += k.transpose(-1, -2) @ k
         self.tokens += x_q.shape[0]
 
+    def sums(self) -> list[torch.Tensor]:
+        """The running sums (what ranks add up)."""
+        return [self._qq, self._kk, self._zz] + ([self._fq] if self.with_r else [])
+
     def h_out_q(self) -> torch.Tensor:
         """[heads, d, d]."""
         c_k = (2 * self._kk / self.tokens).repeat_interleave(self.shape.group, dim=0)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import platform
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -19,6 +20,7 @@ from safetensors.torch import load_file
 from ..algorithms.quantized import QuantizedWeight
 from ..atomic import atomic_save_tensors, atomic_write_bytes, check_output_dir, replace_dir
 from ..arch import spec_for
+from ..checkpoint import SafetensorsFiles
 from ..config import RunConfig, TransformConfig
 from ..errors import TbqError
 from ..readers import read_json_object, read_safetensors, reading
@@ -134,6 +136,26 @@ class RunWriter:
         return replace_dir(self.partial, self.final)
 
 
+class RunFollower(RunWriter):
+    """What a rank other than 0 of a distributed run sees of the run that rank 0 writes (created by rank 0's
+    RunWriter before this one): where it resumes and the saved blocks; it writes nothing."""
+
+    def __init__(self, final: Path, config: RunConfig, overwrite: bool = False, resume: bool = False):
+        self.final = Path(final)
+        self.partial = self.final.with_name(self.final.name + ".partial")
+        self.config = config
+        self.blocks_done = self.info()["blocks_done"] if resume else 0
+
+    def save_block(self, index: int, weights: dict[str, QuantizedWeight], metrics: list[dict]) -> None:
+        self.blocks_done = index + 1
+
+    def abandon(self) -> None:
+        pass
+
+    def finish(self, rest: dict[str, torch.Tensor], lm, tokenizer, sources: list[Path], **info) -> Path:
+        return self.final
+
+
 def side_files_of_run(run: Path) -> list[Path]:
     """The run's copies of its model folder's non-weight files: everything at its top level but its own files, a
     model card (runs written before issue 19 may hold the source's) and the run's ``eval.json``."""
@@ -141,18 +163,45 @@ def side_files_of_run(run: Path) -> list[Path]:
                   and f.name not in RUN_FILES + NOT_CARRIED + (EVAL_FILE,))
 
 
-def load_run(path: Path) -> tuple[dict, dict[str, QuantizedWeight]]:
-    """``run.json`` and the quantized weights of a finished run."""
+def run_info(path: Path) -> dict:
+    """``run.json`` of a finished run; TbqError when ``path`` is not one, or not complete."""
     path = Path(path)
     if not (path / "run.json").is_file():
         raise TbqError(f"{path} is not a tbq run (no run.json); pass the -o folder of `tbq quantize`")
     info = read_json_object(path / "run.json", "run file", RUN_FIX)
     if info.get("status") != "complete":
         raise TbqError(f"run {path} is not complete; finish it with `tbq quantize ... --resume`")
-    weights: dict[str, QuantizedWeight] = {}
-    for f in sorted((path / "blocks").glob("*.safetensors")):
-        weights.update(_unpack(read_safetensors(f, "run block file", RUN_FIX)))
-    return info, weights
+    return info
+
+
+def _block_files(path: Path) -> list[Path]:
+    return sorted((Path(path) / "blocks").glob("*.safetensors"))
+
+
+def iter_run_weights(path: Path) -> Iterator[tuple[str, QuantizedWeight]]:
+    """(module name, quantized weight) of a finished run's linears, read one block file at a time (a 70B run's
+    codes do not fit in memory at once)."""
+    for f in _block_files(path):
+        yield from _unpack(read_safetensors(f, "run block file", RUN_FIX)).items()
+
+
+def run_rest(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) of the run's unquantized tensors (``rest.safetensors``), read one at a time."""
+    files = SafetensorsFiles([Path(path) / "rest.safetensors"], RUN_FIX)
+    yield from files.read(files.keys())
+
+
+def run_linear_names(path: Path) -> list[str]:
+    """The quantized linears of a run, from its block files' headers (no tensor is read)."""
+    files = SafetensorsFiles(_block_files(path), RUN_FIX)
+    return sorted({k.rsplit(".", 1)[0] for k in files.keys()})
+
+
+def load_run(path: Path) -> tuple[dict, dict[str, QuantizedWeight]]:
+    """``run.json`` and the quantized weights of a finished run, all in memory (exports stream them:
+    :func:`iter_run_weights`)."""
+    info = run_info(path)
+    return info, dict(iter_run_weights(path))
 
 
 def load_fake_quant_model(path: Path, dtype: torch.dtype | None = None):

@@ -62,6 +62,10 @@ class SecondMoments:
             self.c_sum = accumulate(self.c_sum, (x_fp if half else x_fp.to(self.dtype)).T, xq, half)  # sum x_fp x_q^T
         self.tokens += x_q.shape[0]
 
+    def sums(self) -> list[torch.Tensor]:
+        """The running sums (what ranks add up)."""
+        return [self.h_sum] + ([self.c_sum] if self.with_r else [])
+
     def h(self) -> torch.Tensor:
         return 2 * self.h_sum / self.tokens
 

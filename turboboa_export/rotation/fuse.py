@@ -57,22 +57,36 @@ def _rotate_output(m: nn.Linear, q: torch.Tensor) -> None:
     _set(m, q.T @ m.weight.data.double(), m.bias.data.double() @ q if m.bias is not None else None)
 
 
-@torch.no_grad()
-def rotate_model(model: nn.Module, spec: ArchSpec, seed: int, online_block: int | None = None) -> None:
-    """Rotate ``model`` in place (see the module docstring); its function is unchanged once ``online`` transforms
-    are installed with the same ``online_block`` (None: the full H_n on down_proj's input; B: block-diagonal)."""
-    config = model.config
-    check_rotatable(config, spec, online_block)
-    shape = attention_shape(config)
-    q = random_hadamard(config.hidden_size, seed)
-    h_d = hadamard_matrix(shape.head_dim)
-    embed = model.get_submodule(spec.embed)
-    head = model.get_submodule(spec.lm_head)
-    if getattr(config, "tie_word_embeddings", False) or head.weight is embed.weight:
-        head.weight = nn.Parameter(embed.weight.data.clone())
-        config.tie_word_embeddings = False
-    embed.weight.data = (embed.weight.data.double() @ q).to(embed.weight.dtype)
-    for block in model.get_submodule(spec.layers):
+class Rotation:
+    """One model's rotation, applied part by part as its parts are loaded (a streamed run holds one block at a
+    time): :meth:`untie` and :meth:`embedding` first, :meth:`block` for each decoder block, :meth:`head` last.
+    ``config``/``spec``: the model's; ``seed``: the random Hadamard's; ``online_block``: None for the full H_n on
+    down_proj's input, B for block-diagonal. Raises TbqError for families or sizes it does not cover."""
+
+    def __init__(self, config, spec: ArchSpec, seed: int, online_block: int | None = None):
+        check_rotatable(config, spec, online_block)
+        self.spec, self.online_block = spec, online_block
+        self.shape = attention_shape(config)
+        self.q = random_hadamard(config.hidden_size, seed)  # float64 [hidden, hidden]
+        self.h_d = hadamard_matrix(self.shape.head_dim)
+
+    def untie(self, model: nn.Module) -> None:
+        """Give lm_head its own weight (a tied one is rotated differently from the embedding)."""
+        embed, head = model.get_submodule(self.spec.embed), model.get_submodule(self.spec.lm_head)
+        if getattr(model.config, "tie_word_embeddings", False) or head.weight is embed.weight:
+            head.weight = nn.Parameter(embed.weight.data.clone())
+            model.config.tie_word_embeddings = False
+
+    @torch.no_grad()
+    def embedding(self, model: nn.Module) -> None:
+        """E <- E Q (after :meth:`untie`)."""
+        embed = model.get_submodule(self.spec.embed)
+        embed.weight.data = (embed.weight.data.double() @ self.q).to(embed.weight.dtype)
+
+    @torch.no_grad()
+    def block(self, block: nn.Module) -> None:
+        """Fuse the block's norms, rotate its residual-stream sides by Q, v/o per head by H_d, down_proj by H_i."""
+        spec, shape, q, h_d = self.spec, self.shape, self.q, self.h_d
         lin = {role: block.get_submodule(path) for role, path in spec.linears().items()}
         _fuse_norm_then_rotate(block.get_submodule(spec.input_norm), [lin["q"], lin["k"], lin["v"]], q)
         _fuse_norm_then_rotate(block.get_submodule(spec.post_attn_norm), [lin["gate"], lin["up"]], q)
@@ -83,5 +97,21 @@ def rotate_model(model: nn.Module, spec: ArchSpec, seed: int, online_block: int 
         _set(lin["v"], (h_d.T @ v).reshape(lin["v"].weight.shape), None if v_bias is None else v_bias.reshape(-1))
         o = lin["o"].weight.data.double().reshape(-1, shape.heads, shape.head_dim)
         _set(lin["o"], (o @ h_d).reshape(lin["o"].weight.shape))
-        _set(lin["down"], apply_online_rotation(lin["down"].weight.data.double(), online_block))  # W_down H_i
-    _fuse_norm_then_rotate(model.get_submodule(spec.final_norm), [head], q)
+        _set(lin["down"], apply_online_rotation(lin["down"].weight.data.double(), self.online_block))  # W_down H_i
+
+    @torch.no_grad()
+    def head(self, model: nn.Module) -> None:
+        """Fuse the final norm into lm_head, rotated by Q."""
+        _fuse_norm_then_rotate(model.get_submodule(self.spec.final_norm), [model.get_submodule(self.spec.lm_head)],
+                               self.q)
+
+
+def rotate_model(model: nn.Module, spec: ArchSpec, seed: int, online_block: int | None = None) -> None:
+    """Rotate ``model`` in place (see the module docstring); its function is unchanged once ``online`` transforms
+    are installed with the same ``online_block`` (None: the full H_n on down_proj's input; B: block-diagonal)."""
+    rotation = Rotation(model.config, spec, seed, online_block)
+    rotation.untie(model)
+    rotation.embedding(model)
+    for block in model.get_submodule(spec.layers):
+        rotation.block(block)
+    rotation.head(model)
