@@ -1,8 +1,11 @@
-"""vLLM serving speed of W4A4 and W4A8 exports (tbq's plugin) against fp16, stock W8A8-int8 (CUTLASS) and W4A16 on
-Marlin, side by side in one run: decode output tok/s at several batch sizes and prefill prompt tok/s.
+"""vLLM serving speed, side by side in one run: decode output tok/s at several batch sizes and prefill prompt tok/s.
 
-    python benchmarks/int_act_serving.py [--shape llama3-8b] [--batch-sizes 1,16,128] [--prefill 8x2048]
-        [--vllm-python python3] [--ckpts /tmp/intck] --json OUT.json
+    python benchmarks/int_act_serving.py [--set int_act|decode] [--shape llama3-8b] [--batch-sizes 1,16,128]
+        [--prefill 8x2048] [--only LABEL,...] [--vllm-python python3] [--ckpts /tmp/intck] --json OUT.json
+
+``--set int_act`` (issue 15): W4A4 and W4A8 exports (tbq's plugin) against fp16, stock W8A8-int8 (CUTLASS), W4A16
+on Marlin and on tbq's decode kernel. ``--set decode`` (issue 17): W4/W3/W2 g128 on tbq's decode kernel against
+the stock kernel vLLM picks without it (Marlin for W4, Humming for W3/W2), with fp16 first.
 
 Weights are random (speed does not depend on their values): each checkpoint is written with one layer for its
 config.json and served at the shape's full depth with vLLM's dummy loader (vLLM draws every tensor, integer codes
@@ -25,18 +28,38 @@ from tbq_eval import throughput  # noqa: E402
 from tbq_eval.random_checkpoint import shape_config, write_random  # noqa: E402
 
 # label -> (write_random keyword arguments, VLLM_DISABLED_KERNELS)
-CHECKPOINTS = {
+INT_ACT = {
     "fp16": (dict(fmt="fp16"), None),
     "W8A8-int8 (stock)": (dict(fmt="w8a8"), None),
-    "W4A16 g128 Marlin": (dict(fmt="vllm", bits=4, group_size=128), "MacheteLinearKernel"),
+    "W4A16 g128 Marlin": (dict(fmt="vllm", bits=4, group_size=128), "TbqDequantLinearKernel,MacheteLinearKernel"),
+    "W4A16 g128 (tbq decode)": (dict(fmt="vllm", bits=4, group_size=128), None),
     "W4A8 channel (tbq)": (dict(fmt="vllm", bits=4, group_size=-1, online_rotation="full", act_bits=8), None),
     "W4A4 channel (tbq)": (dict(fmt="vllm", bits=4, group_size=-1, online_rotation="full", act_bits=4), None),
     "W4A4 g128 (tbq)": (dict(fmt="vllm", bits=4, group_size=128, online_rotation="full", act_bits=4), None),
 }
+STOCK = "TbqDequantLinearKernel,MacheteLinearKernel"  # vLLM without tbq's kernel, Marlin ahead of Machete
+DECODE = {"fp16": (dict(fmt="fp16"), None)} | {
+    f"W{bits} g128 {kernel}": (dict(fmt="vllm", bits=bits, group_size=128), disabled)
+    for bits in (4, 3, 2) for kernel, disabled in (("stock", STOCK), ("tbq", None))}
+SETS = {"int_act": INT_ACT, "decode": DECODE}
+
+
+def decode_criteria(rows: list[dict]) -> list[str]:
+    """Issue 17's serving targets: batch-1 tok/s and batch 16 ahead of the stock kernel, per width."""
+    tok = {(r["label"], r["batch"]): r["output_tok_s"] for r in rows if "output_tok_s" in r}
+    checks = []
+    for bits, target in ((4, 500), (3, 600), (2, 700)):
+        b1 = tok.get((f"W{bits} g128 tbq", 1))
+        if b1:
+            checks.append(f"W{bits} batch 1: {b1:.0f} tok/s (>= {target}) {'PASS' if b1 >= target else 'FAIL'}")
+        ours, stock = tok.get((f"W{bits} g128 tbq", 16)), tok.get((f"W{bits} g128 stock", 16))
+        if ours and stock:
+            checks.append(f"W{bits} batch 16 vs stock: {ours / stock:.2f}x (> 1) {'PASS' if ours > stock else 'FAIL'}")
+    return checks
 
 
 def criteria(rows: list[dict]) -> list[str]:
-    """The issue's targets, each as 'name: ratio (target) PASS|FAIL'."""
+    """Issue 15's targets, each as 'name: ratio (target) PASS|FAIL'."""
     tok = {(r["label"], r["batch"] if "output_tok_s" in r else "prefill"): r.get("output_tok_s", r.get("prefill_tok_s"))
            for r in rows}
     pre = lambda label: tok.get((label, "prefill"))  # noqa: E731
@@ -54,6 +77,7 @@ def criteria(rows: list[dict]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--set", choices=tuple(SETS), default="int_act")
     ap.add_argument("--shape", default="llama3-8b")
     ap.add_argument("--batch-sizes", default="1,16,128")
     ap.add_argument("--input-len", type=int, default=128)
@@ -64,10 +88,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--ckpts", type=Path, default=Path("/tmp/intck"))
     ap.add_argument("--json", type=Path, required=True)
     a = ap.parse_args(argv)
-    chosen = {k: v for k, v in CHECKPOINTS.items() if not a.only or k in a.only.split(",")}
+    chosen = {k: v for k, v in SETS[a.set].items() if not a.only or k in a.only.split(",")}
     paths = []
     for i, (label, (kwargs, _)) in enumerate(chosen.items()):
-        path = a.ckpts / f"{a.shape}-{i}"
+        path = a.ckpts / f"{a.shape}-{a.set}-{i}"
         if not (path / "config.json").is_file():
             write_random(a.shape, path, layers=1, seed=0, **kwargs)
             config = json.loads((path / "config.json").read_text())
@@ -78,7 +102,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                               a.output_len, a.vllm_python, disabled_kernels=[v[1] for v in chosen.values()],
                               prefill=a.prefill, load_format="dummy")
     print(throughput.offline_table(rows))
-    checks = criteria(rows)
+    checks = criteria(rows) if a.set == "int_act" else decode_criteria(rows)
     print("\n".join(checks))
     a.json.write_text(json.dumps({"rows": rows, "criteria": checks}, indent=2))
     return rows

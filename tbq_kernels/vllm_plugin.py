@@ -1,79 +1,119 @@
-"""vLLM plugin: serves tbq's compressed-tensors exports (and any int4/int8 pack-quantized checkpoint) on our kernels.
+"""vLLM plugin: decode steps of weight-only int2/3/4/8 compressed-tensors layers on tbq's CUDA kernel.
 
-Registered through the entry point group ``vllm.general_plugins`` (``tbq_kernels`` in pyproject.toml). Opt-in
-because it measured slower than Machete and Marlin (README, Kernels): with ``TBQ_VLLM_KERNELS=1`` in the
-environment, ``register`` puts ``TbqDequantLinearKernel`` first among vLLM's CUDA mixed-precision linear kernels, so compressed-tensors' WNA16
-scheme picks it wherever it can implement the layer and falls back to Machete/Marlin elsewhere; otherwise installing
-tbq leaves vLLM as it is. Once on, it can be skipped like any vLLM kernel:
-``VLLM_DISABLED_KERNELS=TbqDequantLinearKernel``.
+Registered through the entry point group ``vllm.general_plugins`` (``tbq_kernels`` in pyproject.toml). ``register``
+puts ``TbqDequantLinearKernel`` first among vLLM's CUDA mixed-precision linear kernels, so compressed-tensors' WNA16
+scheme picks it for every layer the decode kernel can take (``decode_layout.check_decode_shape``). Such a layer
+keeps two copies of its codes: the decode kernel's layout, used for up to 16 rows (decode), and the stock kernel vLLM
+would have chosen without us (Machete, Marlin, Humming, ...), used for more rows (prefill, large batches). The way
+out is vLLM's own: ``VLLM_DISABLED_KERNELS=TbqDequantLinearKernel``.
 """
 
 from __future__ import annotations
 
-import os
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
+
+from .decode_gemm import MAX_ROWS, decode_gemm
+from .decode_layout import check_decode_shape, from_compressed_tensors
+
+
+@dataclass
+class RegisteredLinear:
+    decode: Callable[[torch.Tensor], torch.Tensor]  # x -> y for at most MAX_ROWS rows (tbq's decode kernel)
+    stock: Callable[[torch.Tensor], torch.Tensor]  # x -> y for more rows (a stock kernel)
+
+
+LINEARS: dict[int, RegisteredLinear] = {}
+_keys = itertools.count()
+
+
+def register_linear(decode: Callable[[torch.Tensor], torch.Tensor], stock: Callable[[torch.Tensor], torch.Tensor]) -> int:
+    """The key ``decode_linear`` dispatches a layer's calls by."""
+    key = next(_keys)
+    LINEARS[key] = RegisteredLinear(decode, stock)
+    return key
+
+
+@torch.library.custom_op("tbq::decode_linear", mutates_args=(), schema="(Tensor x, Tensor codes, int key) -> Tensor")
+def decode_linear(x, codes, key):
+    """y = x W^T for registered linear ``key`` (``codes``: its decode-layout codes, which give N): the decode path for
+    at most 16 rows of x, the stock path otherwise. An opaque op, so that the row count is read when it runs (also
+    inside CUDA-graph capture), not when vLLM traces the model."""
+    entry = LINEARS[key]
+    return entry.decode(x) if x.numel() // max(1, x.shape[-1]) <= MAX_ROWS else entry.stock(x)
+
+
+@decode_linear.register_fake
+def _(x, codes, key):
+    return x.new_empty(*x.shape[:-1], codes.shape[0] * 16)
 
 
 def _kernel_class():
     """Defined lazily: vLLM is an optional dependency."""
+    from vllm.model_executor.kernels import linear
     from vllm.model_executor.kernels.linear.mixed_precision.MPLinearKernel import MPLinearKernel, MPLinearLayerConfig
-    from vllm.platforms import current_platform
-    from vllm.scalar_type import scalar_types
+    from vllm.platforms import PlatformEnum, current_platform
 
-    from .layout import from_compressed_tensors
-    from .ops import dequant_gemm_op
-
-    supported = {scalar_types.uint4b8: (4, False), scalar_types.uint8b128: (8, False),
-                 scalar_types.uint4: (4, True), scalar_types.uint8: (8, True)}
+    def stock_class(c: MPLinearLayerConfig):
+        """The kernel vLLM chooses for ``c`` when ours is not in its list."""
+        kernels = linear._POSSIBLE_KERNELS[PlatformEnum.CUDA]
+        ours = [k for k in kernels if k.__name__ == "TbqDequantLinearKernel"]
+        for k in ours:
+            kernels.remove(k)
+        try:
+            return linear.choose_mp_linear_kernel(c)
+        finally:
+            kernels[:0] = ours
 
     class TbqDequantLinearKernel(MPLinearKernel):
-        """tbq's Triton dequant-GEMM (tbq_kernels/triton_gemm.py) behind vLLM's mixed-precision linear interface."""
+        """tbq's decode kernel (tbq_kernels/csrc/decode_gemm.cu) for up to 16 rows, vLLM's stock kernel above."""
 
         @classmethod
         def get_min_capability(cls) -> int:
-            return 80
+            return 80  # mma.sync m16n8k16 with bf16
 
         @classmethod
         def can_implement(cls, c: MPLinearLayerConfig) -> tuple[bool, str | None]:
             k, n = c.partition_weight_shape
-            group = k if c.group_size == -1 else c.group_size
             if not current_platform.is_cuda():
-                return False, "tbq kernels run on CUDA"
-            if supported.get(c.weight_type, (None, None))[1] != c.zero_points:
-                return False, f"weight type {c.weight_type} (zero points {c.zero_points}) not supported"
+                return False, "tbq's decode kernel runs on CUDA"
             if c.has_g_idx or c.act_type not in (torch.float16, torch.bfloat16):
                 return False, "needs fp16/bf16 activations and no activation reordering"
-            if k % group or group % 16:
-                return False, f"group size {c.group_size} must divide K={k} and be a multiple of 16"
+            why = check_decode_shape(n, k, c.weight_type.size_bits, k if c.group_size == -1 else c.group_size)
+            if why:
+                return False, why
+            try:
+                stock_class(c)
+            except ValueError as e:
+                return False, f"no stock kernel for more than {MAX_ROWS} rows: {e}"
             return True, None
+
+        def __init__(self, c: MPLinearLayerConfig, *names, **named) -> None:
+            super().__init__(c, *names, **named)
+            self.stock = stock_class(c)(c, *names, **named)
 
         def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
             w_q, w_s, w_zp, _ = self._get_weight_params(layer)
-            bits = supported[self.config.weight_type][0]
-            w = from_compressed_tensors(w_q.data, w_s.data, bits, None if w_zp is None else w_zp.data,
-                                        dtype=self.config.act_type)
-            self._transform_param(layer, self.w_q_name, lambda _: w.packed)
-            self._transform_param(layer, self.w_s_name, lambda _: w.scale)
-            if w.zero is not None:
-                self._transform_param(layer, self.w_zp_name, lambda _: w.zero)
-            self._shape = (bits, w.group_size)
+            k = self.config.partition_weight_shape[0]
+            w = from_compressed_tensors(w_q.data, w_s.data, self.config.weight_type.size_bits, k,
+                                        w_zp.data if self.config.zero_points else None, dtype=self.config.act_type)
+            layer.register_buffer("tbq_codes", w.codes, persistent=False)
+            self.stock.process_weights_after_loading(layer)
+            self.key = register_linear(lambda x: decode_gemm(x, w), lambda x: self.stock.apply_weights(layer, x))
 
         def apply_weights(self, layer: torch.nn.Module, x: torch.Tensor,
                           bias: torch.Tensor | None = None) -> torch.Tensor:
-            w_q, w_s, w_zp, _ = self._get_weight_params(layer)
-            bits, group = self._shape
-            y = dequant_gemm_op(x, w_q, w_s, w_zp, bits, group)  # w_zp is None for symmetric layers
+            y = decode_linear(x, layer.tbq_codes, self.key)
             return y if bias is None else y + bias
 
     return TbqDequantLinearKernel
 
 
 def register() -> None:
-    """With TBQ_VLLM_KERNELS=1, put our kernel first for CUDA mixed-precision linears (idempotent: vLLM may call
-    plugins more than once)."""
-    if os.environ.get("TBQ_VLLM_KERNELS") != "1":
-        return
+    """Put our kernel first for CUDA mixed-precision linears (idempotent: vLLM may call plugins more than once)."""
     from vllm.model_executor.kernels.linear import _POSSIBLE_KERNELS
     from vllm.platforms import PlatformEnum
 

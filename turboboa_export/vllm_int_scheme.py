@@ -3,7 +3,10 @@ in a Python with vLLM): symmetric int4 weights, channel-wise or grouped; dynamic
 activations with the run's clip ratio (:mod:`tbq_kernels.int_act`). The online Hadamard of a rotated run is applied
 before, by the transform module. Paths:
 
-- CUDA, channel-wise: codes unpacked to int8 at load (1 byte per weight), CUTLASS int8 scaled-mm (exact sums);
+- CUDA, channel-wise: codes unpacked to int8 at load (1 byte per weight), CUTLASS int8 scaled-mm (exact sums) for
+  more than 16 tokens; up to 16 (decode), tbq's decode kernel on a second, int4 copy of the codes
+  (``tbq_kernels.decode_gemm`` with ``act_bits``: integer codes of the activations times integer weights, float32
+  sums, exact up to float32 rounding);
 - CUDA, grouped: the weights stay packed and vLLM's W4A16 kernel (Machete/Marlin, as vLLM picks) multiplies the
   fake-quantized activations s_x q_x (exact up to their fp16/bf16 rounding);
 - elsewhere (vLLM's CPU build): ``tbq::int_gemm``, float64 integer sums.
@@ -23,7 +26,10 @@ from vllm.platforms import current_platform
 
 from tbq_kernels.int_act import (ACT_BITS, fake_quant_act, int8_weight, int_gemm_op, int_linear_cutlass,
                                  quantize_act)
+from tbq_kernels.decode_gemm import decode_gemm
+from tbq_kernels.decode_layout import check_decode_shape, from_compressed_tensors
 from tbq_kernels.layout import DequantWeight
+from tbq_kernels.vllm_plugin import decode_linear, register_linear
 
 
 def int_act_refusal(weights: QuantizationArgs, acts: QuantizationArgs) -> str | None:
@@ -92,17 +98,29 @@ class TbqIntActScheme(CompressedTensorsScheme):
             return
         if self.path == "cutlass":
             k = layer.weight_packed.shape[1] * 8
-            w8, s_w = int8_weight(DequantWeight(layer.weight_packed.data, layer.weight_scale.data, None, 4, k, k))
-            del layer.weight_packed, layer.weight_scale  # the int4 codes live on as int8 only
+            packed, scale = layer.weight_packed.data, layer.weight_scale.data
+            w8, s_w = int8_weight(DequantWeight(packed, scale, None, 4, k, k))
+            del layer.weight_packed, layer.weight_scale
             layer.register_parameter("weight_int8", torch.nn.Parameter(w8, requires_grad=False))
             layer.register_parameter("weight_scale_f32", torch.nn.Parameter(s_w, requires_grad=False))
+            self.decode_key = None
+            if check_decode_shape(packed.shape[0], k, 4, k) is None:
+                w = from_compressed_tensors(packed, scale, 4, k, dtype=scale.dtype)
+                layer.register_buffer("tbq_codes", w.codes, persistent=False)
+                self.decode_key = register_linear(
+                    lambda x: decode_gemm(x, w, act_bits=self.act_bits, act_clip=self.clip),
+                    lambda x: int_linear_cutlass(x, layer.weight_int8, layer.weight_scale_f32, self.act_bits,
+                                                 self.clip, None))
             return
         for name in ("weight_packed", "weight_scale"):  # plain tensors from here on (what the op takes)
             setattr(layer, name, torch.nn.Parameter(getattr(layer, name).data.contiguous(), requires_grad=False))
 
     def apply_weights(self, layer: torch.nn.Module, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         x2 = x.reshape(-1, x.shape[-1])
-        if self.path == "cutlass":
+        if self.path == "cutlass" and self.decode_key is not None:
+            y = decode_linear(x2, layer.tbq_codes, self.decode_key)
+            y = y if bias is None else y + bias
+        elif self.path == "cutlass":
             y = int_linear_cutlass(x2, layer.weight_int8, layer.weight_scale_f32, self.act_bits, self.clip, bias)
         elif self.wna16 is not None:
             y = self.wna16.apply_weights(layer, fake_quant_act(x2, self.act_bits, self.clip), bias)

@@ -1,0 +1,296 @@
+// tbq decode GEMM: y[M, N] = x[M, K] W^T for M <= 16 and b-bit weights (b = 2, 3, 4, 8) in the fragment layout
+// written by tbq_kernels/decode_layout.py, on the tensor cores (mma.sync m16n8k16, sm_80 and up).
+//
+// The weights are the mma's A operand (16 output channels x 16 inputs per tile) and the tokens its n8 side, so a
+// decode step with M = 1 wastes 7/8 of B rather than 15/16 of A. Each lane reads its own codes for eight k-tiles
+// (128 inputs) in 16-byte loads, turns them into exact small integers in registers (the exponent trick: code | the
+// bits of 1024.0 (fp16) or 128.0 (bf16) is 1024 + code, minus 1024 + zero point), multiplies them with the fp16/bf16
+// activations (staged in shared memory, a K chunk per block) accumulating in fp32, and applies each group's scales to
+// the fp32 partial sums. K is split over blocks; the last block of an output tile to finish sums the splits (a
+// counter per tile, reset by that block), so a linear is one launch.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+namespace {
+
+constexpr int WARPS = 4;    // warps per block, one 16-row output tile each
+constexpr int KSTEP = 128;  // inputs per lane load: eight 16-wide k-tiles
+
+template <typename T> struct Num;
+template <> struct Num<__half> {
+  using T2 = __half2;
+  static constexpr uint32_t MAGIC = 0x64006400u;  // 1024.0 twice: (code | MAGIC) is 1024 + code for code < 1024
+  static constexpr float BIAS = 1024.f;
+  __device__ static __forceinline__ T2 two(float v) { return __float2half2_rn(v); }
+  __device__ static __forceinline__ __half one(float v) { return __float2half_rn(v); }
+  __device__ static __forceinline__ float f(__half v) { return __half2float(v); }
+};
+template <> struct Num<__nv_bfloat16> {
+  using T2 = __nv_bfloat162;
+  static constexpr uint32_t MAGIC = 0x43004300u;  // 128.0 twice: (code | MAGIC) is 128 + code for code < 128
+  static constexpr float BIAS = 128.f;
+  __device__ static __forceinline__ T2 two(float v) { return __float2bfloat162_rn(v); }
+  __device__ static __forceinline__ __nv_bfloat16 one(float v) { return __float2bfloat16_rn(v); }
+  __device__ static __forceinline__ float f(__nv_bfloat16 v) { return __bfloat162float(v); }
+};
+
+template <typename T2> __device__ __forceinline__ uint32_t as_u32(T2 v) { return *reinterpret_cast<uint32_t*>(&v); }
+template <typename T2> __device__ __forceinline__ T2 as_t2(uint32_t v) { return *reinterpret_cast<T2*>(&v); }
+
+template <typename T> __device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1);
+template <> __device__ __forceinline__ void mma<__half>(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+               : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+template <> __device__ __forceinline__ void mma<__nv_bfloat16>(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+               : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Two codes (one in the low bits of each 16-bit half of v) minus the zero point, as exact integers in T2.
+// zb holds BIAS + zero point. 8-bit codes go through two nibbles (128 + code is not exact in bf16 above 127).
+template <typename T, int BITS>
+__device__ __forceinline__ uint32_t codes_to_pair(uint32_t v, typename Num<T>::T2 zb) {
+  using T2 = typename Num<T>::T2;
+  if constexpr (BITS == 8) {
+    T2 lo = __hsub2(as_t2<T2>((v & 0x000F000Fu) | Num<T>::MAGIC), zb);
+    T2 hi = __hsub2(as_t2<T2>(((v >> 4) & 0x000F000Fu) | Num<T>::MAGIC), Num<T>::two(Num<T>::BIAS));
+    return as_u32(__hfma2(hi, Num<T>::two(16.f), lo));  // 16 hi + lo - z
+  } else {
+    return as_u32(__hsub2(as_t2<T2>(v | Num<T>::MAGIC), zb));
+  }
+}
+
+struct Args {
+  const void* x;         // [M, K] activations, row-major
+  const uint32_t* codes; // [N/16, K_pad/128, 32, WORDS] the main plane (b bits, or the low 2 bits when b = 3)
+  const uint32_t* hi;    // [N/16, K_pad/128, 32, 2] the third bit when b = 3, else unused
+  const void* scales;    // [N/16, G_pad, 16] per group, rows of a tile innermost
+  const void* zeros;     // [N/16, G_pad, 16] zero points (asymmetric) or nullptr (symmetric: 2^(b-1))
+  float* ws;             // [splits, M, N] partial sums (splits > 1)
+  int* locks;            // [ceil(N / 64)] arrival counters, zero between launches
+  void* y;               // [M, N] output, x's dtype
+  float* act_scale;      // [M] per-token activation scales (act_bits > 0), written by act_scale_kernel
+  int M, N, K, K_pad, group, G_pad, chunk, splits, act_bits;
+  float act_clip;
+};
+
+// W4A4 / W4A8: s_x[m] = clip max_k |x[m, k]| / qmax (1 for an all-zero row), in float32 as tbq_kernels.int_act does.
+template <typename T>
+__global__ void act_scale_kernel(const Args p) {
+  __shared__ float warp_max[32];
+  const T* x = static_cast<const T*>(p.x) + (size_t)blockIdx.x * p.K;
+  float m = 0.f;
+  for (int k = threadIdx.x; k < p.K; k += blockDim.x) m = fmaxf(m, fabsf(Num<T>::f(x[k])));
+  for (int o = 16; o > 0; o /= 2) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+  if (threadIdx.x % 32 == 0) warp_max[threadIdx.x / 32] = m;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    for (int w = 1; w < blockDim.x / 32; ++w) m = fmaxf(m, warp_max[w]);
+    const float s = p.act_clip * m / float((1 << (p.act_bits - 1)) - 1);
+    p.act_scale[blockIdx.x] = s > 0.f ? s : 1.f;
+  }
+}
+
+// TPG: k-tiles per scale group inside one 128-wide step (2, 4, or 8 for groups of 32, 64, or >= 128).
+template <typename T, int BITS, int TPG>
+__global__ void __launch_bounds__(WARPS * 32) decode_gemm_kernel(const Args p) {
+  using Nm = Num<T>;
+  using T2 = typename Nm::T2;
+  constexpr int PBITS = BITS == 3 ? 2 : BITS;    // bits per code in the main plane
+  constexpr int WORDS = 2 * PBITS;               // main-plane words per lane per step
+  constexpr int V = WORDS / 4;                   // 16-byte loads per lane per step
+  constexpr int PW = 16 / PBITS;                 // code pairs per word
+  constexpr uint32_t MASK = ((1u << PBITS) - 1) * 0x00010001u;
+
+  extern __shared__ __align__(16) unsigned char smem[];
+  T* xs = reinterpret_cast<T*>(smem);
+  __shared__ int last_block;
+  const int stride = p.chunk + 8;  // +8: the eight token rows' B loads fall in distinct banks
+  const int k_begin = blockIdx.y * p.chunk;
+  const int k_len = min(p.chunk, p.K_pad - k_begin);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int g = lane / 4, tig = lane % 4;
+  const int NT = p.N / 16, KS = p.K_pad / KSTEP;
+  const int nt = blockIdx.x * WARPS + warp;
+  const bool active = nt < NT;
+  const int ks0 = k_begin / KSTEP, ks1 = (k_begin + k_len) / KSTEP;
+
+  const uint4* codes = reinterpret_cast<const uint4*>(p.codes) + ((size_t)min(nt, NT - 1) * KS * 32 + lane) * V;
+  const uint2* hi = reinterpret_cast<const uint2*>(p.hi) + (size_t)min(nt, NT - 1) * KS * 32 + lane;
+  uint4 cur[V];
+  uint2 cur_hi = make_uint2(0, 0);
+  if (active) {  // the first step's codes are in flight while x is staged
+#pragma unroll
+    for (int v = 0; v < V; ++v) cur[v] = __ldg(codes + (size_t)ks0 * 32 * V + v);
+    if constexpr (BITS == 3) cur_hi = __ldg(hi + (size_t)ks0 * 32);
+  }
+
+  const T* x = static_cast<const T*>(p.x);
+  const float qmax = p.act_bits ? float((1 << (p.act_bits - 1)) - 1) : 0.f;
+  for (int i = threadIdx.x; i < p.M * k_len; i += blockDim.x) {
+    const int m = i / k_len, k = i % k_len, kg = k_begin + k;
+    T v = kg < p.K ? x[(size_t)m * p.K + kg] : Nm::one(0.f);
+    if (p.act_bits)  // the activation's integer code q = clamp(round(x / s_x), -qmax - 1, qmax), exact in T
+      v = Nm::one(fminf(fmaxf(rintf(Nm::f(v) / p.act_scale[m]), -qmax - 1.f), qmax));
+    xs[m * stride + k] = v;
+  }
+  __syncthreads();
+
+  float acc[2][4] = {};
+  const bool two_blocks = p.M > 8;  // tokens 8..15 need a second n8 block
+  if (active) {
+    const T* sc = static_cast<const T*>(p.scales) + (size_t)nt * p.G_pad * 16;
+    const T* zp = static_cast<const T*>(p.zeros) + (size_t)nt * p.G_pad * 16;
+    const T2 zsym = Nm::two(Nm::BIAS + float(1 << (BITS - 1)));
+    for (int ks = ks0; ks < ks1; ++ks) {
+      uint4 nxt[V];
+      uint2 nxt_hi = make_uint2(0, 0);
+      if (ks + 1 < ks1) {
+#pragma unroll
+        for (int v = 0; v < V; ++v) nxt[v] = __ldg(codes + (size_t)(ks + 1) * 32 * V + v);
+        if constexpr (BITS == 3) nxt_hi = __ldg(hi + (size_t)(ks + 1) * 32);
+      }
+      const uint32_t* q = reinterpret_cast<const uint32_t*>(cur);
+      const uint32_t qh[2] = {cur_hi.x, cur_hi.y};
+      const int kk0 = (ks - ks0) * KSTEP;
+#pragma unroll
+      for (int gi = 0; gi < 8 / TPG; ++gi) {
+        const int grp = (ks * KSTEP + gi * TPG * 16) / p.group;
+        const float s0 = Nm::f(sc[grp * 16 + g]), s8 = Nm::f(sc[grp * 16 + g + 8]);
+        const T2 z0 = p.zeros ? Nm::two(Nm::BIAS + Nm::f(zp[grp * 16 + g])) : zsym;
+        const T2 z8 = p.zeros ? Nm::two(Nm::BIAS + Nm::f(zp[grp * 16 + g + 8])) : zsym;
+        float part[2][4] = {};
+#pragma unroll
+        for (int tt = 0; tt < TPG; ++tt) {
+          const int t = gi * TPG + tt;
+          uint32_t a[4];
+#pragma unroll
+          for (int j = 0; j < 4; ++j) {  // a[j] = (a_2j, a_2j+1): rows g (j even) or g + 8 (j odd)
+            const int pr = t * 4 + j;
+            uint32_t v = (q[pr / PW] >> ((pr % PW) * PBITS)) & MASK;
+            if constexpr (BITS == 3) v |= ((qh[pr / 16] >> (pr % 16)) & 0x00010001u) << 2;
+            a[j] = codes_to_pair<T, BITS>(v, (j & 1) ? z8 : z0);
+          }
+          const int kk = kk0 + t * 16 + 2 * tig;
+#pragma unroll
+          for (int nb = 0; nb < 2; ++nb) {
+            if (nb == 1 && !two_blocks) break;
+            const int tok = nb * 8 + g;
+            uint32_t b0 = 0, b1 = 0;
+            if (tok < p.M) {
+              b0 = *reinterpret_cast<const uint32_t*>(xs + tok * stride + kk);
+              b1 = *reinterpret_cast<const uint32_t*>(xs + tok * stride + kk + 8);
+            }
+            mma<T>(part[nb], a, b0, b1);
+          }
+        }
+#pragma unroll
+        for (int nb = 0; nb < 2; ++nb) {
+          acc[nb][0] += s0 * part[nb][0];
+          acc[nb][1] += s0 * part[nb][1];
+          acc[nb][2] += s8 * part[nb][2];
+          acc[nb][3] += s8 * part[nb][3];
+        }
+      }
+#pragma unroll
+      for (int v = 0; v < V; ++v) cur[v] = nxt[v];
+      cur_hi = nxt_hi;
+    }
+  }
+
+  T* y = static_cast<T*>(p.y);
+  // c0, c1: row g, tokens 2 tig, 2 tig + 1; c2, c3: row g + 8
+  if (p.act_bits && active) {
+#pragma unroll
+    for (int nb = 0; nb < 2; ++nb)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) {
+        const int tok = nb * 8 + 2 * tig + (c & 1);
+        if (tok < p.M) acc[nb][c] *= p.act_scale[tok];
+      }
+  }
+  if (p.splits == 1) {
+    if (active) {
+#pragma unroll
+      for (int nb = 0; nb < 2; ++nb)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) {
+          const int tok = nb * 8 + 2 * tig + (c & 1), row = nt * 16 + g + 8 * (c >> 1);
+          if (tok < p.M) y[(size_t)tok * p.N + row] = Nm::one(acc[nb][c]);
+        }
+    }
+    return;
+  }
+  if (active) {
+    float* ws = p.ws + (size_t)blockIdx.y * p.M * p.N;
+#pragma unroll
+    for (int nb = 0; nb < 2; ++nb)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) {
+        const int tok = nb * 8 + 2 * tig + (c & 1), row = nt * 16 + g + 8 * (c >> 1);
+        if (tok < p.M) ws[(size_t)tok * p.N + row] = acc[nb][c];
+      }
+  }
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) last_block = atomicAdd(p.locks + blockIdx.x, 1) == p.splits - 1;
+  __syncthreads();
+  if (!last_block) return;
+  __threadfence();
+  const int rows = WARPS * 16, row0 = blockIdx.x * rows;
+  for (int i = threadIdx.x; i < p.M * rows; i += blockDim.x) {
+    const int tok = i / rows, row = row0 + i % rows;
+    if (row >= p.N) continue;
+    float s = 0.f;
+    for (int sp = 0; sp < p.splits; ++sp) s += __ldcg(p.ws + ((size_t)sp * p.M + tok) * p.N + row);
+    y[(size_t)tok * p.N + row] = Nm::one(s);
+  }
+  if (threadIdx.x == 0) p.locks[blockIdx.x] = 0;
+}
+
+template <typename T, int BITS, int TPG>
+cudaError_t launch(const Args& p, cudaStream_t stream) {
+  if (p.act_bits) act_scale_kernel<T><<<p.M, 256, 0, stream>>>(p);
+  const dim3 grid((p.N / 16 + WARPS - 1) / WARPS, p.splits);
+  const size_t smem = (size_t)p.M * (p.chunk + 8) * sizeof(T);
+  decode_gemm_kernel<T, BITS, TPG><<<grid, WARPS * 32, smem, stream>>>(p);
+  return cudaGetLastError();
+}
+
+template <typename T, int BITS>
+cudaError_t by_group(const Args& p, cudaStream_t stream) {
+  const int tiles = p.group >= KSTEP ? 8 : p.group / 16;
+  if (tiles == 2) return launch<T, BITS, 2>(p, stream);
+  if (tiles == 4) return launch<T, BITS, 4>(p, stream);
+  return launch<T, BITS, 8>(p, stream);
+}
+
+template <typename T>
+cudaError_t by_bits(int bits, const Args& p, cudaStream_t stream) {
+  switch (bits) {
+    case 2: return by_group<T, 2>(p, stream);
+    case 3: return by_group<T, 3>(p, stream);
+    case 4: return by_group<T, 4>(p, stream);
+    default: return by_group<T, 8>(p, stream);
+  }
+}
+
+}  // namespace
+
+// The C entry point tbq_kernels/decode_gemm.py calls through ctypes. dtype: 0 float16, 1 bfloat16. act_bits 0: x as
+// given (W*A16); 4 or 8: x quantized per token first (W4A4, W4A8), act_scale a float32 [M] scratch buffer. Shapes
+// and layouts are checked by the caller. Returns the launch's cudaError_t (0: launched).
+extern "C" int tbq_decode_gemm(int dtype, int bits, const void* x, const void* codes, const void* hi,
+                               const void* scales, const void* zeros, float* ws, int* locks, void* y, float* act_scale,
+                               int M, int N, int K, int K_pad, int group, int G_pad, int chunk, int splits,
+                               int act_bits, float act_clip, void* stream) {
+  const Args p{x, static_cast<const uint32_t*>(codes), static_cast<const uint32_t*>(hi), scales, zeros, ws, locks, y,
+               act_scale, M, N, K, K_pad, group, G_pad, chunk, splits, act_bits, act_clip};
+  const cudaStream_t s = static_cast<cudaStream_t>(stream);
+  return dtype == 0 ? by_bits<__half>(bits, p, s) : by_bits<__nv_bfloat16>(bits, p, s);
+}

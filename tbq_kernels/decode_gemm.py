@@ -1,0 +1,146 @@
+"""``decode_gemm``: y = x W^T for a few rows of x (M <= 16, decode) on the CUDA kernel ``csrc/decode_gemm.cu``.
+
+The kernel is compiled with nvcc the first time it is used on a GPU model and cached under
+``$TBQ_CACHE/kernels`` (the file name carries the source's hash and the GPU's compute capability); it is called through
+ctypes on the current CUDA stream, so it can be captured in CUDA graphs. ``decode_gemm_op`` is the torch custom op
+(``tbq::decode_gemm``) that vLLM's torch.compile traces around.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+from turboboa_export.models import cache_dir
+
+from .decode_layout import KSTEP, DecodeWeight
+
+MAX_ROWS = 16  # rows of x the kernel takes (two n8 blocks of the mma)
+WARPS = 4  # warps per block, as in the kernel: one block covers 64 output channels
+SMEM_BYTES = 48 * 1024  # the activations' K chunk lives in shared memory
+BLOCKS_PER_SM = 4  # splits of K are chosen to give about this many blocks per SM
+SOURCE = Path(__file__).with_name("csrc") / "decode_gemm.cu"
+
+
+def nvcc() -> str:
+    """The nvcc to build with: $CUDA_HOME/bin/nvcc, else the one on PATH; a one-line error when there is none."""
+    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    found = str(Path(home) / "bin" / "nvcc") if home and (Path(home) / "bin" / "nvcc").is_file() else shutil.which("nvcc")
+    if not found:
+        raise RuntimeError("the decode kernel is built with nvcc, which was not found; install the CUDA toolkit or "
+                           "set CUDA_HOME")
+    return found
+
+
+@functools.cache
+def library(capability: tuple[int, int]) -> ctypes.CDLL:
+    """The compiled kernel for a compute capability (built once, atomically, into the cache)."""
+    source = SOURCE.read_bytes()
+    arch = f"{capability[0]}{capability[1]}"
+    target = cache_dir() / "kernels" / f"decode_gemm-{hashlib.sha256(source).hexdigest()[:16]}-sm{arch}.so"
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+        os.close(fd)
+        try:
+            cmd = [nvcc(), "-O3", "-std=c++17", "--shared", "-Xcompiler", "-fPIC",
+                   f"-gencode=arch=compute_{arch},code=sm_{arch}", "-o", tmp, str(SOURCE)]
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode:
+                raise RuntimeError(f"nvcc failed to build {SOURCE.name}: {done.stderr.strip().splitlines()[-1:]}")
+            os.replace(tmp, target)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+    lib = ctypes.CDLL(str(target))
+    lib.tbq_decode_gemm.restype = ctypes.c_int
+    lib.tbq_decode_gemm.argtypes = ([ctypes.c_int, ctypes.c_int] + [ctypes.c_void_p] * 9 + [ctypes.c_int] * 9
+                                    + [ctypes.c_float, ctypes.c_void_p])
+    return lib
+
+
+@functools.cache
+def locks(device: torch.device) -> torch.Tensor:
+    """The per-device arrival counters of the split-K reduction (each launch leaves them at zero)."""
+    return torch.zeros(1 << 16, dtype=torch.int32, device=device)
+
+
+@functools.cache
+def sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def plan_split(m: int, n: int, k_pad: int, elem_bytes: int, sms: int) -> tuple[int, int]:
+    """(chunk, splits): K is cut into ``splits`` chunks of ``chunk`` inputs (a multiple of 128) so that the grid has
+    about BLOCKS_PER_SM blocks per SM and a chunk of m rows of x fits in SMEM_BYTES."""
+    steps_total = k_pad // KSTEP
+    n_blocks = -(-n // (16 * WARPS))
+    max_steps = max(1, (SMEM_BYTES // (m * elem_bytes) - 8) // KSTEP)
+    want = -(-BLOCKS_PER_SM * sms // n_blocks)
+    steps = min(max(1, -(-steps_total // want)), max_steps)
+    return steps * KSTEP, -(-steps_total // steps)
+
+
+def check_inputs(x: torch.Tensor, w: DecodeWeight) -> None:
+    """One-line errors for inputs the kernel cannot take."""
+    if x.dtype not in (torch.float16, torch.bfloat16):
+        raise ValueError(f"activations must be float16 or bfloat16, got {x.dtype}")
+    if x.shape[-1] != w.in_features:
+        raise ValueError(f"x has {x.shape[-1]} features but the weight expects K={w.in_features}")
+    if w.scales.dtype != x.dtype or (w.zeros is not None and w.zeros.dtype != x.dtype):
+        raise ValueError(f"scales/zeros are {w.scales.dtype} but x is {x.dtype}; repack with dtype={x.dtype}")
+    if not (x.is_cuda and x.device == w.codes.device):
+        raise ValueError("decode_gemm runs on CUDA with x and the weight on one device; use decode_gemm_ref on CPU")
+    rows = x.numel() // x.shape[-1]
+    if rows > MAX_ROWS:
+        raise ValueError(f"decode_gemm takes at most {MAX_ROWS} rows of x, got {rows}; use a GEMM kernel for more")
+
+
+def decode_gemm(x: torch.Tensor, w: DecodeWeight, split: tuple[int, int] | None = None, act_bits: int = 0,
+                act_clip: float = 1.0) -> torch.Tensor:
+    """y = x W^T; x [..., K] float16/bfloat16 on CUDA with at most 16 rows -> [..., N] in x's dtype, accumulated in
+    float32. ``act_bits`` 4 or 8: x is first quantized per token as ``int_act.quantize_act(x, act_bits, act_clip)``
+    does and y = s_x (q_x W^T) (W4A4 / W4A8). ``split``: (chunk, splits) instead of ``plan_split``'s (for tuning).
+    Raises ValueError for inputs the kernel cannot take, RuntimeError when the build or the launch fails."""
+    check_inputs(x, w)
+    if act_bits not in (0, 4, 8):
+        raise ValueError(f"act_bits must be 0 (none), 4 or 8, got {act_bits}")
+    lead, k = x.shape[:-1], x.shape[-1]
+    x2 = x.reshape(-1, k).contiguous()
+    m, n = x2.shape[0], w.out_features
+    y = torch.empty(m, n, dtype=x.dtype, device=x.device)
+    if m == 0:
+        return y.reshape(*lead, n)
+    chunk, splits = split or plan_split(m, n, w.padded_in_features, x.element_size(), sm_count(x.device))
+    ws = torch.empty(splits if splits > 1 else 0, m, n, dtype=torch.float32, device=x.device)
+    act_scale = torch.empty(m if act_bits else 0, dtype=torch.float32, device=x.device)
+    lib = library(torch.cuda.get_device_capability(x.device))
+    ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
+    err = lib.tbq_decode_gemm(0 if x.dtype == torch.float16 else 1, w.bits, ptr(x2), ptr(w.codes), ptr(w.hi),
+                              ptr(w.scales), ptr(w.zeros), ptr(ws), ptr(locks(x.device)), ptr(y), ptr(act_scale), m, n,
+                              k, w.padded_in_features, w.group_size, w.scales.shape[1], chunk, splits, act_bits,
+                              act_clip, torch.cuda.current_stream(x.device).cuda_stream)
+    if err:
+        raise RuntimeError(f"decode_gemm launch failed with CUDA error {err}")
+    return y.reshape(*lead, n)
+
+
+@torch.library.custom_op("tbq::decode_gemm", mutates_args=(),
+                         schema="(Tensor x, Tensor codes, Tensor? hi, Tensor scales, Tensor? zeros, int bits, "
+                                "int group_size, int in_features) -> Tensor")
+def decode_gemm_op(x, codes, hi, scales, zeros, bits, group_size, in_features):
+    """``decode_gemm`` as an opaque torch op for torch.compile (vLLM)."""
+    n = codes.shape[0] * 16
+    return decode_gemm(x, DecodeWeight(codes, hi, scales, zeros, bits, group_size, n, in_features))
+
+
+@decode_gemm_op.register_fake
+def _(x, codes, hi, scales, zeros, bits, group_size, in_features):
+    return x.new_empty(*x.shape[:-1], codes.shape[0] * 16)
