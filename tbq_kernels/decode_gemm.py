@@ -21,12 +21,9 @@ import torch
 
 from turboboa_export.models import cache_dir
 
-from .decode_layout import KSTEP, DecodeWeight
+from .decode_layout import DecodeWeight
 
 MAX_ROWS = 16  # rows of x the kernel takes (two n8 blocks of the mma)
-WARPS = 4  # warps per block, as in the kernel: one block covers 64 output channels
-SMEM_BYTES = 48 * 1024  # the activations' K chunk lives in shared memory
-BLOCKS_PER_SM = 4  # splits of K are chosen to give about this many blocks per SM
 SOURCE = Path(__file__).with_name("csrc") / "decode_gemm.cu"
 
 
@@ -61,31 +58,9 @@ def library(capability: tuple[int, int]) -> ctypes.CDLL:
             Path(tmp).unlink(missing_ok=True)
     lib = ctypes.CDLL(str(target))
     lib.tbq_decode_gemm.restype = ctypes.c_int
-    lib.tbq_decode_gemm.argtypes = ([ctypes.c_int, ctypes.c_int] + [ctypes.c_void_p] * 9 + [ctypes.c_int] * 9
+    lib.tbq_decode_gemm.argtypes = ([ctypes.c_int, ctypes.c_int] + [ctypes.c_void_p] * 7 + [ctypes.c_int] * 7
                                     + [ctypes.c_float, ctypes.c_void_p])
     return lib
-
-
-@functools.cache
-def locks(device: torch.device) -> torch.Tensor:
-    """The per-device arrival counters of the split-K reduction (each launch leaves them at zero)."""
-    return torch.zeros(1 << 16, dtype=torch.int32, device=device)
-
-
-@functools.cache
-def sm_count(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count
-
-
-def plan_split(m: int, n: int, k_pad: int, elem_bytes: int, sms: int) -> tuple[int, int]:
-    """(chunk, splits): K is cut into ``splits`` chunks of ``chunk`` inputs (a multiple of 128) so that the grid has
-    about BLOCKS_PER_SM blocks per SM and a chunk of m rows of x fits in SMEM_BYTES."""
-    steps_total = k_pad // KSTEP
-    n_blocks = -(-n // (16 * WARPS))
-    max_steps = max(1, (SMEM_BYTES // (m * elem_bytes) - 8) // KSTEP)
-    want = -(-BLOCKS_PER_SM * sms // n_blocks)
-    steps = min(max(1, -(-steps_total // want)), max_steps)
-    return steps * KSTEP, -(-steps_total // steps)
 
 
 def check_inputs(x: torch.Tensor, w: DecodeWeight) -> None:
@@ -103,12 +78,11 @@ def check_inputs(x: torch.Tensor, w: DecodeWeight) -> None:
         raise ValueError(f"decode_gemm takes at most {MAX_ROWS} rows of x, got {rows}; use a GEMM kernel for more")
 
 
-def decode_gemm(x: torch.Tensor, w: DecodeWeight, split: tuple[int, int] | None = None, act_bits: int = 0,
-                act_clip: float = 1.0) -> torch.Tensor:
+def decode_gemm(x: torch.Tensor, w: DecodeWeight, act_bits: int = 0, act_clip: float = 1.0) -> torch.Tensor:
     """y = x W^T; x [..., K] float16/bfloat16 on CUDA with at most 16 rows -> [..., N] in x's dtype, accumulated in
     float32. ``act_bits`` 4 or 8: x is first quantized per token as ``int_act.quantize_act(x, act_bits, act_clip)``
-    does and y = s_x (q_x W^T) (W4A4 / W4A8). ``split``: (chunk, splits) instead of ``plan_split``'s (for tuning).
-    Raises ValueError for inputs the kernel cannot take, RuntimeError when the build or the launch fails."""
+    does and y = s_x (q_x W^T) (W4A4 / W4A8). Raises ValueError for inputs the kernel cannot take, RuntimeError when
+    the build or the launch fails."""
     check_inputs(x, w)
     if act_bits not in (0, 4, 8):
         raise ValueError(f"act_bits must be 0 (none), 4 or 8, got {act_bits}")
@@ -118,15 +92,13 @@ def decode_gemm(x: torch.Tensor, w: DecodeWeight, split: tuple[int, int] | None 
     y = torch.empty(m, n, dtype=x.dtype, device=x.device)
     if m == 0:
         return y.reshape(*lead, n)
-    chunk, splits = split or plan_split(m, n, w.padded_in_features, x.element_size(), sm_count(x.device))
-    ws = torch.empty(splits if splits > 1 else 0, m, n, dtype=torch.float32, device=x.device)
     act_scale = torch.empty(m if act_bits else 0, dtype=torch.float32, device=x.device)
     lib = library(torch.cuda.get_device_capability(x.device))
     ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
     err = lib.tbq_decode_gemm(0 if x.dtype == torch.float16 else 1, w.bits, ptr(x2), ptr(w.codes), ptr(w.hi),
-                              ptr(w.scales), ptr(w.zeros), ptr(ws), ptr(locks(x.device)), ptr(y), ptr(act_scale), m, n,
-                              k, w.padded_in_features, w.group_size, w.scales.shape[1], chunk, splits, act_bits,
-                              act_clip, torch.cuda.current_stream(x.device).cuda_stream)
+                              ptr(w.scales), ptr(w.zeros), ptr(y), ptr(act_scale), m, n, k, w.padded_in_features,
+                              w.group_size, w.scales.shape[1], act_bits, act_clip,
+                              torch.cuda.current_stream(x.device).cuda_stream)
     if err:
         raise RuntimeError(f"decode_gemm launch failed with CUDA error {err}")
     return y.reshape(*lead, n)

@@ -2,12 +2,14 @@
 // written by tbq_kernels/decode_layout.py, on the tensor cores (mma.sync m16n8k16, sm_80 and up).
 //
 // The weights are the mma's A operand (16 output channels x 16 inputs per tile) and the tokens its n8 side, so a
-// decode step with M = 1 wastes 7/8 of B rather than 15/16 of A. Each lane reads its own codes for eight k-tiles
-// (128 inputs) in 16-byte loads, turns them into exact small integers in registers (the exponent trick: code | the
-// bits of 1024.0 (fp16) or 128.0 (bf16) is 1024 + code, minus 1024 + zero point), multiplies them with the fp16/bf16
-// activations (staged in shared memory, a K chunk per block) accumulating in fp32, and applies each group's scales to
-// the fp32 partial sums. K is split over blocks; the last block of an output tile to finish sums the splits (a
-// counter per tile, reset by that block), so a linear is one launch.
+// decode step with M = 1 wastes 7/8 of B rather than 15/16 of A. A block owns one 16-row output tile; its WARPS warps
+// split K between them. Each lane issues the loads of its first DEPTH 128-input steps (16-byte loads of its codes,
+// with the steps' group scales) before any arithmetic, so a block has all its first reads in flight at once, and
+// keeps DEPTH steps in flight after that. Codes become exact small integers in registers (the exponent trick: code |
+// the bits of 1024.0 (fp16) or 128.0 (bf16) is 1024 + code, minus 1024 + zero point); the activations' B fragments
+// are read straight from global memory (x is small and stays in L1/L2); products accumulate in fp32 and each group's
+// scales multiply its fp32 partial sums. The warps' partial sums meet in shared memory. One launch per linear
+// (two with integer activations: their per-token scales first).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -15,8 +17,8 @@
 
 namespace {
 
-constexpr int WARPS = 4;    // warps per block, one 16-row output tile each
-constexpr int KSTEP = 128;  // inputs per lane load: eight 16-wide k-tiles
+constexpr int WARPS = 8;    // warps per block: one 16-row output tile, K split between them
+constexpr int KSTEP = 128;  // inputs per lane step: eight 16-wide k-tiles
 
 template <typename T> struct Num;
 template <> struct Num<__half> {
@@ -71,11 +73,9 @@ struct Args {
   const uint32_t* hi;    // [N/16, K_pad/128, 32, 2] the third bit when b = 3, else unused
   const void* scales;    // [N/16, G_pad, 16] per group, rows of a tile innermost
   const void* zeros;     // [N/16, G_pad, 16] zero points (asymmetric) or nullptr (symmetric: 2^(b-1))
-  float* ws;             // [splits, M, N] partial sums (splits > 1)
-  int* locks;            // [ceil(N / 64)] arrival counters, zero between launches
   void* y;               // [M, N] output, x's dtype
   float* act_scale;      // [M] per-token activation scales (act_bits > 0), written by act_scale_kernel
-  int M, N, K, K_pad, group, G_pad, chunk, splits, act_bits;
+  int M, N, K, K_pad, group, G_pad, act_bits;
   float act_clip;
 };
 
@@ -96,169 +96,164 @@ __global__ void act_scale_kernel(const Args p) {
   }
 }
 
+// One 128-input step of a lane: its codes and the scales (and zero points) of the groups the step covers.
+template <typename T, int BITS, int TPG>
+struct Step {
+  static constexpr int V = (BITS == 3 ? 4 : 2 * BITS) / 4;  // 16-byte loads of the main plane
+  static constexpr int NG = 8 / TPG;                        // groups in the step
+  uint4 q[V];
+  uint2 qh;
+  T s[NG][2], z[NG][2];  // rows g and g + 8
+};
+
 // TPG: k-tiles per scale group inside one 128-wide step (2, 4, or 8 for groups of 32, 64, or >= 128).
 template <typename T, int BITS, int TPG>
-__global__ void __launch_bounds__(WARPS * 32) decode_gemm_kernel(const Args p) {
+__device__ __forceinline__ void load_step(Step<T, BITS, TPG>& st, const Args& p, const uint4* codes, const uint2* hi,
+                                          const T* sc, const T* zp, int ks, int g) {
+  using S = Step<T, BITS, TPG>;
+#pragma unroll
+  for (int v = 0; v < S::V; ++v) st.q[v] = __ldg(codes + (size_t)ks * 32 * S::V + v);
+  if constexpr (BITS == 3) st.qh = __ldg(hi + (size_t)ks * 32);
+#pragma unroll
+  for (int gi = 0; gi < S::NG; ++gi) {
+    const int grp = (ks * KSTEP + gi * TPG * 16) / p.group;
+    st.s[gi][0] = sc[grp * 16 + g];
+    st.s[gi][1] = sc[grp * 16 + g + 8];
+    if (p.zeros) {
+      st.z[gi][0] = zp[grp * 16 + g];
+      st.z[gi][1] = zp[grp * 16 + g + 8];
+    }
+  }
+}
+
+// Two activations of token ``tok`` at input k (fp16/bf16 pair), or their integer codes with act_bits.
+template <typename T>
+__device__ __forceinline__ uint32_t x_pair(const Args& p, int tok, int k, float qmax) {
   using Nm = Num<T>;
   using T2 = typename Nm::T2;
-  constexpr int PBITS = BITS == 3 ? 2 : BITS;    // bits per code in the main plane
-  constexpr int WORDS = 2 * PBITS;               // main-plane words per lane per step
-  constexpr int V = WORDS / 4;                   // 16-byte loads per lane per step
-  constexpr int PW = 16 / PBITS;                 // code pairs per word
-  constexpr uint32_t MASK = ((1u << PBITS) - 1) * 0x00010001u;
+  const uint32_t v = __ldg(reinterpret_cast<const unsigned int*>(static_cast<const T*>(p.x) + (size_t)tok * p.K + k));
+  if (!p.act_bits) return v;
+  const T2 h = as_t2<T2>(v);  // q = clamp(round(x / s_x), -qmax - 1, qmax), exact in T
+  const float s = p.act_scale[tok];
+  const float lo = fminf(fmaxf(rintf(Nm::f(h.x) / s), -qmax - 1.f), qmax);
+  const float hi = fminf(fmaxf(rintf(Nm::f(h.y) / s), -qmax - 1.f), qmax);
+  T2 q;
+  q.x = Nm::one(lo);
+  q.y = Nm::one(hi);
+  return as_u32(q);
+}
 
-  extern __shared__ __align__(16) unsigned char smem[];
-  T* xs = reinterpret_cast<T*>(smem);
-  __shared__ int last_block;
-  const int stride = p.chunk + 8;  // +8: the eight token rows' B loads fall in distinct banks
-  const int k_begin = blockIdx.y * p.chunk;
-  const int k_len = min(p.chunk, p.K_pad - k_begin);
+// Step ks's 8 k-tiles: dequantize the codes, mma with the activations, scale each group's partial sums into acc.
+template <typename T, int BITS, int TPG>
+__device__ __forceinline__ void compute_step(const Step<T, BITS, TPG>& st, float (&acc)[2][4], const Args& p, int ks,
+                                             bool asym, float qmax, int g, int tig) {
+  using Nm = Num<T>;
+  using T2 = typename Nm::T2;
+  constexpr int PBITS = BITS == 3 ? 2 : BITS;  // bits per code in the main plane
+  constexpr int PW = 16 / PBITS;               // code pairs per word
+  constexpr uint32_t MASK = ((1u << PBITS) - 1) * 0x00010001u;
+  const uint32_t* q = reinterpret_cast<const uint32_t*>(st.q);
+  const uint32_t qh[2] = {st.qh.x, st.qh.y};
+  const T2 zsym = Nm::two(Nm::BIAS + float(1 << (BITS - 1)));
+#pragma unroll
+  for (int gi = 0; gi < 8 / TPG; ++gi) {
+    const T2 z0 = asym ? Nm::two(Nm::BIAS + Nm::f(st.z[gi][0])) : zsym;
+    const T2 z8 = asym ? Nm::two(Nm::BIAS + Nm::f(st.z[gi][1])) : zsym;
+    float part[2][4] = {};
+#pragma unroll
+    for (int tt = 0; tt < TPG; ++tt) {
+      const int t = gi * TPG + tt;
+      const int k0 = ks * KSTEP + t * 16;
+      if (k0 >= p.K) break;  // K's padding (tiles lie wholly inside or outside K: K is a multiple of 32)
+      uint32_t a[4];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {  // a[j] = (a_2j, a_2j+1): rows g (j even) or g + 8 (j odd)
+        const int pr = t * 4 + j;
+        uint32_t v = (q[pr / PW] >> ((pr % PW) * PBITS)) & MASK;
+        if constexpr (BITS == 3) v |= ((qh[pr / 16] >> (pr % 16)) & 0x00010001u) << 2;
+        a[j] = codes_to_pair<T, BITS>(v, (j & 1) ? z8 : z0);
+      }
+#pragma unroll
+      for (int nb = 0; nb < 2; ++nb) {
+        if (nb == 1 && p.M <= 8) break;
+        const int tok = nb * 8 + g;
+        uint32_t b0 = 0, b1 = 0;
+        if (tok < p.M) {
+          b0 = x_pair<T>(p, tok, k0 + 2 * tig, qmax);
+          b1 = x_pair<T>(p, tok, k0 + 2 * tig + 8, qmax);
+        }
+        mma<T>(part[nb], a, b0, b1);
+      }
+    }
+    const float s0 = Nm::f(st.s[gi][0]), s8 = Nm::f(st.s[gi][1]);
+#pragma unroll
+    for (int nb = 0; nb < 2; ++nb) {
+      acc[nb][0] += s0 * part[nb][0];
+      acc[nb][1] += s0 * part[nb][1];
+      acc[nb][2] += s8 * part[nb][2];
+      acc[nb][3] += s8 * part[nb][3];
+    }
+  }
+}
+
+template <typename T, int BITS, int TPG>
+__global__ void __launch_bounds__(WARPS * 32, 2) decode_gemm_kernel(const Args p) {
+  using Nm = Num<T>;
+  using S = Step<T, BITS, TPG>;
+  constexpr int DEPTH = BITS == 8 ? 2 : 4;  // steps in flight per lane
+  __shared__ float partial[WARPS][2][4][32];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, tig = lane % 4;
-  const int NT = p.N / 16, KS = p.K_pad / KSTEP;
-  const int nt = blockIdx.x * WARPS + warp;
-  const bool active = nt < NT;
-  const int ks0 = k_begin / KSTEP, ks1 = (k_begin + k_len) / KSTEP;
-
-  const uint4* codes = reinterpret_cast<const uint4*>(p.codes) + ((size_t)min(nt, NT - 1) * KS * 32 + lane) * V;
-  const uint2* hi = reinterpret_cast<const uint2*>(p.hi) + (size_t)min(nt, NT - 1) * KS * 32 + lane;
-  uint4 cur[V];
-  uint2 cur_hi = make_uint2(0, 0);
-  if (active) {  // the first step's codes are in flight while x is staged
-#pragma unroll
-    for (int v = 0; v < V; ++v) cur[v] = __ldg(codes + (size_t)ks0 * 32 * V + v);
-    if constexpr (BITS == 3) cur_hi = __ldg(hi + (size_t)ks0 * 32);
-  }
-
-  const T* x = static_cast<const T*>(p.x);
+  const int nt = blockIdx.x, KS = p.K_pad / KSTEP;
+  const int ks_begin = warp * KS / WARPS, n = (warp + 1) * KS / WARPS - ks_begin;
+  const uint4* codes = reinterpret_cast<const uint4*>(p.codes) + ((size_t)nt * KS * 32 + lane) * S::V;
+  const uint2* hi = reinterpret_cast<const uint2*>(p.hi) + (size_t)nt * KS * 32 + lane;
+  const T* sc = static_cast<const T*>(p.scales) + (size_t)nt * p.G_pad * 16;
+  const T* zp = static_cast<const T*>(p.zeros) + (size_t)nt * p.G_pad * 16;
+  const bool asym = p.zeros != nullptr;
   const float qmax = p.act_bits ? float((1 << (p.act_bits - 1)) - 1) : 0.f;
-  for (int i = threadIdx.x; i < p.M * k_len; i += blockDim.x) {
-    const int m = i / k_len, k = i % k_len, kg = k_begin + k;
-    T v = kg < p.K ? x[(size_t)m * p.K + kg] : Nm::one(0.f);
-    if (p.act_bits)  // the activation's integer code q = clamp(round(x / s_x), -qmax - 1, qmax), exact in T
-      v = Nm::one(fminf(fmaxf(rintf(Nm::f(v) / p.act_scale[m]), -qmax - 1.f), qmax));
-    xs[m * stride + k] = v;
-  }
-  __syncthreads();
 
+  S st[DEPTH];
+#pragma unroll
+  for (int d = 0; d < DEPTH; ++d)
+    if (d < n) load_step(st[d], p, codes, hi, sc, zp, ks_begin + d, g);
   float acc[2][4] = {};
-  const bool two_blocks = p.M > 8;  // tokens 8..15 need a second n8 block
-  if (active) {
-    const T* sc = static_cast<const T*>(p.scales) + (size_t)nt * p.G_pad * 16;
-    const T* zp = static_cast<const T*>(p.zeros) + (size_t)nt * p.G_pad * 16;
-    const T2 zsym = Nm::two(Nm::BIAS + float(1 << (BITS - 1)));
-    for (int ks = ks0; ks < ks1; ++ks) {
-      uint4 nxt[V];
-      uint2 nxt_hi = make_uint2(0, 0);
-      if (ks + 1 < ks1) {
+  for (int base = 0; base < n; base += DEPTH) {
 #pragma unroll
-        for (int v = 0; v < V; ++v) nxt[v] = __ldg(codes + (size_t)(ks + 1) * 32 * V + v);
-        if constexpr (BITS == 3) nxt_hi = __ldg(hi + (size_t)(ks + 1) * 32);
+    for (int d = 0; d < DEPTH; ++d) {
+      const int i = base + d;
+      if (i < n) {
+        compute_step(st[d], acc, p, ks_begin + i, asym, qmax, g, tig);
+        if (i + DEPTH < n) load_step(st[d], p, codes, hi, sc, zp, ks_begin + i + DEPTH, g);
       }
-      const uint32_t* q = reinterpret_cast<const uint32_t*>(cur);
-      const uint32_t qh[2] = {cur_hi.x, cur_hi.y};
-      const int kk0 = (ks - ks0) * KSTEP;
-#pragma unroll
-      for (int gi = 0; gi < 8 / TPG; ++gi) {
-        const int grp = (ks * KSTEP + gi * TPG * 16) / p.group;
-        const float s0 = Nm::f(sc[grp * 16 + g]), s8 = Nm::f(sc[grp * 16 + g + 8]);
-        const T2 z0 = p.zeros ? Nm::two(Nm::BIAS + Nm::f(zp[grp * 16 + g])) : zsym;
-        const T2 z8 = p.zeros ? Nm::two(Nm::BIAS + Nm::f(zp[grp * 16 + g + 8])) : zsym;
-        float part[2][4] = {};
-#pragma unroll
-        for (int tt = 0; tt < TPG; ++tt) {
-          const int t = gi * TPG + tt;
-          uint32_t a[4];
-#pragma unroll
-          for (int j = 0; j < 4; ++j) {  // a[j] = (a_2j, a_2j+1): rows g (j even) or g + 8 (j odd)
-            const int pr = t * 4 + j;
-            uint32_t v = (q[pr / PW] >> ((pr % PW) * PBITS)) & MASK;
-            if constexpr (BITS == 3) v |= ((qh[pr / 16] >> (pr % 16)) & 0x00010001u) << 2;
-            a[j] = codes_to_pair<T, BITS>(v, (j & 1) ? z8 : z0);
-          }
-          const int kk = kk0 + t * 16 + 2 * tig;
-#pragma unroll
-          for (int nb = 0; nb < 2; ++nb) {
-            if (nb == 1 && !two_blocks) break;
-            const int tok = nb * 8 + g;
-            uint32_t b0 = 0, b1 = 0;
-            if (tok < p.M) {
-              b0 = *reinterpret_cast<const uint32_t*>(xs + tok * stride + kk);
-              b1 = *reinterpret_cast<const uint32_t*>(xs + tok * stride + kk + 8);
-            }
-            mma<T>(part[nb], a, b0, b1);
-          }
-        }
-#pragma unroll
-        for (int nb = 0; nb < 2; ++nb) {
-          acc[nb][0] += s0 * part[nb][0];
-          acc[nb][1] += s0 * part[nb][1];
-          acc[nb][2] += s8 * part[nb][2];
-          acc[nb][3] += s8 * part[nb][3];
-        }
-      }
-#pragma unroll
-      for (int v = 0; v < V; ++v) cur[v] = nxt[v];
-      cur_hi = nxt_hi;
     }
   }
 
+#pragma unroll
+  for (int nb = 0; nb < 2; ++nb)
+#pragma unroll
+    for (int c = 0; c < 4; ++c) partial[warp][nb][c][lane] = acc[nb][c];
+  __syncthreads();
+  if (warp) return;
   T* y = static_cast<T*>(p.y);
-  // c0, c1: row g, tokens 2 tig, 2 tig + 1; c2, c3: row g + 8
-  if (p.act_bits && active) {
 #pragma unroll
-    for (int nb = 0; nb < 2; ++nb)
+  for (int nb = 0; nb < 2; ++nb)
 #pragma unroll
-      for (int c = 0; c < 4; ++c) {
-        const int tok = nb * 8 + 2 * tig + (c & 1);
-        if (tok < p.M) acc[nb][c] *= p.act_scale[tok];
-      }
-  }
-  if (p.splits == 1) {
-    if (active) {
+    for (int c = 0; c < 4; ++c) {  // c0, c1: row g, tokens 2 tig, 2 tig + 1; c2, c3: row g + 8
+      const int tok = nb * 8 + 2 * tig + (c & 1), row = nt * 16 + g + 8 * (c >> 1);
+      if (tok >= p.M) continue;
+      float sum = 0.f;
 #pragma unroll
-      for (int nb = 0; nb < 2; ++nb)
-#pragma unroll
-        for (int c = 0; c < 4; ++c) {
-          const int tok = nb * 8 + 2 * tig + (c & 1), row = nt * 16 + g + 8 * (c >> 1);
-          if (tok < p.M) y[(size_t)tok * p.N + row] = Nm::one(acc[nb][c]);
-        }
+      for (int w = 0; w < WARPS; ++w) sum += partial[w][nb][c][lane];
+      if (p.act_bits) sum *= p.act_scale[tok];
+      y[(size_t)tok * p.N + row] = Nm::one(sum);
     }
-    return;
-  }
-  if (active) {
-    float* ws = p.ws + (size_t)blockIdx.y * p.M * p.N;
-#pragma unroll
-    for (int nb = 0; nb < 2; ++nb)
-#pragma unroll
-      for (int c = 0; c < 4; ++c) {
-        const int tok = nb * 8 + 2 * tig + (c & 1), row = nt * 16 + g + 8 * (c >> 1);
-        if (tok < p.M) ws[(size_t)tok * p.N + row] = acc[nb][c];
-      }
-  }
-  __threadfence();
-  __syncthreads();
-  if (threadIdx.x == 0) last_block = atomicAdd(p.locks + blockIdx.x, 1) == p.splits - 1;
-  __syncthreads();
-  if (!last_block) return;
-  __threadfence();
-  const int rows = WARPS * 16, row0 = blockIdx.x * rows;
-  for (int i = threadIdx.x; i < p.M * rows; i += blockDim.x) {
-    const int tok = i / rows, row = row0 + i % rows;
-    if (row >= p.N) continue;
-    float s = 0.f;
-    for (int sp = 0; sp < p.splits; ++sp) s += __ldcg(p.ws + ((size_t)sp * p.M + tok) * p.N + row);
-    y[(size_t)tok * p.N + row] = Nm::one(s);
-  }
-  if (threadIdx.x == 0) p.locks[blockIdx.x] = 0;
 }
 
 template <typename T, int BITS, int TPG>
 cudaError_t launch(const Args& p, cudaStream_t stream) {
   if (p.act_bits) act_scale_kernel<T><<<p.M, 256, 0, stream>>>(p);
-  const dim3 grid((p.N / 16 + WARPS - 1) / WARPS, p.splits);
-  const size_t smem = (size_t)p.M * (p.chunk + 8) * sizeof(T);
-  decode_gemm_kernel<T, BITS, TPG><<<grid, WARPS * 32, smem, stream>>>(p);
+  decode_gemm_kernel<T, BITS, TPG><<<p.N / 16, WARPS * 32, 0, stream>>>(p);
   return cudaGetLastError();
 }
 
@@ -286,11 +281,10 @@ cudaError_t by_bits(int bits, const Args& p, cudaStream_t stream) {
 // given (W*A16); 4 or 8: x quantized per token first (W4A4, W4A8), act_scale a float32 [M] scratch buffer. Shapes
 // and layouts are checked by the caller. Returns the launch's cudaError_t (0: launched).
 extern "C" int tbq_decode_gemm(int dtype, int bits, const void* x, const void* codes, const void* hi,
-                               const void* scales, const void* zeros, float* ws, int* locks, void* y, float* act_scale,
-                               int M, int N, int K, int K_pad, int group, int G_pad, int chunk, int splits,
-                               int act_bits, float act_clip, void* stream) {
-  const Args p{x, static_cast<const uint32_t*>(codes), static_cast<const uint32_t*>(hi), scales, zeros, ws, locks, y,
-               act_scale, M, N, K, K_pad, group, G_pad, chunk, splits, act_bits, act_clip};
+                               const void* scales, const void* zeros, void* y, float* act_scale, int M, int N, int K,
+                               int K_pad, int group, int G_pad, int act_bits, float act_clip, void* stream) {
+  const Args p{x, static_cast<const uint32_t*>(codes), static_cast<const uint32_t*>(hi), scales, zeros, y, act_scale,
+               M, N, K, K_pad, group, G_pad, act_bits, act_clip};
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
   return dtype == 0 ? by_bits<__half>(bits, p, s) : by_bits<__nv_bfloat16>(bits, p, s);
 }
