@@ -126,20 +126,16 @@ __device__ __forceinline__ void load_step(Step<T, BITS, TPG>& st, const Args& p,
   }
 }
 
-// Two activations of token ``tok`` at input k (fp16/bf16 pair), or their integer codes with act_bits.
+// Integer codes of two activations (fp16/bf16 pair h) of a token with scale s: clamp(round(x / s), -qmax - 1, qmax),
+// exact in T.
 template <typename T>
-__device__ __forceinline__ uint32_t x_pair(const Args& p, int tok, int k, float qmax) {
+__device__ __forceinline__ uint32_t act_codes(uint32_t h, float s, float qmax) {
   using Nm = Num<T>;
   using T2 = typename Nm::T2;
-  const uint32_t v = __ldg(reinterpret_cast<const unsigned int*>(static_cast<const T*>(p.x) + (size_t)tok * p.K + k));
-  if (!p.act_bits) return v;
-  const T2 h = as_t2<T2>(v);  // q = clamp(round(x / s_x), -qmax - 1, qmax), exact in T
-  const float s = p.act_scale[tok];
-  const float lo = fminf(fmaxf(rintf(Nm::f(h.x) / s), -qmax - 1.f), qmax);
-  const float hi = fminf(fmaxf(rintf(Nm::f(h.y) / s), -qmax - 1.f), qmax);
+  const T2 v = as_t2<T2>(h);
   T2 q;
-  q.x = Nm::one(lo);
-  q.y = Nm::one(hi);
+  q.x = Nm::one(fminf(fmaxf(rintf(Nm::f(v.x) / s), -qmax - 1.f), qmax));
+  q.y = Nm::one(fminf(fmaxf(rintf(Nm::f(v.y) / s), -qmax - 1.f), qmax));
   return as_u32(q);
 }
 
@@ -155,6 +151,32 @@ __device__ __forceinline__ void compute_step(const Step<T, BITS, TPG>& st, float
   const uint32_t* q = reinterpret_cast<const uint32_t*>(st.q);
   const uint32_t qh[2] = {st.qh.x, st.qh.y};
   const T2 zsym = Nm::two(Nm::BIAS + float(1 << (BITS - 1)));
+  // The step's B fragments, all loads issued before any is used (one L1/L2 latency per step, not per tile).
+  uint32_t xb[2][8][2];
+  const T* x = static_cast<const T*>(p.x);
+#pragma unroll
+  for (int nb = 0; nb < 2; ++nb) {
+    const int tok = nb * 8 + g;
+#pragma unroll
+    for (int t = 0; t < 8; ++t) {
+      const int k = ks * KSTEP + t * 16 + 2 * tig;  // tiles lie wholly inside or outside K (a multiple of 32)
+      const bool ok = tok < p.M && k < p.K && (nb == 0 || p.M > 8);
+      const unsigned int* row = reinterpret_cast<const unsigned int*>(x + (size_t)tok * p.K + k);
+      xb[nb][t][0] = ok ? __ldg(row) : 0u;
+      xb[nb][t][1] = ok ? __ldg(row + 4) : 0u;
+    }
+  }
+  if (p.act_bits) {
+#pragma unroll
+    for (int nb = 0; nb < 2; ++nb) {
+      const float s = p.act_scale[min(nb * 8 + g, p.M - 1)];
+#pragma unroll
+      for (int t = 0; t < 8; ++t) {
+        xb[nb][t][0] = act_codes<T>(xb[nb][t][0], s, qmax);
+        xb[nb][t][1] = act_codes<T>(xb[nb][t][1], s, qmax);
+      }
+    }
+  }
 #pragma unroll
   for (int gi = 0; gi < 8 / TPG; ++gi) {
     const T2 z0 = asym ? Nm::two(Nm::BIAS + Nm::f(st.z[gi][0])) : zsym;
@@ -173,17 +195,8 @@ __device__ __forceinline__ void compute_step(const Step<T, BITS, TPG>& st, float
         if constexpr (BITS == 3) v |= ((qh[pr / 16] >> (pr % 16)) & 0x00010001u) << 2;
         a[j] = codes_to_pair<T, BITS>(v, (j & 1) ? z8 : z0);
       }
-#pragma unroll
-      for (int nb = 0; nb < 2; ++nb) {
-        if (nb == 1 && p.M <= 8) break;
-        const int tok = nb * 8 + g;
-        uint32_t b0 = 0, b1 = 0;
-        if (tok < p.M) {
-          b0 = x_pair<T>(p, tok, k0 + 2 * tig, qmax);
-          b1 = x_pair<T>(p, tok, k0 + 2 * tig + 8, qmax);
-        }
-        mma<T>(part[nb], a, b0, b1);
-      }
+      mma<T>(part[0], a, xb[0][t][0], xb[0][t][1]);
+      if (p.M > 8) mma<T>(part[1], a, xb[1][t][0], xb[1][t][1]);
     }
     const float s0 = Nm::f(st.s[gi][0]), s8 = Nm::f(st.s[gi][1]);
 #pragma unroll
@@ -200,7 +213,7 @@ template <typename T, int BITS, int TPG>
 __global__ void __launch_bounds__(WARPS * 32, 2) decode_gemm_kernel(const Args p) {
   using Nm = Num<T>;
   using S = Step<T, BITS, TPG>;
-  constexpr int DEPTH = BITS == 8 ? 2 : 4;  // steps in flight per lane
+  constexpr int DEPTH = (BITS == 8 || TPG == 2) ? 2 : TPG == 4 ? 3 : 4;  // steps in flight per lane (registers)
   __shared__ float partial[WARPS][2][4][32];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, tig = lane % 4;
