@@ -19,7 +19,6 @@ namespace {
 
 constexpr int WARPS = 8;    // warps per block: one 16-row output tile, K split between them
 constexpr int KSTEP = 128;  // inputs per lane step: eight 16-wide k-tiles
-constexpr size_t XS_BYTES = 40 * 1024;  // x is staged in shared memory up to this size (with the 8 KB sum: < 48 KB)
 
 template <typename T> struct Num;
 template <> struct Num<__half> {
@@ -143,7 +142,7 @@ __device__ __forceinline__ uint32_t act_codes(uint32_t h, float s, float qmax) {
 // Step ks's 8 k-tiles: dequantize the codes, mma with the activations, scale each group's partial sums into acc.
 template <typename T, int BITS, int TPG>
 __device__ __forceinline__ void compute_step(const Step<T, BITS, TPG>& st, float (&acc)[2][4], const Args& p, int ks,
-                                             const T* xs, int xs_stride, bool asym, float qmax, int g, int tig) {
+                                             bool asym, float qmax, int g, int tig) {
   using Nm = Num<T>;
   using T2 = typename Nm::T2;
   constexpr int PBITS = BITS == 3 ? 2 : BITS;  // bits per code in the main plane
@@ -153,7 +152,6 @@ __device__ __forceinline__ void compute_step(const Step<T, BITS, TPG>& st, float
   const uint32_t qh[2] = {st.qh.x, st.qh.y};
   const T2 zsym = Nm::two(Nm::BIAS + float(1 << (BITS - 1)));
   // The step's B fragments, all loads issued before any is used (one L1/L2 latency per step, not per tile).
-  // From shared memory when the block staged x there (xs != nullptr; quantized already), else from global memory.
   uint32_t xb[2][8][2];
   const T* x = static_cast<const T*>(p.x);
 #pragma unroll
@@ -163,18 +161,12 @@ __device__ __forceinline__ void compute_step(const Step<T, BITS, TPG>& st, float
     for (int t = 0; t < 8; ++t) {
       const int k = ks * KSTEP + t * 16 + 2 * tig;  // tiles lie wholly inside or outside K (a multiple of 32)
       const bool ok = tok < p.M && k < p.K && (nb == 0 || p.M > 8);
-      if (xs) {
-        const uint32_t* row = reinterpret_cast<const uint32_t*>(xs + tok * xs_stride + k);
-        xb[nb][t][0] = ok ? row[0] : 0u;
-        xb[nb][t][1] = ok ? row[4] : 0u;
-      } else {
-        const unsigned int* row = reinterpret_cast<const unsigned int*>(x + (size_t)tok * p.K + k);
-        xb[nb][t][0] = ok ? __ldg(row) : 0u;
-        xb[nb][t][1] = ok ? __ldg(row + 4) : 0u;
-      }
+      const unsigned int* row = reinterpret_cast<const unsigned int*>(x + (size_t)tok * p.K + k);
+      xb[nb][t][0] = ok ? __ldg(row) : 0u;
+      xb[nb][t][1] = ok ? __ldg(row + 4) : 0u;
     }
   }
-  if (p.act_bits && !xs) {
+  if (p.act_bits) {
 #pragma unroll
     for (int nb = 0; nb < 2; ++nb) {
       const float s = p.act_scale[min(nb * 8 + g, p.M - 1)];
@@ -238,34 +230,13 @@ __global__ void __launch_bounds__(WARPS * 32, 2) decode_gemm_kernel(const Args p
 #pragma unroll
   for (int d = 0; d < DEPTH; ++d)
     if (d < n) load_step(st[d], p, codes, hi, sc, zp, ks_begin + d, g);
-  // x staged whole in shared memory (one round trip for the block, overlapping the codes' first reads) when it fits;
-  // rows padded by 8 so that the eight tokens' fragment reads fall in distinct banks.
-  extern __shared__ __align__(16) unsigned char smem[];
-  const int xs_stride = p.K_pad + 8;
-  T* xs = (size_t)p.M * xs_stride * sizeof(T) <= XS_BYTES ? reinterpret_cast<T*>(smem) : nullptr;
-  if (xs) {
-    const T* x = static_cast<const T*>(p.x);
-    const int vecs = p.K_pad / 8;
-    for (int i = threadIdx.x; i < p.M * vecs; i += blockDim.x) {
-      const int m = i / vecs, k = (i % vecs) * 8;
-      uint4 v = make_uint4(0, 0, 0, 0);
-      if (k < p.K) v = __ldg(reinterpret_cast<const uint4*>(x + (size_t)m * p.K + k));
-      if (p.act_bits) {
-        uint32_t* e = reinterpret_cast<uint32_t*>(&v);
-#pragma unroll
-        for (int j = 0; j < 4; ++j) e[j] = act_codes<T>(e[j], p.act_scale[m], qmax);
-      }
-      *reinterpret_cast<uint4*>(xs + m * xs_stride + k) = v;
-    }
-    __syncthreads();
-  }
   float acc[2][4] = {};
   for (int base = 0; base < n; base += DEPTH) {
 #pragma unroll
     for (int d = 0; d < DEPTH; ++d) {
       const int i = base + d;
       if (i < n) {
-        compute_step(st[d], acc, p, ks_begin + i, xs, xs_stride, asym, qmax, g, tig);
+        compute_step(st[d], acc, p, ks_begin + i, asym, qmax, g, tig);
         if (i + DEPTH < n) load_step(st[d], p, codes, hi, sc, zp, ks_begin + i + DEPTH, g);
       }
     }
@@ -295,8 +266,7 @@ __global__ void __launch_bounds__(WARPS * 32, 2) decode_gemm_kernel(const Args p
 template <typename T, int BITS, int TPG>
 cudaError_t launch(const Args& p, cudaStream_t stream) {
   if (p.act_bits) act_scale_kernel<T><<<p.M, 256, 0, stream>>>(p);
-  const size_t xs = (size_t)p.M * (p.K_pad + 8) * sizeof(T);
-  decode_gemm_kernel<T, BITS, TPG><<<p.N / 16, WARPS * 32, xs <= XS_BYTES ? xs : 0, stream>>>(p);
+  decode_gemm_kernel<T, BITS, TPG><<<p.N / 16, WARPS * 32, 0, stream>>>(p);
   return cudaGetLastError();
 }
 
