@@ -25,11 +25,11 @@ layers() {
     > "$RES/decode_shapes.txt" 2>&1
 }
 decode() {
-  python3 benchmarks/int_act_serving.py --set decode --shape llama2-7b --batch-sizes 1,16 --prefill "" \
+  TBQ_VLLM_KERNELS=1 python3 benchmarks/int_act_serving.py --set decode --shape llama2-7b --batch-sizes 1,16 --prefill "" \
     --ckpts "$CK" --vllm-python python3 ${DECODE_ARGS:-} --json "$RES/decode_serving.json" > "$RES/decode_serving.txt" 2>&1
 }
 int_act() {
-  python3 benchmarks/int_act_serving.py --set int_act --shape llama3-8b --batch-sizes 1,16,128 --prefill "" \
+  TBQ_VLLM_KERNELS=1 python3 benchmarks/int_act_serving.py --set int_act --shape llama3-8b --batch-sizes 1,16,128 --prefill "" \
     --only "W4A16 g128 Marlin,W4A16 g128 (tbq decode),W4A8 channel (tbq),W4A4 channel (tbq)" --ckpts "$CK" \
     --vllm-python python3 ${INT_ACT_ARGS:-} --json "$RES/int_act_decode.json" > "$RES/int_act_decode.txt" 2>&1
 }

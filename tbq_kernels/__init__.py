@@ -1,11 +1,7 @@
-"""Dequant-GEMM kernels that read tbq's compressed-tensors export (int4/int8, symmetric or with zero points).
+"""tbq's GPU kernels and the layouts they read.
 
-``layout.DequantWeight`` is the load-time form of one exported linear; ``ops.dequant_gemm`` runs the Triton
-kernels on CUDA; ``reference.dequant_gemm_ref`` is the plain-torch definition every kernel is tested against.
+``decode_layout`` repacks an exported linear (compressed-tensors, 2/3/4/8 bits) into the decode kernel's layout;
+``decode_gemm`` runs the CUDA decode kernel (``csrc/decode_gemm.cu``, M <= 16); ``int_act`` holds the W4A4/W4A8
+paths; ``reference`` is the plain-torch float64 definition every kernel is tested against; ``vllm_plugin`` is the
+opt-in vLLM plugin (``TBQ_VLLM_KERNELS=1``).
 """
-
-from .layout import DequantWeight, from_compressed_tensors
-from .ops import dequant_gemm
-from .reference import dequant_gemm_ref
-
-__all__ = ["DequantWeight", "from_compressed_tensors", "dequant_gemm", "dequant_gemm_ref"]

@@ -1,9 +1,8 @@
-"""The kernels' weight layout, made at load time from an exported linear's compressed-tensors tensors.
+"""An exported linear as the W4A4/W4A8 paths read it (``int_act``): codes as exported, scales, zero points.
 
-Kept as exported: ``packed`` int32 [N, K*b/32] (value k of row n at bits [(k % (32/b))*b, +b) of word k // (32/b),
-offset binary) and ``scale`` [N, groups]. The one repack: zero points, exported packed along N as int32
-[N*b/32, groups], are unpacked to the activation dtype [N, groups] (symmetric weights get none: their zero point is
-2^(b-1)). Dequantisation: w[n, k] = (u[n, k] - z[n, k // group]) * scale[n, k // group].
+``packed`` int32 [N, K*b/32] (value k of row n at bits [(k % (32/b))*b, +b) of word k // (32/b), offset binary),
+``scale`` [N, groups], ``zero`` [N, groups] in the activation dtype or None (symmetric: 2^(b-1)).
+Dequantisation: w[n, k] = (u[n, k] - z[n, k // group]) * scale[n, k // group].
 """
 
 from __future__ import annotations
@@ -12,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from turboboa_export.export.pack import pack_rows, unpack_rows
+from turboboa_export.export.pack import pack_rows
 
 SUPPORTED_BITS = (4, 8)
 
@@ -49,19 +48,6 @@ class DequantWeight:
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
         return DequantWeight(move(self.packed), move(self.scale), move(self.zero), self.bits, self.group_size,
                              self.in_features)
-
-
-def from_compressed_tensors(weight_packed: torch.Tensor, weight_scale: torch.Tensor, bits: int,
-                            weight_zero_point: torch.Tensor | None = None,
-                            dtype: torch.dtype | None = None) -> DequantWeight:
-    """The load-time repack of one exported linear (``<p>.weight_packed``, ``weight_scale``, ``weight_zero_point``)."""
-    n, k = weight_packed.shape[0], weight_packed.shape[1] * 32 // bits
-    dtype = dtype or weight_scale.dtype
-    groups = weight_scale.shape[1]
-    zero = None
-    if weight_zero_point is not None:
-        zero = unpack_rows(weight_zero_point.T.contiguous(), bits, n).T.to(dtype).contiguous()
-    return DequantWeight(weight_packed.contiguous(), weight_scale.to(dtype).contiguous(), zero, bits, k // groups, k)
 
 
 def random_weight(n: int, k: int, bits: int, group: int, asym: bool, dtype: torch.dtype, gen: torch.Generator,

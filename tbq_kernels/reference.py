@@ -1,4 +1,4 @@
-"""Plain-torch definition of the dequant-GEMM: the reference every kernel is tested against."""
+"""Plain-torch float64 definitions of what the kernels compute: the references every kernel is tested against."""
 
 from __future__ import annotations
 
@@ -17,12 +17,6 @@ def dequantize_ref(w: DequantWeight) -> torch.Tensor:
     per_column = lambda t: t.cpu().double().repeat_interleave(w.group_size, 1)  # noqa: E731  [N, groups] -> [N, K]
     zero = torch.full_like(u, 2.0 ** (w.bits - 1)) if w.zero is None else per_column(w.zero)
     return dequantize(u, per_column(w.scale), zero)
-
-
-def dequant_gemm_ref(x: torch.Tensor, w: DequantWeight) -> torch.Tensor:
-    """y = x W^T computed in float64, returned in x's dtype and device; x [..., K]."""
-    y = x.cpu().double() @ dequantize_ref(w).T
-    return y.to(dtype=x.dtype, device=x.device)
 
 
 def quantize_act_ref(x: torch.Tensor, bits: int, clip: float) -> tuple[torch.Tensor, torch.Tensor]:

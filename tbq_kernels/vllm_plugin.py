@@ -1,16 +1,19 @@
-"""vLLM plugin: decode steps of weight-only int2/3/4/8 compressed-tensors layers on tbq's CUDA kernel.
+"""vLLM plugin: decode steps of weight-only int2/3/4/8 compressed-tensors layers on tbq's CUDA kernel (opt-in).
 
-Registered through the entry point group ``vllm.general_plugins`` (``tbq_kernels`` in pyproject.toml). ``register``
-puts ``TbqDequantLinearKernel`` first among vLLM's CUDA mixed-precision linear kernels, so compressed-tensors' WNA16
-scheme picks it for every layer the decode kernel can take (``decode_layout.check_decode_shape``). Such a layer
-keeps two copies of its codes: the decode kernel's layout, used for up to 16 rows (decode), and the stock kernel vLLM
-would have chosen without us (Machete, Marlin, Humming, ...), used for more rows (prefill, large batches). The way
-out is vLLM's own: ``VLLM_DISABLED_KERNELS=TbqDequantLinearKernel``.
+Registered through the entry point group ``vllm.general_plugins`` (``tbq_kernels`` in pyproject.toml). Off unless
+``TBQ_VLLM_KERNELS=1``: on the H200 the decode kernel is slower than Marlin at W4 (results/decode-h200), so
+installing tbq leaves vLLM's choice alone. Turned on, ``register`` puts ``TbqDequantLinearKernel`` first among vLLM's
+CUDA mixed-precision linear kernels, so compressed-tensors' WNA16 scheme picks it for every layer the decode kernel
+can take (``decode_layout.check_decode_shape``), and W4A4/W4A8 channel-wise layers decode on it too
+(``turboboa_export.vllm_int_scheme``). Such a layer keeps two copies of its codes: the decode kernel's layout, used for
+up to 16 rows (decode), and the stock kernel vLLM would have chosen without us (Machete, Marlin, Humming, ...), used
+for more rows (prefill, large batches). Once on, vLLM's own switch skips it: ``VLLM_DISABLED_KERNELS=TbqDequantLinearKernel``.
 """
 
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -112,8 +115,16 @@ def _kernel_class():
     return TbqDequantLinearKernel
 
 
+def enabled() -> bool:
+    """Whether tbq's decode kernel is asked for (``TBQ_VLLM_KERNELS=1``)."""
+    return os.environ.get("TBQ_VLLM_KERNELS") == "1"
+
+
 def register() -> None:
-    """Put our kernel first for CUDA mixed-precision linears (idempotent: vLLM may call plugins more than once)."""
+    """With TBQ_VLLM_KERNELS=1, put our kernel first for CUDA mixed-precision linears (idempotent: vLLM may call
+    plugins more than once)."""
+    if not enabled():
+        return
     from vllm.model_executor.kernels.linear import _POSSIBLE_KERNELS
     from vllm.platforms import PlatformEnum
 

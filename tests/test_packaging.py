@@ -67,8 +67,8 @@ def test_wheel_ships_eval_tools_data_and_entry_points(wheel):
     names = set(wheel.namelist())
     for module in [m for m, _ in EVAL_TOOLS.values()] + ["vllm_logprobs", "vllm_throughput", "vllm_common"]:
         assert f"tbq_eval/{module}.py" in names, module
-    assert "tbq_kernels/tuned_configs.json" in names
-    assert "tbq_kernels/benchmarks/linear_shapes.py" in names
+    assert "tbq_kernels/csrc/decode_gemm.cu" in names
+    assert "tbq_kernels/benchmarks/decode_shapes.py" in names
     shipped = {n.rsplit("/", 1)[1] for n in names if n.startswith("turboboa_export/data/hadamard/")}
     assert shipped == {p.name for p in (ROOT / "turboboa_export/data/hadamard").glob("*.txt")}, shipped
     (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]

@@ -310,6 +310,9 @@ from vllm.model_executor.kernels.linear import _POSSIBLE_KERNELS
 from vllm.model_executor.kernels.linear.mixed_precision import MPLinearLayerConfig
 from vllm.platforms import PlatformEnum
 from vllm.scalar_type import scalar_types
+register()
+assert "TbqDequantLinearKernel" not in [k.__name__ for k in _POSSIBLE_KERNELS[PlatformEnum.CUDA]]  # opt-in
+os.environ["TBQ_VLLM_KERNELS"] = "1"
 register(); register()
 names = [k.__name__ for k in _POSSIBLE_KERNELS[PlatformEnum.CUDA]]
 assert names.count("TbqDequantLinearKernel") == 1 and names[0] == "TbqDequantLinearKernel", names
@@ -321,8 +324,10 @@ assert not ok and "CUDA" in why, (ok, why)
 
 
 def test_kernel_plugin_registers_first_once_and_declines_off_cuda():
-    """The vLLM plugin is idempotent, puts our kernel ahead of Machete/Marlin, and declines layers off CUDA."""
+    """The vLLM plugin does nothing unless asked; asked, it is idempotent, puts our kernel ahead of Machete/Marlin,
+    and declines layers off CUDA."""
     root = Path(__file__).resolve().parents[1]
-    done = subprocess.run([VLLM_PYTHON, "-c", PLUGIN_CHECK, str(root)], env=ENV, capture_output=True, text=True,
+    env = {k: v for k, v in ENV.items() if k != "TBQ_VLLM_KERNELS"}
+    done = subprocess.run([VLLM_PYTHON, "-c", PLUGIN_CHECK, str(root)], env=env, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

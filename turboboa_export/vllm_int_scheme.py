@@ -4,7 +4,8 @@ activations with the run's clip ratio (:mod:`tbq_kernels.int_act`). The online H
 before, by the transform module. Paths:
 
 - CUDA, channel-wise: codes unpacked to int8 at load (1 byte per weight), CUTLASS int8 scaled-mm (exact sums) for
-  more than 16 tokens; up to 16 (decode), tbq's decode kernel on a second, int4 copy of the codes
+  more than 16 tokens (and every size by default); with ``TBQ_VLLM_KERNELS=1``, up to 16 tokens (decode) run on
+  tbq's decode kernel on a second, int4 copy of the codes
   (``tbq_kernels.decode_gemm`` with ``act_bits``: integer codes of the activations times integer weights, float32
   sums, exact up to float32 rounding);
 - CUDA, grouped: the weights stay packed and vLLM's W4A16 kernel (Machete/Marlin, as vLLM picks) multiplies the
@@ -29,7 +30,7 @@ from tbq_kernels.int_act import (ACT_BITS, fake_quant_act, int8_weight, int_gemm
 from tbq_kernels.decode_gemm import decode_gemm
 from tbq_kernels.decode_layout import check_decode_shape, from_compressed_tensors
 from tbq_kernels.layout import DequantWeight
-from tbq_kernels.vllm_plugin import decode_linear, register_linear
+from tbq_kernels.vllm_plugin import decode_linear, enabled, register_linear
 
 
 def int_act_refusal(weights: QuantizationArgs, acts: QuantizationArgs) -> str | None:
@@ -104,7 +105,7 @@ class TbqIntActScheme(CompressedTensorsScheme):
             layer.register_parameter("weight_int8", torch.nn.Parameter(w8, requires_grad=False))
             layer.register_parameter("weight_scale_f32", torch.nn.Parameter(s_w, requires_grad=False))
             self.decode_key = None
-            if check_decode_shape(packed.shape[0], k, 4, k) is None:
+            if enabled() and check_decode_shape(packed.shape[0], k, 4, k) is None:
                 w = from_compressed_tensors(packed, scale, 4, k, dtype=scale.dtype)
                 layer.register_buffer("tbq_codes", w.codes, persistent=False)
                 self.decode_key = register_linear(

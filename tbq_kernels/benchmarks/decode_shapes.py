@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from tbq_kernels.benchmarks.linear_shapes import SHAPES, copy_bandwidth, graph_time, vllm_single_process
+from tbq_kernels.benchmarks.timing import SHAPES, copy_bandwidth, graph_time, vllm_single_process
 from tbq_kernels.decode_gemm import MAX_ROWS, decode_gemm
 from tbq_kernels.decode_layout import repack
 
@@ -61,6 +61,7 @@ def stock_kernel(name: str, codes: torch.Tensor, scale: torch.Tensor, bits: int,
                 output_dim=0, input_dim=1, data=scale.clone().cuda(), weight_loader=loader))
             layer.input_size_per_partition, layer.output_size_per_partition = k, n
             layer.output_partition_sizes, layer.params_dtype, layer.layer_name = [n], torch.float16, "bench"  # Humming
+            layer.has_bias = False  # Humming
             kernel = cls(cfg, w_q_param_name="weight_packed", w_s_param_name="weight_scale",
                          w_zp_param_name="weight_zero_point", w_gidx_param_name="weight_g_idx")
             kernel.process_weights_after_loading(layer)

@@ -1,0 +1,68 @@
+"""Shared pieces of the GPU benchmarks: real models' linear shapes, CUDA-graph timing, copy bandwidth, and vLLM's
+parallel state for calling its linear kernels in one process."""
+
+from __future__ import annotations
+
+import functools
+import socket
+import statistics
+
+import torch
+
+SHAPES = {  # name: (N out, K in)
+    "llama2-7b": {"q": (4096, 4096), "k": (4096, 4096), "v": (4096, 4096), "o": (4096, 4096),
+                  "gate": (11008, 4096), "up": (11008, 4096), "down": (4096, 11008)},
+    "llama3-8b": {"q": (4096, 4096), "k": (1024, 4096), "v": (1024, 4096), "o": (4096, 4096),
+                  "gate": (14336, 4096), "up": (14336, 4096), "down": (4096, 14336)},
+}
+CALLS = 20
+
+
+def graph_time(fn, reps: int = 10) -> float:
+    """Median seconds per call of ``fn`` replayed from a CUDA graph of CALLS calls."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(CALLS):
+            fn()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3 / CALLS)
+    return statistics.median(times)
+
+
+def copy_bandwidth() -> float:
+    """Bytes per second of a 1 GiB device-to-device copy, counting bytes read and written."""
+    a = torch.empty(2**30, dtype=torch.uint8, device="cuda")
+    b = torch.empty_like(a)
+    return 2 * a.numel() / graph_time(lambda: b.copy_(a), reps=5)
+
+
+@functools.cache
+def vllm_single_process() -> str | None:
+    """vLLM's parallel state for one process (its weight parameters ask for the tensor-parallel rank); the reason
+    when that fails."""
+    try:
+        from vllm.config import VllmConfig, set_current_vllm_config
+        from vllm.distributed import init_distributed_environment, initialize_model_parallel
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        with set_current_vllm_config(VllmConfig()):
+            init_distributed_environment(world_size=1, rank=0, local_rank=0, backend="nccl",
+                                         distributed_init_method=f"tcp://127.0.0.1:{port}")
+            initialize_model_parallel(1, 1)
+    except Exception as e:  # vLLM missing or broken: report, keep benchmarking the rest
+        return f"vLLM unavailable ({type(e).__name__}: {e})"[:120]
+    return None
