@@ -9,10 +9,10 @@ with q_x = clamp(round(x / s_x), -2^(b-1), 2^(b-1) - 1), s_x = clip * max_k |x[m
 fake quantization, ``turboboa_export.rotation.online.quantize_activations``) and q_w = u - 8 the exported codes.
 
 - :func:`quantize_act`: the activation codes and scales in plain torch (float32), which torch.compile fuses into one
-  kernel inside vLLM; :func:`fake_quant_act`: s_x q_x in the activation dtype;
+  kernel inside vLLM (the fake-quantized s_x q_x is ``quantize_activations``);
 - :func:`int8_weight` + :func:`int_linear_cutlass` (CUDA, channel-wise weights): the codes unpacked once to int8
   and vLLM's CUTLASS int8 scaled-mm with per-token x per-channel scales: exact integer sums on the int8 tensor cores;
-- grouped weights on CUDA: vLLM's own W4A16 kernel on :func:`fake_quant_act`'s activations (exact up to the fp16
+- grouped weights on CUDA: vLLM's own W4A16 kernel on ``quantize_activations``' output (exact up to the fp16
   rounding of s_x q_x; wired in ``turboboa_export.vllm_int_scheme``);
 - :func:`int_gemm` (``torch.ops.tbq.int_gemm``): the same sums in float64 matmuls on any device (exact: every
   partial sum is an integer below 2^53), so vLLM's CPU build serves W4A4 too.
@@ -23,6 +23,8 @@ A fused kernel reading the packed int4 weights (Triton, int8 tl.dot) measured 2-
 from __future__ import annotations
 
 import torch
+
+from turboboa_export.rotation.online import activation_codes
 
 from .layout import DequantWeight
 
@@ -37,13 +39,11 @@ def act_qmax(bits: int) -> int:
 
 
 def quantize_act(x: torch.Tensor, bits: int, clip: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token codes of x [M, K] (float16/bfloat16/float32): (q int8 [M, K], s_x float32 [M, 1]);
-    s_x = clip max|x| / qmax (1 for an all-zero row), q = clamp(round(x / s_x), -qmax - 1, qmax), in float32."""
-    qmax = act_qmax(bits)
-    xf = x.float()
-    s = clip * xf.abs().amax(-1, keepdim=True) / qmax
-    s = torch.where(s > 0, s, torch.ones_like(s))
-    return torch.clamp(torch.round(xf / s), -qmax - 1, qmax).to(torch.int8), s
+    """Per-token codes of x [M, K] (float16/bfloat16/float32) for the integer GEMMs: (q int8 [M, K], s_x float32
+    [M, 1]) of ``rotation.online.activation_codes`` (computed in float32)."""
+    act_qmax(bits)
+    q, s = activation_codes(x.float(), bits, clip)
+    return q.to(torch.int8), s
 
 
 def check_int_gemm_inputs(q: torch.Tensor, s_x: torch.Tensor, w: DequantWeight) -> None:
@@ -55,9 +55,6 @@ def check_int_gemm_inputs(q: torch.Tensor, s_x: torch.Tensor, w: DequantWeight) 
         raise ValueError(f"activation codes must be int8 [M, {w.in_features}], got {q.dtype} {list(q.shape)}")
     if s_x.dtype != torch.float32 or tuple(s_x.shape) != (q.shape[0], 1):
         raise ValueError(f"activation scales must be float32 [{q.shape[0]}, 1], got {s_x.dtype} {list(s_x.shape)}")
-    if w.in_features % 32 or w.group_size % 32:
-        raise ValueError(f"K={w.in_features} and the group size {w.group_size} must be multiples of 32 for the "
-                         "int8 tensor cores")
     if not (q.device == s_x.device == w.packed.device == w.scale.device):
         raise ValueError("activation codes, scales and the weight must be on one device")
 
@@ -67,12 +64,6 @@ def int_gemm(q: torch.Tensor, s_x: torch.Tensor, w: DequantWeight, out_dtype: to
     ``w`` symmetric int4 (scales [N, groups]); float64 integer sums on any device; one-line ValueErrors."""
     check_int_gemm_inputs(q, s_x, w)
     return int_gemm_torch(q, s_x, w).to(out_dtype)
-
-
-def fake_quant_act(x: torch.Tensor, bits: int, clip: float) -> torch.Tensor:
-    """s_x q_x in x's dtype (x [M, K]): the activations a W4A16 kernel multiplies to compute the W4A4/W4A8 product."""
-    q, s = quantize_act(x, bits, clip)
-    return (q.float() * s).to(x.dtype)
 
 
 def int8_weight(w: DequantWeight) -> tuple[torch.Tensor, torch.Tensor]:

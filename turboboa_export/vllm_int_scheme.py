@@ -25,12 +25,13 @@ from vllm.model_executor.parameter import (BasevLLMParameter, ChannelQuantScaleP
                                            PackedvLLMParameter)
 from vllm.platforms import current_platform
 
-from tbq_kernels.int_act import (ACT_BITS, fake_quant_act, int8_weight, int_gemm_op, int_linear_cutlass,
-                                 quantize_act)
 from tbq_kernels.decode_gemm import decode_gemm
 from tbq_kernels.decode_layout import check_decode_shape, from_compressed_tensors
+from tbq_kernels.int_act import ACT_BITS, int8_weight, int_gemm_op, int_linear_cutlass, quantize_act
 from tbq_kernels.layout import DequantWeight
 from tbq_kernels.vllm_plugin import decode_linear, enabled, register_linear
+
+from .rotation.online import quantize_activations
 
 
 def int_act_refusal(weights: QuantizationArgs, acts: QuantizationArgs) -> str | None:
@@ -124,7 +125,7 @@ class TbqIntActScheme(CompressedTensorsScheme):
         elif self.path == "cutlass":
             y = int_linear_cutlass(x2, layer.weight_int8, layer.weight_scale_f32, self.act_bits, self.clip, bias)
         elif self.wna16 is not None:
-            y = self.wna16.apply_weights(layer, fake_quant_act(x2, self.act_bits, self.clip), bias)
+            y = self.wna16.apply_weights(layer, quantize_activations(x2, self.act_bits, self.clip), bias)
         else:
             q, s_x = quantize_act(x2, self.act_bits, self.clip)
             y = int_gemm_op(q, s_x, layer.weight_packed, layer.weight_scale, layer.tbq_group_size, x.dtype)

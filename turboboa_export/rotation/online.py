@@ -18,14 +18,21 @@ from ..arch import ArchSpec
 from .hadamard import apply_hadamard, apply_online_rotation
 
 
-def quantize_activations(x: torch.Tensor, bits: int, clip: float) -> torch.Tensor:
-    """Per token (last dim): s = clip max|x| / (2^(b-1) - 1), x_hat = s clamp(round(x / s), -2^(b-1), 2^(b-1) - 1);
-    fp16/bf16 inputs are quantized in float32, as the served kernels do (tbq_kernels.int_act), x's dtype kept."""
+def activation_codes(x: torch.Tensor, bits: int, clip: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token symmetric codes of x [..., K]: (q, s) with s = clip max|x| / (2^(b-1) - 1) [..., 1] (1 for an all-zero
+    token) and q = clamp(round(x / s), -2^(b-1), 2^(b-1) - 1) [..., K] (integers, as floats); fp16/bf16 inputs are
+    quantized in float32, as the served kernels do (tbq_kernels.int_act, tbq_kernels.decode_gemm)."""
     qmax = 2 ** (bits - 1) - 1
     xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
     s = clip * xf.abs().amax(-1, keepdim=True) / qmax
     s = torch.where(s > 0, s, torch.ones_like(s))
-    return (torch.clamp(torch.round(xf / s), -qmax - 1, qmax) * s).to(x.dtype)
+    return torch.clamp(torch.round(xf / s), -qmax - 1, qmax), s
+
+
+def quantize_activations(x: torch.Tensor, bits: int, clip: float) -> torch.Tensor:
+    """x_hat = s q of :func:`activation_codes` (fake quantization), in x's dtype."""
+    q, s = activation_codes(x, bits, clip)
+    return (q * s).to(x.dtype)
 
 
 @dataclass
