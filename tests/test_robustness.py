@@ -173,7 +173,7 @@ def test_5_coverage_is_reported_in_run_json_and_repeats_warn(exported, calib_tex
     assert len(set(starts)) < 12
     with caplog.at_level(logging.WARNING, logger="tbq"):
         report_coverage({"windows": 12, "distinct_windows": len(set(starts)), "distinct_tokens": 40,
-                         "text_tokens": 44}, 32, progress=False)
+                         "text_tokens": 44, "heldout_windows": 0}, 32, progress=False)
     assert f"only {len(set(starts))} of the 12 calibration windows are distinct" in caplog.text
 
 
