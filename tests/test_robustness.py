@@ -97,10 +97,11 @@ def test_2_zero_output_hessian_quantizes(calib_text, tmp_path, method):
     assert not (tmp_path / "run.partial").exists()
 
 
-# 3. --damp 0 on a rank-deficient Hessian (one window of 8 tokens, inputs 32-64 wide); a NaN Hessian names its module
+# 3. --damp 0 (and --sample-damp 0) on a rank-deficient Hessian (one window of 8 tokens, inputs 32-64 wide); a NaN
+# Hessian names its module
 def test_3_zero_damping_is_floored(exported, calib_text, tmp_path):
     res = cli("quantize", exported["model"], "--dataset", calib_text, "--nsamples", 1, "--seqlen", 8, "--quiet",
-              "--method", "gptq", "--damp", 0, "-o", tmp_path / "run")
+              "--method", "gptq", "--damp", 0, "--sample-damp", 0, "-o", tmp_path / "run")
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "complete"
 
