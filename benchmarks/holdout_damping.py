@@ -6,7 +6,8 @@ Each method quantizes the first ``--blocks`` blocks of smollm2-135m (a truncated
 output error on the calibrating and on the held-out windows comes from the run's metrics.jsonl. Prints a markdown
 table.
 
-    python benchmarks/holdout_damping.py [--windows 8 --seqlen 256 --heldout 16 --bits 3 --blocks 1]
+    python benchmarks/holdout_damping.py [--windows 8 --seqlen 256 --heldout 16 --bits 3 --blocks 1
+                                          --methods rtn,gptq,boa,turboboa]
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--heldout", type=int, default=16, help="held-out windows")
     ap.add_argument("--bits", type=int, default=3)
     ap.add_argument("--blocks", type=int, default=1)
+    ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated, of " + ", ".join(METHODS))
     args = ap.parse_args(argv)
     from turboboa_export.config import build_config
     from turboboa_export.pipeline.sequential import quantize_model
@@ -60,17 +62,16 @@ def main(argv: list[str] | None = None) -> None:
               f"{args.windows} x {args.seqlen} = {args.windows * args.seqlen} calibration tokens, {args.heldout} "
               "held-out windows")
         print("| method | sample_damp | calibration error | held-out error |\n|---|---|---|---|")
-        for method in METHODS:
+        overlap = None
+        for method in args.methods.split(","):
             for sample_damp in SAMPLE_DAMPS if method != "rtn" else (0.0,):  # min-max RTN reads no damping
                 cfg = build_config(str(model), quant={"method": method, "bits": args.bits, "sample_damp": sample_damp},
                                    calib=calib, device="cpu")
                 run = quantize_model(cfg, Path(tmp) / f"{method}-{sample_damp}", progress=False)
-                if method == "rtn" and sample_damp == 0.0:
-                    cov = json.loads((run / "run.json").read_text())["calibration"]
-                    print(f"(held-out tokens also in calibrating windows: {cov['heldout_tokens_in_calibration']} of "
-                          f"{args.heldout * args.seqlen})")
+                overlap = json.loads((run / "run.json").read_text())["calibration"]["heldout_tokens_in_calibration"]
                 err, held = last_block_errors(run)
                 print(f"| {method} | {sample_damp} | {err:.4f} | {held:.4f} |", flush=True)
+        print(f"\nheld-out tokens also in calibrating windows: {overlap} of {args.heldout * args.seqlen}")
 
 
 if __name__ == "__main__":
