@@ -27,7 +27,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--runs", required=True, help="METHOD:PRESET[:rot][:a4|:a8][:kv4|:kv8] items, e.g. gptq:w4:rot:a4")
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--nsamples", type=int, default=128)
+    ap.add_argument("--nsamples", type=int, default=128, help="calibrating windows")
+    ap.add_argument("--holdout", type=int, default=2, help="held-out windows drawn after the calibrating ones (the "
+                                                          "calibrating windows stay those of section 8)")
     ap.add_argument("--seqlen", type=int, default=2048)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default="auto", help="evaluation dtype (auto: each model's own)")
@@ -68,7 +70,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
                      "kv_bits": next((int(e[2:]) for e in extra if e in ("kv4", "kv8")), None)}
         print(f"[{n}/{len(items)}] {item}: quantizing", flush=True)
         cfg = build_config(a.model, preset=preset, quant={"method": method}, transform=transform,
-                           calib={"dataset": "exl2-wiki", "nsamples": a.nsamples, "seqlen": a.seqlen, "seed": 0},
+                           calib={"dataset": "exl2-wiki", "nsamples": a.nsamples + a.holdout, "holdout": a.holdout,
+                                  "seqlen": a.seqlen, "seed": 0},
                            device=str(device))
         name = "-".join([method, preset, *extra])
         run_dir = a.out / name

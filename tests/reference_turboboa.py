@@ -1,8 +1,8 @@
 """TurboBoA as algorithm.md section 4 states it: slow, obvious, float64, one column and one coordinate at a time.
 
 Test-only and independent of ``turboboa_export`` (torch and ``reference_grid`` only). Choices the spec leaves open
-follow the library and are stated here: H_out is damped like H_in before its Cholesky factor; the hessian grid
-search scores with the damped H_in; the refinement uses the undamped H_in and H_out; a grouped grid is found
+follow the library and are stated here: H_out is damped (by its own fraction) before its Cholesky factor; the
+hessian grid search scores with the damped H_in; the refinement uses the undamped H_in and H_out; a grouped grid is found
 when the column pass reaches the group, from the group's columns as updated so far.
 """
 
@@ -24,12 +24,13 @@ def upper_inverse_cholesky(h: torch.Tensor) -> torch.Tensor:
 
 
 def turboboa_ref(w, h_in, h_out, bits, *, sym=False, search="hessian", group_size=-1, r=None, alpha=0.0, n=16,
-                 adaptive_grid=True, refine_iters=1, percdamp=0.01):
+                 adaptive_grid=True, refine_iters=1, percdamp=0.01, percdamp_out=None):
     """Quantize w [heads, rows, cols] for tr(H_out dW H_in dW^T) - 2 tr(H_out W (alpha R) dW^T) per head.
 
     h_in [cols, cols]; h_out [heads, rows, rows]; r [cols, cols] (unscaled) or None. Row blocks of ``n`` rows
     (F1); F2 when alpha R is given; F3: grid of each block from its current weights (``adaptive_grid``) and
-    ``refine_iters`` coordinate-descent passes over the scales. Returns codes [heads, rows, cols] and scales,
+    ``refine_iters`` coordinate-descent passes over the scales. H_in is damped by ``percdamp`` of its mean diagonal,
+    H_out by ``percdamp_out`` (None: ``percdamp``). Returns codes [heads, rows, cols] and scales,
     zeros [heads, rows, groups].
     """
     w, h_in, h_out = w.double().clone(), h_in.double().clone(), h_out.double()
@@ -43,7 +44,8 @@ def turboboa_ref(w, h_in, h_out, bits, *, sym=False, search="hessian", group_siz
     u = upper_inverse_cholesky(h)
     p = torch.triu(r @ u.T, 1) @ u  # GPTAQ: P = triu(R U^T, 1) U
     r_hinv = r @ torch.linalg.inv(h)  # R H_in^-1
-    u_out = torch.stack([upper_inverse_cholesky(damped(ho, percdamp)) for ho in h_out])
+    damp_out = percdamp if percdamp_out is None else percdamp_out
+    u_out = torch.stack([upper_inverse_cholesky(damped(ho, damp_out)) for ho in h_out])
     gs = cols if group_size == -1 else group_size
     maxq = 2**bits - 1
     original = w.clone()

@@ -50,16 +50,19 @@ def quantize_cli(model, text, out, *extra, device="cpu"):
                            device, "--quiet", "-o", str(out), *map(str, extra)], env=env, capture_output=True, text=True)
 
 
+@pytest.mark.parametrize("windows", [("--nsamples", 2), ("--nsamples", 3, "--holdout", 1)])
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
     torch.cuda.device_count() < 2, reason="needs 2 GPUs")])])
-def test_two_processes_give_the_one_process_bits(tiny_models, calib_text, tmp_path, device):
-    """TurboBoA (H_in, R and the attention statistics all used) on 2 windows: split one per process, each sum is
-    the 1-process sum (s_0 + s_1, one thread each), so codes, scales, zeros, untouched tensors, losses and block
-    errors are equal; the linears computed by rank 1 reach rank 0's run through the broadcast (gloo on CPU,
-    NCCL on 2 GPUs)."""
+def test_two_processes_give_the_one_process_bits(tiny_models, calib_text, tmp_path, device, windows):
+    """TurboBoA (H_in, R and the attention statistics all used) on 2 calibrating windows: split one per process,
+    each sum is the 1-process sum (s_0 + s_1, one thread each), so codes, scales, zeros, untouched tensors, losses
+    and block errors are equal; the linears computed by rank 1 reach rank 0's run through the broadcast (gloo on
+    CPU, NCCL on 2 GPUs). With a third window held out, rank 1 holds it and rank 0 none: its error is the 1-process
+    one. Catches token counts not summed over the ranks (the damping's d / T differs), held-out windows in a
+    rank's statistics, and a held-out error not summed over the ranks."""
     one, two = tmp_path / "one", tmp_path / "two"
     for out, extra in ((one, ()), (two, ("--gpus", 2))):
-        res = quantize_cli(tiny_models["llama"], calib_text, out, "--nsamples", 2, *extra, device=device)
+        res = quantize_cli(tiny_models["llama"], calib_text, out, *windows, *extra, device=device)
         assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.strip() == f"wrote {two}"  # rank 0 speaks, once
     a, b = block_tensors(one), block_tensors(two)
@@ -71,6 +74,11 @@ def test_two_processes_give_the_one_process_bits(tiny_models, calib_text, tmp_pa
     for x, y in zip(ma, mb):
         assert x["loss"] == pytest.approx(y["loss"], rel=1e-6) and x["loss"] > 0
         assert x["block_output_rel_error"] == pytest.approx(y["block_output_rel_error"], rel=1e-6)
+        held, other = x["block_output_rel_error_heldout"], y["block_output_rel_error_heldout"]
+        if "--holdout" in windows:
+            assert held == pytest.approx(other, rel=1e-6) and held > 0
+        else:
+            assert held is None and other is None
 
 
 def test_an_error_on_the_ranks_is_one_line(tiny_models, calib_text, tmp_path):

@@ -1,7 +1,7 @@
 """The method registry wires each role to the algorithm algorithm.md section 5 names, with the config's settings:
 checked against the float64 references on random statistics (no model). Catches alpha dropped, q/k quantized
-one-sided, refinement switched off, BoA's settings (N = 1, fixed grid, no F2/F3) or v's attention-weighted H_in
-and R_v replaced."""
+one-sided, refinement switched off, BoA's settings (N = 1, fixed grid, no F2/F3), v's attention-weighted H_in
+and R_v replaced, and a damping that ignores the token counts (or takes H_in's count or width for H_out's)."""
 
 import pytest
 import torch
@@ -28,8 +28,13 @@ def small(*shape, seed):
     return 0.1 * torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
 
+H_TOKENS, ATTENTION_TOKENS = 96, 40  # few tokens, and different ones, so that each damping is told apart
+
+
 class Attention:
     """What ``AttentionStatistics`` hands the methods, as fixed random tensors."""
+
+    tokens = ATTENTION_TOKENS
 
     q = spd(SHAPE.heads, n=SHAPE.head_dim, seed=1)
     k = spd(SHAPE.kv_heads, n=SHAPE.head_dim, seed=2)
@@ -61,6 +66,14 @@ class Statistics:
     def r(self, role):
         return small(D_IN, D_IN, seed=6)
 
+    def tokens(self, role):
+        return H_TOKENS
+
+
+def damping(cfg, width, tokens):
+    """Issue 20's damping, written out: damp + sample_damp * width / tokens."""
+    return cfg.damp + cfg.sample_damp * width / tokens
+
 
 def out_features(role):
     return {"q": SHAPE.heads, "o": SHAPE.heads}.get(role, SHAPE.kv_heads) * SHAPE.head_dim
@@ -71,18 +84,22 @@ def expected(role, w, cfg, stats):
     turbo = cfg.method == "turboboa"
     kw = dict(sym=cfg.sym, search=cfg.grid, group_size=cfg.group_size, alpha=cfg.alpha if turbo else 0.0,
               refine_iters=cfg.refine_iters if turbo else 0)
+    damp_in = damping(cfg, D_IN, H_TOKENS)
     if cfg.method == "gptq":
-        codes, scale, zero, _ = gptq_ref(w, stats.h(role), GridSpec(cfg.bits, cfg.sym, cfg.grid), cfg.group_size)
+        codes, scale, zero, _ = gptq_ref(w, stats.h(role), GridSpec(cfg.bits, cfg.sym, cfg.grid), cfg.group_size,
+                                         damp_in)
         return codes, scale, zero
     if role in ("q", "k"):
         h_out = stats.attention.h_out_q() if role == "q" else stats.attention.h_out_k()
         return turboboa_ref(w.reshape(len(h_out), SHAPE.head_dim, D_IN), stats.h(role), h_out, cfg.bits,
-                            r=stats.r(role), n=cfg.rows if turbo else 1, adaptive_grid=turbo, **kw)
+                            r=stats.r(role), n=cfg.rows if turbo else 1, adaptive_grid=turbo, percdamp=damp_in,
+                            percdamp_out=damping(cfg, SHAPE.head_dim, ATTENTION_TOKENS), **kw)
     if role == "v":  # each kv head with its attention-weighted H_in and R_v
-        per_head = [one_sided_ref(wk, hk, cfg.bits, r=rk, **kw) for wk, hk, rk in
+        damp_v = damping(cfg, D_IN, ATTENTION_TOKENS)
+        per_head = [one_sided_ref(wk, hk, cfg.bits, r=rk, percdamp=damp_v, **kw) for wk, hk, rk in
                     zip(w.reshape(SHAPE.kv_heads, SHAPE.head_dim, D_IN), stats.attention.hv, stats.attention.rv)]
         return tuple(torch.cat(t) for t in zip(*per_head))
-    return one_sided_ref(w, stats.h(role), cfg.bits, r=stats.r(role), **kw)
+    return one_sided_ref(w, stats.h(role), cfg.bits, r=stats.r(role), percdamp=damp_in, **kw)
 
 
 @pytest.mark.parametrize("role", ["q", "k", "v", "o"])

@@ -97,10 +97,11 @@ def test_2_zero_output_hessian_quantizes(calib_text, tmp_path, method):
     assert not (tmp_path / "run.partial").exists()
 
 
-# 3. --damp 0 on a rank-deficient Hessian (one window of 8 tokens, inputs 32-64 wide); a NaN Hessian names its module
+# 3. --damp 0 (and --sample-damp 0) on a rank-deficient Hessian (one window of 8 tokens, inputs 32-64 wide); a NaN
+# Hessian names its module
 def test_3_zero_damping_is_floored(exported, calib_text, tmp_path):
     res = cli("quantize", exported["model"], "--dataset", calib_text, "--nsamples", 1, "--seqlen", 8, "--quiet",
-              "--method", "gptq", "--damp", 0, "-o", tmp_path / "run")
+              "--method", "gptq", "--damp", 0, "--sample-damp", 0, "-o", tmp_path / "run")
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "complete"
 
@@ -173,7 +174,7 @@ def test_5_coverage_is_reported_in_run_json_and_repeats_warn(exported, calib_tex
     assert len(set(starts)) < 12
     with caplog.at_level(logging.WARNING, logger="tbq"):
         report_coverage({"windows": 12, "distinct_windows": len(set(starts)), "distinct_tokens": 40,
-                         "text_tokens": 44}, 32, progress=False)
+                         "text_tokens": 44, "heldout_windows": 0}, 32, progress=False)
     assert f"only {len(set(starts))} of the 12 calibration windows are distinct" in caplog.text
 
 

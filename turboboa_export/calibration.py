@@ -91,7 +91,7 @@ def tokenize(tokenizer, text: str) -> torch.Tensor:
 
 def window_starts(n_tokens: int, nsamples: int, seqlen: int, seed: int) -> list[int]:
     """Start of each of ``nsamples`` random windows of ``seqlen`` tokens in a text of ``n_tokens``, the same for the
-    same seed. Raises TbqError when the text cannot give ``nsamples`` distinct windows."""
+    same seed; the first k starts of a draw are the draw of k (held-out windows come last). Raises TbqError when the text cannot give ``nsamples`` distinct windows."""
     if n_tokens <= seqlen:
         raise TbqError(
             f"the calibration text has {n_tokens} tokens, too few for windows of {seqlen}; lower --seqlen or add text"
@@ -106,18 +106,23 @@ def window_starts(n_tokens: int, nsamples: int, seqlen: int, seed: int) -> list[
     return torch.randint(0, possible, (nsamples,), generator=gen).tolist()
 
 
-def coverage(starts: list[int], seqlen: int, n_tokens: int) -> dict[str, int]:
-    """How much of the text the windows use: windows and distinct windows, tokens and distinct tokens."""
+def coverage(starts: list[int], seqlen: int, n_tokens: int, holdout: int = 0) -> dict[str, int]:
+    """How much of the text the calibrating windows (all but the last ``holdout`` of ``starts``) use: windows and
+    distinct windows, tokens and distinct tokens; and the held-out windows, with how many of their tokens lie in
+    text some calibrating window covers too (the windows are drawn independently, so they may overlap)."""
+    calib, held = starts[: len(starts) - holdout], starts[len(starts) - holdout:]
     covered = torch.zeros(n_tokens, dtype=torch.bool)
-    for s in starts:
+    for s in calib:
         covered[s : s + seqlen] = True
-    return {"windows": len(starts), "distinct_windows": len(set(starts)), "tokens": len(starts) * seqlen,
-            "distinct_tokens": int(covered.sum()), "text_tokens": n_tokens}
+    return {"windows": len(calib), "distinct_windows": len(set(calib)), "tokens": len(calib) * seqlen,
+            "distinct_tokens": int(covered.sum()), "text_tokens": n_tokens, "heldout_windows": len(held),
+            "heldout_tokens_in_calibration": sum(int(covered[s : s + seqlen].sum()) for s in held)}
 
 
-def calibration_batch(tokenizer, dataset: str, nsamples: int, seqlen: int,
-                      seed: int) -> tuple[torch.Tensor, dict[str, int]]:
-    """Token windows for calibration, [nsamples, seqlen], and their ``coverage`` of the text."""
+def calibration_batch(tokenizer, dataset: str, nsamples: int, seqlen: int, seed: int,
+                      holdout: int = 0) -> tuple[torch.Tensor, dict[str, int]]:
+    """Token windows [nsamples, seqlen], of which the last ``holdout`` are held out (the first nsamples - holdout
+    are the windows a draw of that many gives), and the ``coverage`` of the text."""
     ids = tokenize(tokenizer, load_text(dataset, "calib"))
     starts = window_starts(ids.numel(), nsamples, seqlen, seed)
-    return torch.stack([ids[s : s + seqlen] for s in starts]), coverage(starts, seqlen, ids.numel())
+    return torch.stack([ids[s : s + seqlen] for s in starts]), coverage(starts, seqlen, ids.numel(), holdout)

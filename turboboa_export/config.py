@@ -68,7 +68,9 @@ class Rule(_Strict):
 
 class QuantConfig(_Strict):
     """What to do to each linear layer. ``grid`` defaults to minmax for rtn and hessian for the other methods;
-    ``ignore`` lists module patterns kept dense; ``rules`` per-layer settings (see :class:`Rule`)."""
+    ``ignore`` lists module patterns kept dense; ``rules`` per-layer settings (see :class:`Rule`). A Hessian of
+    width d summed over T tokens is damped by ``damp + sample_damp * d / T`` of its mean diagonal
+    (``algorithms.gptq.token_damping``; ``sample_damp`` 0: the fixed ``damp`` of before issue 20)."""
 
     method: Method = "turboboa"
     bits: Bits = 4
@@ -76,6 +78,7 @@ class QuantConfig(_Strict):
     sym: bool = False
     grid: Search = "hessian"
     damp: float = 0.01
+    sample_damp: float = 0.25
     act_order: bool = False
     row_act_order: bool = False
     rows: int = 16
@@ -93,7 +96,7 @@ class QuantConfig(_Strict):
             data = {**data, "grid": "minmax" if data.get("method", "turboboa") == "rtn" else "hessian"}
         return data
 
-    @field_validator("damp", "alpha")
+    @field_validator("damp", "sample_damp", "alpha")
     @classmethod
     def _nonneg(cls, v: float) -> float:
         if v < 0:
@@ -115,13 +118,30 @@ class QuantConfig(_Strict):
         return v
 
 
+HOLDOUT_DEFAULT = 2  # held-out windows when there are at least HOLDOUT_FROM (else none)
+HOLDOUT_FROM = 8
+
+
 class CalibConfig(_Strict):
-    """Calibration data: a dataset name or local file, random windows of ``seqlen`` tokens."""
+    """Calibration data: a dataset name or local file, ``nsamples`` random windows of ``seqlen`` tokens drawn with
+    ``seed``. The last ``holdout`` of them are held out (default HOLDOUT_DEFAULT when nsamples >= HOLDOUT_FROM, else
+    0): they enter no statistic and only measure each block's output error on text the statistics did not see. The
+    draw of nsamples windows starts with the draw of fewer, so the statistics come from exactly the windows of a
+    run with ``nsamples - holdout`` windows and no hold-out, and the bits are that run's."""
 
     dataset: str = "exl2-wiki"
     nsamples: int = 128
     seqlen: int = 2048
     seed: int = 0
+    holdout: int = 0  # filled from nsamples when not given
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_holdout(cls, data: object) -> object:
+        if isinstance(data, dict) and data.get("holdout") is None:
+            n = data.get("nsamples", cls.model_fields["nsamples"].default)
+            data = {**data, "holdout": HOLDOUT_DEFAULT if isinstance(n, int) and n >= HOLDOUT_FROM else 0}
+        return data
 
     @field_validator("nsamples", "seqlen")
     @classmethod
@@ -129,6 +149,22 @@ class CalibConfig(_Strict):
         if v < 1:
             raise ValueError(f"must be >= 1, got {v}")
         return v
+
+    @field_validator("holdout")
+    @classmethod
+    def _holdout(cls, v: int, info) -> int:
+        n = info.data.get("nsamples")
+        if v < 0:
+            raise ValueError(f"held-out windows must be >= 0, got {v}")
+        if n is not None and v >= n:
+            raise ValueError(f"{v} held-out windows leave none of the {n} to calibrate on; lower --holdout "
+                             "below --nsamples")
+        return v
+
+    @property
+    def windows(self) -> int:
+        """The windows that calibrate: nsamples - holdout."""
+        return self.nsamples - self.holdout
 
 
 class TransformConfig(_Strict):

@@ -7,7 +7,7 @@ from typing import Callable
 
 import torch
 
-from .algorithms.gptq import damp, gptq_quantize
+from .algorithms.gptq import damp, gptq_quantize, token_damping
 from .algorithms.grid import GridSpec
 from .algorithms.quantized import QuantizedWeight, weight_loss
 from .algorithms.rtn import rtn_quantize
@@ -22,6 +22,13 @@ def grid_spec(cfg: QuantConfig) -> GridSpec:
 
 
 COMMON_SETTINGS = ("method", "bits", "group_size", "sym", "ignore", "rules")
+DAMP_SETTINGS = ("damp", "sample_damp")
+
+
+def damping(cfg: QuantConfig, h: torch.Tensor, tokens: int) -> float:
+    """The relative damping of ``h`` ([..., d, d], summed over ``tokens`` calibration tokens) under ``cfg``:
+    damp + sample_damp * d / tokens (``token_damping``)."""
+    return token_damping(cfg.damp, cfg.sample_damp, h.shape[-1], tokens)
 
 
 @dataclass(frozen=True)
@@ -52,27 +59,29 @@ def get_method(name: str) -> Method:
 
 def _rtn(role: str, w: torch.Tensor, stats, cfg: QuantConfig, shape) -> tuple[QuantizedWeight, float]:
     h = stats.h(role)
-    q = rtn_quantize(w, grid_spec(cfg), cfg.group_size, damp(h, cfg.damp))
+    q = rtn_quantize(w, grid_spec(cfg), cfg.group_size, damp(h, damping(cfg, h, stats.tokens(role))))
     return q, weight_loss(w, q.dequantize(), h)
 
 
 def _gptq(role: str, w: torch.Tensor, stats, cfg: QuantConfig, shape) -> tuple[QuantizedWeight, float]:
     h = stats.h(role)
-    q = gptq_quantize(w, h, grid_spec(cfg), cfg.group_size, cfg.damp, cfg.act_order)
+    q = gptq_quantize(w, h, grid_spec(cfg), cfg.group_size, damping(cfg, h, stats.tokens(role)), cfg.act_order)
     return q, weight_loss(w, q.dequantize(), h)
 
 
-register(Method("rtn", _rtn, lambda cfg: ("grid", "damp") if cfg.grid == "hessian" else ("grid",)))
-register(Method("gptq", _gptq, lambda cfg: ("grid", "damp", "act_order")))
+register(Method("rtn", _rtn, lambda cfg: ("grid",) + DAMP_SETTINGS if cfg.grid == "hessian" else ("grid",)))
+register(Method("gptq", _gptq, lambda cfg: ("grid",) + DAMP_SETTINGS + ("act_order",)))
 
 
-def turboboa_options(cfg: QuantConfig, tf32: bool = False) -> TurboBoAOptions:
-    """F1/F3 settings of a config; ``boa`` is N = 1 with a fixed grid and no refinement. ``tf32``: the statistics
-    come from fp16/bf16 activations on a GPU, so the F2/F3 corrections may use TF32."""
+def turboboa_options(cfg: QuantConfig, percdamp: float, percdamp_out: float | None = None,
+                     tf32: bool = False) -> TurboBoAOptions:
+    """F1/F3 settings of a config with the relative dampings of H_in and H_out (``damping``); ``boa`` is N = 1 with
+    a fixed grid and no refinement. ``tf32``: the statistics come from fp16/bf16 activations on a GPU, so the F2/F3
+    corrections may use TF32."""
     if cfg.method == "boa":
-        return TurboBoAOptions(1, False, 0, cfg.act_order, cfg.row_act_order, cfg.damp, tf32)
-    return TurboBoAOptions(cfg.rows, cfg.adaptive_grid, cfg.refine_iters, cfg.act_order, cfg.row_act_order, cfg.damp,
-                           tf32)
+        return TurboBoAOptions(1, False, 0, cfg.act_order, cfg.row_act_order, percdamp, tf32, percdamp_out)
+    return TurboBoAOptions(cfg.rows, cfg.adaptive_grid, cfg.refine_iters, cfg.act_order, cfg.row_act_order, percdamp,
+                           tf32, percdamp_out)
 
 
 def _alpha(cfg: QuantConfig) -> float:
@@ -90,17 +99,20 @@ def _two_sided_loss(w, what, h_in, h_out) -> float:
 
 
 def _attention_aware(role: str, w: torch.Tensor, stats, cfg: QuantConfig, shape) -> tuple[QuantizedWeight, float]:
-    spec, opts, alpha = grid_spec(cfg), turboboa_options(cfg, stats.half), _alpha(cfg)
+    spec, alpha = grid_spec(cfg), _alpha(cfg)
     attn = stats.attention
     if role in ("q", "k"):
         h_out = attn.h_out_q() if role == "q" else attn.h_out_k()
         h_in = stats.h(role)
+        opts = turboboa_options(cfg, damping(cfg, h_in, stats.tokens(role)), damping(cfg, h_out, attn.tokens),
+                                stats.half)
         q = turboboa_two_sided(w.reshape(h_out.shape[0], -1, w.shape[1]), h_in, h_out, spec, cfg.group_size,
                                _scaled(stats.r(role), alpha), opts)
         return q, _two_sided_loss(w, q.dequantize(), h_in, h_out)
     if role == "v":
         # one batched pass over the kv heads, each with its attention-weighted H_in (and R)
         h_v = attn.h_in_v()
+        opts = turboboa_options(cfg, damping(cfg, h_v, attn.tokens), tf32=stats.half)
         w3 = w.reshape(shape.kv_heads, shape.head_dim, -1)
         q3 = turboboa_one_sided(w3, h_v, spec, cfg.group_size, _scaled(attn.r_v(), alpha), opts)
         q = QuantizedWeight(q3.codes.reshape(w.shape), q3.scale.reshape(w.shape[0], -1),
@@ -108,6 +120,7 @@ def _attention_aware(role: str, w: torch.Tensor, stats, cfg: QuantConfig, shape)
         d = (q.dequantize() - w).reshape(w3.shape).to(h_v.dtype)
         return q, float(torch.einsum("hai,hij,haj->", d, h_v, d))  # sum over kv heads of tr(dW H_v dW^T)
     h = stats.h(role)
+    opts = turboboa_options(cfg, damping(cfg, h, stats.tokens(role)), tf32=stats.half)
     q = turboboa_one_sided(w, h, spec, cfg.group_size, _scaled(stats.r(role), alpha), opts)
     return q, weight_loss(w, q.dequantize(), h)
 
@@ -119,7 +132,7 @@ def _attention_statistics(cfg: QuantConfig, spec, shape):
     return make
 
 
-BOA_SETTINGS = ("grid", "damp", "act_order", "row_act_order")
+BOA_SETTINGS = ("grid",) + DAMP_SETTINGS + ("act_order", "row_act_order")
 TURBOBOA_SETTINGS = BOA_SETTINGS + ("rows", "alpha", "refine_iters", "adaptive_grid")
 register(Method("boa", _attention_aware, lambda cfg: BOA_SETTINGS, attention_statistics=_attention_statistics))
 register(Method("turboboa", _attention_aware, lambda cfg: TURBOBOA_SETTINGS,

@@ -40,6 +40,16 @@ def damp(h: torch.Tensor, percdamp: float) -> torch.Tensor:
     return h + percdamp * mean * torch.eye(h.shape[-1], dtype=h.dtype, device=h.device)
 
 
+def token_damping(percdamp: float, sample_damp: float, width: int, tokens: int) -> float:
+    """The relative damping of a ``width`` x ``width`` Hessian summed over ``tokens`` samples:
+    percdamp + sample_damp * width / tokens. Few tokens next to the width leave H a noisy estimate (of rank at most
+    ``tokens``) that GPTQ's updates fit, so the damping grows as width / tokens (issue 20; measured in
+    docs/results.md). Raises ValueError for a non-positive ``tokens``."""
+    if tokens <= 0:
+        raise ValueError(f"a Hessian needs tokens; got {tokens}")
+    return percdamp + sample_damp * width / tokens
+
+
 def inverse_cholesky_upper(h: torch.Tensor, percdamp: float) -> torch.Tensor:
     """U with H^-1 = U^T U (upper Cholesky of the inverse), for H [..., n, n] with dead entries already filled.
 

@@ -23,8 +23,9 @@ from .refine import refine_scales
 
 @dataclass(frozen=True)
 class TurboBoAOptions:
-    """F1 rows per block, grid per row block (F3), refinement passes (F3), act-orders, damping; ``tf32``: F2's P and
-    R H_in^-1 and F3's products on TF32 tensor cores (for statistics from fp16/bf16 activations on a GPU)."""
+    """F1 rows per block, grid per row block (F3), refinement passes (F3), act-orders, the relative damping of H_in
+    and of H_out (None: H_in's); ``tf32``: F2's P and R H_in^-1 and F3's products on TF32 tensor cores (for
+    statistics from fp16/bf16 activations on a GPU)."""
 
     rows: int = 16
     adaptive_grid: bool = True
@@ -33,6 +34,7 @@ class TurboBoAOptions:
     row_act_order: bool = False
     percdamp: float = 0.01
     tf32: bool = False
+    percdamp_out: float | None = None
 
 
 def row_compensation(u_out: torch.Tensor, r1: int, r2: int) -> torch.Tensor:
@@ -69,7 +71,7 @@ def turboboa_two_sided(
     w = _permute_rows(w, rperm)
     h_out = torch.gather(_permute_rows(h_out, rperm), 2, rperm.unsqueeze(1).expand(-1, rows, -1))
     u_in = inverse_cholesky_upper(h_in, opts.percdamp)
-    u_out = inverse_cholesky_upper(h_out, opts.percdamp)
+    u_out = inverse_cholesky_upper(h_out, opts.percdamp if opts.percdamp_out is None else opts.percdamp_out)
     p = gptaq_p(r, u_in, opts.tf32) if r is not None else None
     with tf32_matmuls(w.device, opts.tf32):
         r_hinv = r @ u_in.T @ u_in if r is not None else None  # R H_in^-1 = R U^T U

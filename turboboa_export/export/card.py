@@ -50,7 +50,9 @@ def model_card(run: Path, info: dict, fmt: str, out: Path, quant_method: str | N
     dense = info.get("dense_linears", [])
     lines.append(f"- kept dense: lm_head{''.join(', ' + d for d in dense)}")
     distinct = f", {cov['distinct_windows']} distinct windows" if "distinct_windows" in cov else ""
-    lines.append(f"- calibration: {c['dataset']}, {c['nsamples']} × {c['seqlen']} tokens, seed {c['seed']}{distinct}")
+    held = f", the last {c['holdout']} windows held out" if c.get("holdout") else ""
+    lines.append(f"- calibration: {c['dataset']}, {c['nsamples']} × {c['seqlen']} tokens, seed {c['seed']}{distinct}"
+                 f"{held}")
     rotate = t.get("rotate", "none")
     lines.append(f"- rotation: {rotate}" + (f" (online {t.get('online_rotation')}, seed {t.get('seed')})"
                                             if rotate != "none" else ""))

@@ -1,10 +1,11 @@
 """Several processes quantizing one model (torch.distributed: NCCL between GPUs, gloo between CPU processes).
 
-Each rank runs its contiguous share of the calibration sequences through the blocks; the statistics sums (H_in
-and R of every linear input, the attention statistics, the block-output error) are all-reduced, so every rank
-holds the statistics of all sequences; a block's linears are then spread over the ranks (weight-parallel: the
-largest first, each to the least-loaded rank) and each result is broadcast from its owner. Rank 0 writes the
-run. With one process every operation here is the identity, so the run is bit for bit the single-process one.
+Each rank runs its contiguous share of the calibrating sequences and of the held-out ones through the blocks; the
+statistics sums (H_in and R of every linear input, the attention statistics, the block-output errors) are
+all-reduced, so every rank holds the statistics of all calibrating sequences; a block's linears are then spread
+over the ranks (weight-parallel: the largest first, each to the least-loaded rank) and each result is broadcast
+from its owner. Rank 0 writes the run. With one process every operation here is the identity, so the run is bit
+for bit the single-process one.
 
 The ranks come from torchrun's environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``/``PORT``),
 as ``torchrun --nproc-per-node N -m tbq_cli.main quantize ...`` or ``tbq quantize --gpus N`` (``launch``) set it.
@@ -40,10 +41,10 @@ class Ranks:
         """Whether this rank writes the run and reports progress."""
         return self.rank == 0
 
-    def share(self, n: int) -> slice:
+    def share(self, n: int, may_be_empty: bool = False) -> slice:
         """This rank's contiguous part of ``n`` items (calibration sequences). Raises TbqError when some rank
-        would get none."""
-        if n < self.world:
+        would get none, unless ``may_be_empty`` (held-out windows: a rank may hold none)."""
+        if n < self.world and not may_be_empty:
             raise TbqError(f"{n} calibration sequences cannot be split over {self.world} processes; raise "
                            f"--nsamples to at least {self.world} or use fewer GPUs")
         return slice(self.rank * n // self.world, (self.rank + 1) * n // self.world)

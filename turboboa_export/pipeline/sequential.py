@@ -3,8 +3,10 @@
 Per block: (1) its inputs in both streams are cached; (2) one statistics pass with the block's full-precision
 weights runs the full-precision stream (its outputs feed the next block) and then the quantized stream,
 accumulating H_in, R and the attention statistics; (3) each linear is quantized; (4) the quantized stream runs
-through the now-quantized block. Only the current block lives on the accelerator, and, for a model read from
-its folder, only the current block's weights are in memory at all (``weights.StreamedWeights``).
+through the now-quantized block. Held-out calibration windows (``--holdout``) run through both streams exactly as
+the calibrating ones do but enter no statistic: each block's output error on them is reported beside the error on
+the calibrating windows. Only the current block lives on the accelerator, and, for a model read from its folder,
+only the current block's weights are in memory at all (``weights.StreamedWeights``).
 """
 
 from __future__ import annotations
@@ -226,8 +228,11 @@ def quantize_loaded(model, tokenizer, config: RunConfig, out: Path, source: dict
     progress = progress and ranks.lead
     shape = attention_shape(model.config)
     c = config.calib
-    batch, coverage = calibration_batch(tokenizer, c.dataset, c.nsamples, c.seqlen, c.seed)
+    batch, coverage = calibration_batch(tokenizer, c.dataset, c.nsamples, c.seqlen, c.seed, c.holdout)
     report_coverage(coverage, c.seqlen, progress)
+    calibrating, held = batch[: c.windows], batch[c.windows:]  # each rank: its share of each, calibrating first
+    calibrating = calibrating[ranks.share(len(calibrating))]
+    held = held[ranks.share(len(held), may_be_empty=True)]
     weights.load(model, spec.embed)
     checked = [weights.load(model, f"{spec.layers}.{i}") for i in checked_layers(model.config, len(layers))]
     check_attention(model, spec, batch[:1, : check_tokens(model.config, c.seqlen)])
@@ -239,7 +244,7 @@ def quantize_loaded(model, tokenizer, config: RunConfig, out: Path, source: dict
     writer = writer or RunFollower(out, config, overwrite=overwrite, resume=resume)
     try:
         return _quantize_blocks(config, model, weights, rotation, tokenizer, spec, device, ranks, shape,
-                                batch[ranks.share(len(batch))], transforms, writer, progress,
+                                torch.cat([calibrating, held]), len(calibrating), transforms, writer, progress,
                                 info={"model": {**source, "model_type": model.config.model_type},
                                       "calibration": coverage},
                                 sources=sources, t_start=t_start)
@@ -258,20 +263,24 @@ def block_statistics_needs(cfgs: dict[str, QuantConfig], spec: ArchSpec, shape) 
 
 
 def report_coverage(coverage: dict[str, int], seqlen: int, progress: bool) -> None:
-    """Say how much distinct text calibrates (progress output), and warn when windows repeat."""
+    """Say how much distinct text calibrates and how many windows are held out (progress output), and warn when
+    windows repeat."""
     if progress:
+        held = coverage["heldout_windows"]
         tqdm.write(f"calibration: {coverage['windows']} windows of {seqlen} tokens, {coverage['distinct_windows']} "
-                   f"distinct, covering {coverage['distinct_tokens']} of the text's {coverage['text_tokens']} tokens",
-                   file=sys.stderr)
+                   f"distinct, covering {coverage['distinct_tokens']} of the text's {coverage['text_tokens']} tokens"
+                   + (f"; {held} held out ({coverage['heldout_tokens_in_calibration']} of their {held * seqlen} "
+                      "tokens also in calibrating windows)" if held else ""), file=sys.stderr)
     if coverage["distinct_windows"] < coverage["windows"]:
         log.warning(f"only {coverage['distinct_windows']} of the {coverage['windows']} calibration windows are "
                     f"distinct ({coverage['distinct_tokens']} distinct tokens); add text for a better calibration")
 
 
 def _quantize_blocks(config: RunConfig, model, weights, rotation: Rotation | None, tokenizer, spec: ArchSpec,
-                     device, ranks: Ranks, shape, batch, transforms, writer: RunWriter, progress: bool, info: dict,
-                     sources: list[Path], t_start: float) -> Path:
-    """Steps (1)-(4) for every block, then the finished run (see ``quantize_model``)."""
+                     device, ranks: Ranks, shape, batch, n: int, transforms, writer: RunWriter, progress: bool,
+                     info: dict, sources: list[Path], t_start: float) -> Path:
+    """Steps (1)-(4) for every block, then the finished run (see ``quantize_model``). ``batch``: this rank's
+    windows, the first ``n`` calibrating, the rest held out."""
     layers = model.get_submodule(spec.layers)
     captured = capture_inputs(model, layers, batch)
     if rotation is None:  # read again at the end; a rotated one is kept (rotating it again is a float64 product)
@@ -310,17 +319,21 @@ def _quantize_blocks(config: RunConfig, model, weights, rotation: Rotation | Non
                 torch.cuda.reset_peak_memory_stats(device)
             t0 = time.time()
             with_r, attention = block_statistics_needs(cfgs, spec, shape)
-            stats, fp = collect_statistics(block, spec, fp, q, kwargs, with_r, attention, transforms.act_quant_off,
-                                           roles=plan, device=device)
+            stats, fp_calibrating = collect_statistics(block, spec, fp[:n], q[:n], kwargs, with_r, attention,
+                                                       transforms.act_quant_off, roles=plan, device=device)
+            with transforms.act_quant_off():
+                fp = fp_calibrating + run_stream(block, fp[n:], kwargs, device)
             reduce_statistics(stats, ranks)
             t_stats = time.time() - t0
             quantized, metrics = quantize_linears(modules, full, stats, cfgs, shape, device, ranks, costs)
             costs = {m["role"]: m["seconds"] for m in metrics}  # the same on every rank: balances the next block
             q = run_stream(block, q, kwargs, device)
-            err = relative_error(q, fp, ranks)
+            err = relative_error(q[:n], fp[:n], ranks)
+            held = relative_error(q[n:], fp[n:], ranks) if config.calib.holdout else None
             for m in metrics:
-                m.update(block=i, block_output_rel_error=err, block_stats_seconds=t_stats)
-            bar.set_postfix(rel_err=f"{err:.4f}")
+                m.update(block=i, block_output_rel_error=err, block_output_rel_error_heldout=held,
+                         block_stats_seconds=t_stats)
+            bar.set_postfix({"rel_err": f"{err:.4f}", **({} if held is None else {"heldout": f"{held:.4f}"})})
             writer.save_block(i, quantized, metrics)
         if ranks.lead:  # the others write nothing
             rest.update(block_rest(block, f"{spec.layers}.{i}", full.values()))

@@ -39,7 +39,8 @@ def record_inputs(modules: dict[str, nn.Module]):
 @dataclass
 class SecondMoments:
     """Running sums for H_in (and R when ``with_r``) of one input: sum x_q x_q^T and sum x_fp x_q^T, each added to
-    inside its GEMM; R's difference is taken once at the end."""
+    inside its GEMM; R's difference is taken once at the end. ``tokens``: the rows added (summed over the ranks with
+    the sums, ``distributed.reduce_statistics``), which set H's scale and its damping."""
 
     dim: int
     device: torch.device
@@ -91,3 +92,7 @@ class BlockStatistics:
 
     def r(self, role: str) -> torch.Tensor | None:
         return self.moments[INPUT_OF[role]].r()
+
+    def tokens(self, role: str) -> int:
+        """How many calibration tokens (of every rank, once reduced) built the H_in of ``role``."""
+        return self.moments[INPUT_OF[role]].tokens
