@@ -33,7 +33,7 @@ def one_line_errors(fn):
 @app.command()
 @one_line_errors
 def quantize(
-    model: str = typer.Argument(..., help="Model folder, hub id, or built-in name (smollm2-135m)."),
+    model: str = typer.Argument(..., help="Model folder, hub id, or built-in name (smollm2-135m, gemma3-270m)."),
     output: Path = typer.Option(..., "-o", "--output", help="Run directory to write."),
     preset: Optional[str] = typer.Option(None, help="Named preset: w4-g128, w4-g64, w4, w3-g128, w3-g64, w3, w2, w8."),
     config: Optional[Path] = typer.Option(

