@@ -78,15 +78,19 @@ def test_turboboa_boa_gptq_rtn_order(smollm2_blocks, tmp_path, bits):
     TurboBoA < BoA < GPTQ < RTN; on held-out windows (the test split) TurboBoA < BoA < GPTQ. Not GPTQ < RTN there:
     2,048 calibration tokens under-determine down_proj's 1,536-wide H_in, and held out GPTQ only ties RTN at W2 and
     loses at W3 (z = -0.3, -4.8; BoA over GPTQ: z = 8.7, 3.3; measured at cfbc584, RTN then on the Hessian grid).
-    RTN now rounds onto its default min-max grid (issue 19), a weaker baseline, so GPTQ < RTN only gets clearer."""
+    RTN now rounds onto its default min-max grid (issue 19), a weaker baseline, so GPTQ < RTN only gets clearer.
+    Run with the fixed damping and all 16 windows calibrating (``sample_damp`` 0, ``holdout`` 0), the setting these
+    orderings were measured in: with the defaults of issue 20 (0.25 and 2), BoA only ties GPTQ on the calibration
+    windows at W3 (mean difference 1.3e-4, standard error 2.1e-4), the damping trading calibration fit for held-out
+    error as intended (tests/test_damping.py)."""
     from tbq_eval.ppl import eval_windows
     from turboboa_export.calibration import calibration_batch
     from turboboa_export.models import load_model
 
     runs = {}
     for method in ("rtn", "gptq", "boa", "turboboa"):
-        cfg = build_config(str(smollm2_blocks), quant={"method": method, "bits": bits},
-                           calib={"dataset": "exl2-wiki", "nsamples": 16, "seqlen": 128}, device="cpu")
+        cfg = build_config(str(smollm2_blocks), quant={"method": method, "bits": bits, "sample_damp": 0},
+                           calib={"dataset": "exl2-wiki", "nsamples": 16, "seqlen": 128, "holdout": 0}, device="cpu")
         runs[method] = quantize_model(cfg, tmp_path / method, progress=False)
     tok = load_model(str(smollm2_blocks))[1]
     calib = block_output_errors(smollm2_blocks, runs, calibration_batch(tok, "exl2-wiki", 16, 128, 0)[0])
