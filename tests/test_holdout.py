@@ -9,12 +9,11 @@ import torch
 from turboboa_export.calibration import calibration_batch
 from turboboa_export.config import build_config
 from turboboa_export.models import load_tokenizer
-from turboboa_export.pipeline import rundir
 from turboboa_export.pipeline.rundir import load_fake_quant_model
 from turboboa_export.pipeline.sequential import quantize_model
 
 from .cli_checks import cli, one_line_error
-from .test_pipeline import block_tensors, quick_args
+from .test_pipeline import block_tensors, interrupt_after_first_block, quick_args
 
 SEQLEN = 48
 
@@ -99,17 +98,7 @@ def test_interrupted_run_resumes_to_the_same_heldout_errors(held_run, tiny_model
     so blocks 1 and 2 get the uninterrupted run's bits and held-out errors. Catches a replay that drops or
     mis-streams the held-out windows."""
     cfg = config(tiny_models["llama"], calib_text, 6, 2)
-    original = rundir.RunWriter.save_block
-
-    def crash_after_first(self, index, weights, metrics):
-        original(self, index, weights, metrics)
-        if index == 0:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(rundir.RunWriter, "save_block", crash_after_first)
-    with pytest.raises(KeyboardInterrupt):
-        quantize_model(cfg, tmp_path / "resumed", progress=False)
-    monkeypatch.setattr(rundir.RunWriter, "save_block", original)
+    interrupt_after_first_block(cfg, tmp_path / "resumed", monkeypatch)
     resumed = quantize_model(cfg, tmp_path / "resumed", resume=True, progress=False)
     a, b = block_tensors(held_run), block_tensors(resumed)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

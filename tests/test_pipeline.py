@@ -57,11 +57,8 @@ def test_same_seed_same_bits_and_other_seed_differs(tiny_models, calib_text, tmp
     assert any(not torch.equal(runs[0][k], runs[2][k]) for k in runs[0])
 
 
-def test_interrupted_run_resumes_to_the_same_bits(tiny_models, calib_text, tmp_path, monkeypatch):
-    cfg = build_config(str(tiny_models["qwen3"]), quant={"method": "gptq", "bits": 2},
-                       calib={"dataset": str(calib_text), "nsamples": 4, "seqlen": 48})
-    full = quantize_model(cfg, tmp_path / "full", progress=False)
-
+def interrupt_after_first_block(cfg, out, monkeypatch) -> None:
+    """Run ``cfg`` into ``out`` and stop it (KeyboardInterrupt) right after block 0 is saved."""
     original = rundir.RunWriter.save_block
 
     def crash_after_first(self, index, weights, metrics):
@@ -71,8 +68,15 @@ def test_interrupted_run_resumes_to_the_same_bits(tiny_models, calib_text, tmp_p
 
     monkeypatch.setattr(rundir.RunWriter, "save_block", crash_after_first)
     with pytest.raises(KeyboardInterrupt):
-        quantize_model(cfg, tmp_path / "resumed", progress=False)
+        quantize_model(cfg, out, progress=False)
     monkeypatch.setattr(rundir.RunWriter, "save_block", original)
+
+
+def test_interrupted_run_resumes_to_the_same_bits(tiny_models, calib_text, tmp_path, monkeypatch):
+    cfg = build_config(str(tiny_models["qwen3"]), quant={"method": "gptq", "bits": 2},
+                       calib={"dataset": str(calib_text), "nsamples": 4, "seqlen": 48})
+    full = quantize_model(cfg, tmp_path / "full", progress=False)
+    interrupt_after_first_block(cfg, tmp_path / "resumed", monkeypatch)
     partial = tmp_path / "resumed.partial"
     assert json.loads((partial / "run.json").read_text())["blocks_done"] == 1
     assert not (tmp_path / "resumed").exists()
