@@ -52,7 +52,8 @@ def library(capability: tuple[int, int]) -> ctypes.CDLL:
                    f"-gencode=arch=compute_{arch},code=sm_{arch}", "-o", tmp, str(SOURCE)]
             done = subprocess.run(cmd, capture_output=True, text=True)
             if done.returncode:
-                raise RuntimeError(f"nvcc failed to build {SOURCE.name}: {done.stderr.strip().splitlines()[-1:]}")
+                raise RuntimeError(f"nvcc failed to build {SOURCE.name}: "
+                                   f"{(done.stderr.strip().splitlines() or ['no message'])[-1]}")
             os.replace(tmp, target)
         finally:
             Path(tmp).unlink(missing_ok=True)

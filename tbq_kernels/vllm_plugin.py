@@ -33,8 +33,11 @@ LINEARS: dict[int, RegisteredLinear] = {}
 _keys = itertools.count()
 
 
-def register_linear(decode: Callable[[torch.Tensor], torch.Tensor], stock: Callable[[torch.Tensor], torch.Tensor]) -> int:
-    """The key ``decode_linear`` dispatches a layer's calls by."""
+def register_linear(layer: torch.nn.Module, codes: torch.Tensor, decode: Callable[[torch.Tensor], torch.Tensor],
+                    stock: Callable[[torch.Tensor], torch.Tensor]) -> int:
+    """Keep ``codes`` (the decode layout's) on ``layer`` as ``tbq_codes`` and return the key ``decode_linear``
+    dispatches the layer's calls by: ``decode(x)`` for at most MAX_ROWS rows, ``stock(x)`` above."""
+    layer.register_buffer("tbq_codes", codes, persistent=False)
     key = next(_keys)
     LINEARS[key] = RegisteredLinear(decode, stock)
     return key
@@ -103,9 +106,9 @@ def _kernel_class():
             k = self.config.partition_weight_shape[0]
             w = from_compressed_tensors(w_q.data, w_s.data, self.config.weight_type.size_bits, k,
                                         w_zp.data if self.config.zero_points else None, dtype=self.config.act_type)
-            layer.register_buffer("tbq_codes", w.codes, persistent=False)
             self.stock.process_weights_after_loading(layer)
-            self.key = register_linear(lambda x: decode_gemm(x, w), lambda x: self.stock.apply_weights(layer, x))
+            self.key = register_linear(layer, w.codes, lambda x: decode_gemm(x, w),
+                                       lambda x: self.stock.apply_weights(layer, x))
 
         def apply_weights(self, layer: torch.nn.Module, x: torch.Tensor,
                           bias: torch.Tensor | None = None) -> torch.Tensor:

@@ -108,8 +108,8 @@ class TbqIntActScheme(CompressedTensorsScheme):
             self.decode_key = None
             if enabled() and check_decode_shape(packed.shape[0], k, 4, k) is None:
                 w = from_compressed_tensors(packed, scale, 4, k, dtype=scale.dtype)
-                layer.register_buffer("tbq_codes", w.codes, persistent=False)
                 self.decode_key = register_linear(
+                    layer, w.codes,
                     lambda x: decode_gemm(x, w, act_bits=self.act_bits, act_clip=self.clip),
                     lambda x: int_linear_cutlass(x, layer.weight_int8, layer.weight_scale_f32, self.act_bits,
                                                  self.clip, None))

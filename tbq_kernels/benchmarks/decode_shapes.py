@@ -4,8 +4,9 @@
                                                    [--m 1,2,4,8,16,64,256,2048] [--json OUT]
 
 For each model's decoder-layer linears (q, k, v, o, gate, up, down; random symmetric codes, fp16 scales) and each row
-count M: the median time per call replayed from a CUDA graph, summed over the layer's seven linears. "tbq" is what
-tbq's vLLM plugin runs: the decode kernel for M <= 16, the best stock kernel above. Ratios are the sum of the
+count M: the median time per call replayed from a CUDA graph, summed over the layer's seven linears. "tbq" is the
+decode kernel for M <= 16; above, the plugin runs the stock kernel vLLM chooses, and the column shows the fastest
+stock kernel measured (vLLM's choice may be slower). Ratios are the sum of the
 other column's times over tbq's; achieved bandwidth counts the codes, scales, x and y once. The stock kernels
 need vLLM (and humming-kernels for Humming); missing ones are left blank with the reason in the JSON.
 """
