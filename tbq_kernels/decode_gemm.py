@@ -60,7 +60,7 @@ def library(capability: tuple[int, int]) -> ctypes.CDLL:
     lib = ctypes.CDLL(str(target))
     lib.tbq_decode_gemm.restype = ctypes.c_int
     lib.tbq_decode_gemm.argtypes = ([ctypes.c_int, ctypes.c_int] + [ctypes.c_void_p] * 7 + [ctypes.c_int] * 7
-                                    + [ctypes.c_float, ctypes.c_void_p])
+                                    + [ctypes.c_float, ctypes.c_int, ctypes.c_void_p])
     return lib
 
 
@@ -79,14 +79,18 @@ def check_inputs(x: torch.Tensor, w: DecodeWeight) -> None:
         raise ValueError(f"decode_gemm takes at most {MAX_ROWS} rows of x, got {rows}; use a GEMM kernel for more")
 
 
-def decode_gemm(x: torch.Tensor, w: DecodeWeight, act_bits: int = 0, act_clip: float = 1.0) -> torch.Tensor:
+def decode_gemm(x: torch.Tensor, w: DecodeWeight, act_bits: int = 0, act_clip: float = 1.0,
+                max_blocks: int = 0) -> torch.Tensor:
     """y = x W^T; x [..., K] float16/bfloat16 on CUDA with at most 16 rows -> [..., N] in x's dtype, accumulated in
     float32. ``act_bits`` 4 or 8: x is first quantized per token as ``int_act.quantize_act(x, act_bits, act_clip)``
-    does and y = s_x (q_x W^T) (W4A4 / W4A8). Raises ValueError for inputs the kernel cannot take, RuntimeError when
-    the build or the launch fails."""
+    does and y = s_x (q_x W^T) (W4A4 / W4A8). ``max_blocks`` caps the persistent blocks launched (0: one per resident
+    slot; tests use small caps to make each block walk several tile groups). Raises ValueError for inputs the kernel
+    cannot take, RuntimeError when the build or the launch fails."""
     check_inputs(x, w)
     if act_bits not in (0, 4, 8):
         raise ValueError(f"act_bits must be 0 (none), 4 or 8, got {act_bits}")
+    if max_blocks < 0:
+        raise ValueError(f"max_blocks must be >= 0 (0: one block per resident slot), got {max_blocks}")
     lead, k = x.shape[:-1], x.shape[-1]
     x2 = x.reshape(-1, k).contiguous()
     m, n = x2.shape[0], w.out_features
@@ -98,7 +102,7 @@ def decode_gemm(x: torch.Tensor, w: DecodeWeight, act_bits: int = 0, act_clip: f
     ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
     err = lib.tbq_decode_gemm(0 if x.dtype == torch.float16 else 1, w.bits, ptr(x2), ptr(w.codes), ptr(w.hi),
                               ptr(w.scales), ptr(w.zeros), ptr(y), ptr(act_scale), m, n, k, w.padded_in_features,
-                              w.group_size, w.scales.shape[1], act_bits, act_clip,
+                              w.group_size, w.scales.shape[1], act_bits, act_clip, max_blocks,
                               torch.cuda.current_stream(x.device).cuda_stream)
     if err:
         raise RuntimeError(f"decode_gemm launch failed with CUDA error {err}")

@@ -155,3 +155,25 @@ def test_kernel_with_integer_activations(act_bits, group):
         assert float((y - ref).norm() / ref.norm()) < 2e-3
         if m > 1:
             assert torch.equal(y[m - 1], torch.zeros_like(y[m - 1]))
+
+
+@cuda
+@pytest.mark.parametrize("bits,group", [(4, 128), (3, -1), (2, 32), (8, 64)])
+def test_kernel_persistent_blocks_walk_every_tile_group(bits, group):
+    """With 1, 2 or 3 persistent blocks (each walks several two-tile groups) the kernel equals the float64 reference
+    and, bit for bit, the default launch (the K split and the warps' sum order do not depend on it); N = 80 (five
+    16-row tiles: a ragged last group) and K_pad / 128 = 11 steps (warps past the last step): catches a block that
+    skips or repeats groups, a group mapped to the wrong rows, or a pipeline that carries a step into the next group."""
+    from tbq_kernels.decode_gemm import decode_gemm
+
+    gen = torch.Generator().manual_seed(23 + bits)
+    u, scale, _, g = random_codes(80, 1408, bits, group, False, gen)
+    w = repack(u, scale, None, bits, g, torch.float16).to("cuda")
+    for m in (1, 16):
+        x = torch.randn(m, 1408, generator=gen).half().cuda()
+        ref = decode_gemm_ref(x.double(), w.to("cpu")).cuda()
+        default = decode_gemm(x, w)
+        for max_blocks in (1, 2, 3):
+            y = decode_gemm(x, w, max_blocks=max_blocks)
+            assert float((y.double() - ref).norm() / ref.norm()) < 1e-2, (m, max_blocks)
+            torch.testing.assert_close(y, default, rtol=0, atol=0)

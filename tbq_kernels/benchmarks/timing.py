@@ -4,6 +4,7 @@ parallel state for calling its linear kernels in one process."""
 from __future__ import annotations
 
 import functools
+import itertools
 import socket
 import statistics
 
@@ -16,6 +17,13 @@ SHAPES = {  # name: (N out, K in)
                   "gate": (14336, 4096), "up": (14336, 4096), "down": (4096, 14336)},
 }
 CALLS = 20
+COLD_BYTES = 256 * 2**20  # five times the H100/H200 L2
+
+
+def cold_copies(make, nbytes: int) -> itertools.cycle:
+    """A cycle over enough copies of ``make()`` (each ``nbytes``) to fill COLD_BYTES: timed calls that take the next
+    copy each read their weights from DRAM, as one layer's weights are when a whole model decodes."""
+    return itertools.cycle([make() for _ in range(max(1, -(-COLD_BYTES // nbytes)))])
 
 
 def graph_time(fn, reps: int = 10) -> float:

@@ -2,14 +2,16 @@
 // written by tbq_kernels/decode_layout.py, on the tensor cores (mma.sync m16n8k16, sm_80 and up).
 //
 // The weights are the mma's A operand (16 output channels x 16 inputs per tile) and the tokens its n8 side, so a
-// decode step with M = 1 wastes 7/8 of B rather than 15/16 of A. A block owns one 16-row output tile; its WARPS warps
-// split K between them. Each lane issues the loads of its first DEPTH 128-input steps (16-byte loads of its codes,
-// with the steps' group scales) before any arithmetic, so a block has all its first reads in flight at once, and
-// keeps DEPTH steps in flight after that. Codes become exact small integers in registers (the exponent trick: code |
-// the bits of 1024.0 (fp16) or 128.0 (bf16) is 1024 + code, minus 1024 + zero point); the activations' B fragments
-// are read straight from global memory (x is small and stays in L1/L2); products accumulate in fp32 and each group's
-// scales multiply its fp32 partial sums. The warps' partial sums meet in shared memory. One launch per linear
-// (two with integer activations: their per-token scales first).
+// decode step with M = 1 wastes 7/8 of B rather than 15/16 of A; NB n8 blocks (one for M <= 8, two above). A warp
+// computes TN = 2 neighbouring 16-row tiles at once, so each activation fragment it reads serves both. A block owns
+// a group of TN tiles at a time and its warps split K between them in equal step counts; blocks are persistent (one
+// per resident slot, MIN_BLOCKS per SM) and walk the tile groups b, b + gridDim.x, ... Each lane keeps the loads of
+// its next DEPTH 128-input steps (16-byte loads of its codes, with the steps' group scales) in flight, across tile
+// groups, so the memory pipe does not drain between them. Codes become exact small integers in registers (the
+// exponent trick: code | the bits of 1024.0 (fp16) or 128.0 (bf16) is 1024 + code, minus 1024 + zero point); the
+// activations' B fragments are read straight from global memory (x is small and stays in L1/L2); products
+// accumulate in fp32 and each group's scales multiply its fp32 partial sums. The warps' partial sums meet in shared
+// memory. One launch per linear (two with integer activations: their per-token scales first).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -17,8 +19,13 @@
 
 namespace {
 
-constexpr int WARPS = 8;    // warps per block: one 16-row output tile, K split between them
-constexpr int KSTEP = 128;  // inputs per lane step: eight 16-wide k-tiles
+constexpr int WARPS = 8;       // warps per block, K split between them
+constexpr int KSTEP = 128;     // inputs per lane step: eight 16-wide k-tiles
+constexpr int TN = 2;          // 16-row output tiles per warp
+constexpr int DEPTH = 2;       // steps in flight per lane
+#ifndef MIN_BLOCKS
+#define MIN_BLOCKS 2
+#endif
 
 template <typename T> struct Num;
 template <> struct Num<__half> {
@@ -96,32 +103,44 @@ __global__ void act_scale_kernel(const Args p) {
   }
 }
 
-// One 128-input step of a lane: its codes and the scales (and zero points) of the groups the step covers.
+// One 128-input step of a lane for TN consecutive 16-row tiles: their codes and the scales (and zero points) of the
+// groups the step covers.
 template <typename T, int BITS, int TPG>
 struct Step {
-  static constexpr int V = (BITS == 3 ? 4 : 2 * BITS) / 4;  // 16-byte loads of the main plane
+  static constexpr int V = (BITS == 3 ? 4 : 2 * BITS) / 4;  // 16-byte loads of the main plane per tile
   static constexpr int NG = 8 / TPG;                        // groups in the step
-  uint4 q[V];
-  uint2 qh;
-  T s[NG][2], z[NG][2];  // rows g and g + 8
+  uint4 q[TN][V];
+  uint2 qh[TN];
+  T s[TN][NG][2], z[TN][NG][2];  // rows g and g + 8
 };
 
-// TPG: k-tiles per scale group inside one 128-wide step (2, 4, or 8 for groups of 32, 64, or >= 128).
+// TPG: k-tiles per scale group inside one 128-wide step (2, 4, or 8 for groups of 32, 64, or >= 128). Tiles past
+// the last (a ragged final tile group) and steps past K_pad (the warps' equal K split) load nothing.
 template <typename T, int BITS, int TPG>
-__device__ __forceinline__ void load_step(Step<T, BITS, TPG>& st, const Args& p, const uint4* codes, const uint2* hi,
-                                          const T* sc, const T* zp, int ks, int g) {
+__device__ __forceinline__ void load_step(Step<T, BITS, TPG>& st, const Args& p, int tile0, int ks, int lane) {
   using S = Step<T, BITS, TPG>;
+  const int KS = p.K_pad / KSTEP, NT = p.N / 16, g = lane / 4;
+  if (ks >= KS) return;
 #pragma unroll
-  for (int v = 0; v < S::V; ++v) st.q[v] = __ldg(codes + (size_t)ks * 32 * S::V + v);
-  if constexpr (BITS == 3) st.qh = __ldg(hi + (size_t)ks * 32);
+  for (int tn = 0; tn < TN; ++tn) {
+    const int tile = tile0 + tn;
+    if (tile >= NT) break;
+    const size_t at = ((size_t)tile * KS + ks) * 32 + lane;
+    const uint4* codes = reinterpret_cast<const uint4*>(p.codes) + at * S::V;
 #pragma unroll
-  for (int gi = 0; gi < S::NG; ++gi) {
-    const int grp = (ks * KSTEP + gi * TPG * 16) / p.group;
-    st.s[gi][0] = sc[grp * 16 + g];
-    st.s[gi][1] = sc[grp * 16 + g + 8];
-    if (p.zeros) {
-      st.z[gi][0] = zp[grp * 16 + g];
-      st.z[gi][1] = zp[grp * 16 + g + 8];
+    for (int v = 0; v < S::V; ++v) st.q[tn][v] = __ldg(codes + v);
+    if constexpr (BITS == 3) st.qh[tn] = __ldg(reinterpret_cast<const uint2*>(p.hi) + at);
+    const T* sc = static_cast<const T*>(p.scales) + (size_t)tile * p.G_pad * 16;
+    const T* zp = static_cast<const T*>(p.zeros) + (size_t)tile * p.G_pad * 16;
+#pragma unroll
+    for (int gi = 0; gi < S::NG; ++gi) {
+      const int grp = (ks * KSTEP + gi * TPG * 16) / p.group;
+      st.s[tn][gi][0] = sc[grp * 16 + g];
+      st.s[tn][gi][1] = sc[grp * 16 + g + 8];
+      if (p.zeros) {
+        st.z[tn][gi][0] = zp[grp * 16 + g];
+        st.z[tn][gi][1] = zp[grp * 16 + g + 8];
+      }
     }
   }
 }
@@ -139,28 +158,18 @@ __device__ __forceinline__ uint32_t act_codes(uint32_t h, float s, float qmax) {
   return as_u32(q);
 }
 
-// Step ks's 8 k-tiles: dequantize the codes, mma with the activations, scale each group's partial sums into acc.
-template <typename T, int BITS, int TPG>
-__device__ __forceinline__ void compute_step(const Step<T, BITS, TPG>& st, float (&acc)[2][4], const Args& p, int ks,
-                                             bool asym, float qmax, int g, int tig) {
-  using Nm = Num<T>;
-  using T2 = typename Nm::T2;
-  constexpr int PBITS = BITS == 3 ? 2 : BITS;  // bits per code in the main plane
-  constexpr int PW = 16 / PBITS;               // code pairs per word
-  constexpr uint32_t MASK = ((1u << PBITS) - 1) * 0x00010001u;
-  const uint32_t* q = reinterpret_cast<const uint32_t*>(st.q);
-  const uint32_t qh[2] = {st.qh.x, st.qh.y};
-  const T2 zsym = Nm::two(Nm::BIAS + float(1 << (BITS - 1)));
-  // The step's B fragments, all loads issued before any is used (one L1/L2 latency per step, not per tile).
-  uint32_t xb[2][8][2];
+// The B fragments of step ks: token nb * 8 + g, inputs 16 t + 2 tig (+1) and + 8 (+9) of the step's k-tile t;
+// quantized per token (W4A4 / W4A8) when act_bits > 0. Tiles lie wholly inside or outside K (a multiple of 32).
+template <typename T, int NB>
+__device__ __forceinline__ void load_x(uint32_t (&xb)[NB][8][2], const Args& p, int ks, int g, int tig, float qmax) {
   const T* x = static_cast<const T*>(p.x);
 #pragma unroll
-  for (int nb = 0; nb < 2; ++nb) {
-    const int tok = nb * 8 + g;
+  for (int t = 0; t < 8; ++t) {
+    const int k = ks * KSTEP + t * 16 + 2 * tig;
 #pragma unroll
-    for (int t = 0; t < 8; ++t) {
-      const int k = ks * KSTEP + t * 16 + 2 * tig;  // tiles lie wholly inside or outside K (a multiple of 32)
-      const bool ok = tok < p.M && k < p.K && (nb == 0 || p.M > 8);
+    for (int nb = 0; nb < NB; ++nb) {
+      const int tok = nb * 8 + g;
+      const bool ok = tok < p.M && k < p.K;
       const unsigned int* row = reinterpret_cast<const unsigned int*>(x + (size_t)tok * p.K + k);
       xb[nb][t][0] = ok ? __ldg(row) : 0u;
       xb[nb][t][1] = ok ? __ldg(row + 4) : 0u;
@@ -168,7 +177,7 @@ __device__ __forceinline__ void compute_step(const Step<T, BITS, TPG>& st, float
   }
   if (p.act_bits) {
 #pragma unroll
-    for (int nb = 0; nb < 2; ++nb) {
+    for (int nb = 0; nb < NB; ++nb) {
       const float s = p.act_scale[min(nb * 8 + g, p.M - 1)];
 #pragma unroll
       for (int t = 0; t < 8; ++t) {
@@ -177,127 +186,181 @@ __device__ __forceinline__ void compute_step(const Step<T, BITS, TPG>& st, float
       }
     }
   }
+}
+
+// Step ks's 8 k-tiles for each of the TN tiles: dequantize the codes, mma with the activations (read once for the
+// TN tiles), scale each group's partial sums into acc.
+template <typename T, int BITS, int TPG, int NB>
+__device__ __forceinline__ void compute_step(const Step<T, BITS, TPG>& st, float (&acc)[TN][NB][4], const Args& p,
+                                             int ks, float qmax, int lane) {
+  using Nm = Num<T>;
+  using T2 = typename Nm::T2;
+  constexpr int PBITS = BITS == 3 ? 2 : BITS;  // bits per code in the main plane
+  constexpr int PW = 16 / PBITS;               // code pairs per word
+  constexpr uint32_t MASK = ((1u << PBITS) - 1) * 0x00010001u;
+  if (ks >= p.K_pad / KSTEP) return;
+  uint32_t xb[NB][8][2];
+  load_x<T, NB>(xb, p, ks, lane / 4, lane % 4, qmax);
+  const T2 zsym = Nm::two(Nm::BIAS + float(1 << (BITS - 1)));
+  const bool asym = p.zeros != nullptr;
+  const int tiles = (p.K - ks * KSTEP) / 16;  // k-tiles of this step inside K (8 unless K is padded here)
 #pragma unroll
-  for (int gi = 0; gi < 8 / TPG; ++gi) {
-    const T2 z0 = asym ? Nm::two(Nm::BIAS + Nm::f(st.z[gi][0])) : zsym;
-    const T2 z8 = asym ? Nm::two(Nm::BIAS + Nm::f(st.z[gi][1])) : zsym;
-    float part[2][4] = {};
+  for (int tn = 0; tn < TN; ++tn) {
+    const uint32_t* q = reinterpret_cast<const uint32_t*>(st.q[tn]);
+    const uint32_t qh[2] = {st.qh[tn].x, st.qh[tn].y};
 #pragma unroll
-    for (int tt = 0; tt < TPG; ++tt) {
-      const int t = gi * TPG + tt;
-      const int k0 = ks * KSTEP + t * 16;
-      if (k0 >= p.K) break;  // K's padding (tiles lie wholly inside or outside K: K is a multiple of 32)
-      uint32_t a[4];
+    for (int gi = 0; gi < 8 / TPG; ++gi) {
+      const T2 z0 = asym ? Nm::two(Nm::BIAS + Nm::f(st.z[tn][gi][0])) : zsym;
+      const T2 z8 = asym ? Nm::two(Nm::BIAS + Nm::f(st.z[tn][gi][1])) : zsym;
+      float part[NB][4] = {};
 #pragma unroll
-      for (int j = 0; j < 4; ++j) {  // a[j] = (a_2j, a_2j+1): rows g (j even) or g + 8 (j odd)
-        const int pr = t * 4 + j;
-        uint32_t v = (q[pr / PW] >> ((pr % PW) * PBITS)) & MASK;
-        if constexpr (BITS == 3) v |= ((qh[pr / 16] >> (pr % 16)) & 0x00010001u) << 2;
-        a[j] = codes_to_pair<T, BITS>(v, (j & 1) ? z8 : z0);
+      for (int tt = 0; tt < TPG; ++tt) {
+        const int t = gi * TPG + tt;
+        if (t >= tiles) break;  // K's padding
+        uint32_t a[4];
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {  // a[j] = (a_2j, a_2j+1): rows g (j even) or g + 8 (j odd)
+          const int pr = t * 4 + j;
+          uint32_t v = (q[pr / PW] >> ((pr % PW) * PBITS)) & MASK;
+          if constexpr (BITS == 3) v |= ((qh[pr / 16] >> (pr % 16)) & 0x00010001u) << 2;
+          a[j] = codes_to_pair<T, BITS>(v, (j & 1) ? z8 : z0);
+        }
+#pragma unroll
+        for (int nb = 0; nb < NB; ++nb) mma<T>(part[nb], a, xb[nb][t][0], xb[nb][t][1]);
       }
-      mma<T>(part[0], a, xb[0][t][0], xb[0][t][1]);
-      if (p.M > 8) mma<T>(part[1], a, xb[1][t][0], xb[1][t][1]);
-    }
-    const float s0 = Nm::f(st.s[gi][0]), s8 = Nm::f(st.s[gi][1]);
+      const float s0 = Nm::f(st.s[tn][gi][0]), s8 = Nm::f(st.s[tn][gi][1]);
 #pragma unroll
-    for (int nb = 0; nb < 2; ++nb) {
-      acc[nb][0] += s0 * part[nb][0];
-      acc[nb][1] += s0 * part[nb][1];
-      acc[nb][2] += s8 * part[nb][2];
-      acc[nb][3] += s8 * part[nb][3];
+      for (int nb = 0; nb < NB; ++nb) {
+        acc[tn][nb][0] += s0 * part[nb][0];
+        acc[tn][nb][1] += s0 * part[nb][1];
+        acc[tn][nb][2] += s8 * part[nb][2];
+        acc[tn][nb][3] += s8 * part[nb][3];
+      }
     }
   }
 }
 
-template <typename T, int BITS, int TPG>
-__global__ void __launch_bounds__(WARPS * 32, 2) decode_gemm_kernel(const Args p) {
-  using Nm = Num<T>;
-  using S = Step<T, BITS, TPG>;
-  constexpr int DEPTH = (BITS == 8 || TPG == 2) ? 2 : TPG == 4 ? 3 : 4;  // steps in flight per lane (registers)
-  __shared__ float partial[WARPS][2][4][32];
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int g = lane / 4, tig = lane % 4;
-  const int nt = blockIdx.x, KS = p.K_pad / KSTEP;
-  const int ks_begin = warp * KS / WARPS, n = (warp + 1) * KS / WARPS - ks_begin;
-  const uint4* codes = reinterpret_cast<const uint4*>(p.codes) + ((size_t)nt * KS * 32 + lane) * S::V;
-  const uint2* hi = reinterpret_cast<const uint2*>(p.hi) + (size_t)nt * KS * 32 + lane;
-  const T* sc = static_cast<const T*>(p.scales) + (size_t)nt * p.G_pad * 16;
-  const T* zp = static_cast<const T*>(p.zeros) + (size_t)nt * p.G_pad * 16;
-  const bool asym = p.zeros != nullptr;
-  const float qmax = p.act_bits ? float((1 << (p.act_bits - 1)) - 1) : 0.f;
+// The block's warps' partial sums of the tile group at tile0 meet in shared memory; every thread then sums some of
+// the outputs over the warps and writes them (times the token's activation scale with integer activations).
+template <typename T, int NB>
+__device__ __forceinline__ void finish_tiles(float (&acc)[TN][NB][4], float (*partial)[TN][NB][4][32], const Args& p,
+                                             int tile0, int warp, int lane) {
+  const int warps = blockDim.x / 32;
+#pragma unroll
+  for (int tn = 0; tn < TN; ++tn)
+#pragma unroll
+    for (int nb = 0; nb < NB; ++nb)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) {
+        partial[warp][tn][nb][c][lane] = acc[tn][nb][c];
+        acc[tn][nb][c] = 0.f;
+      }
+  __syncthreads();
+  T* y = static_cast<T*>(p.y);
+  for (int e = threadIdx.x; e < TN * NB * 4 * 32; e += blockDim.x) {
+    const int l = e % 32, c = e / 32 % 4, nb = e / 128 % NB, tn = e / (128 * NB);
+    // c0, c1: row g, tokens 2 tig, 2 tig + 1; c2, c3: row g + 8
+    const int tok = nb * 8 + 2 * (l % 4) + (c & 1), tile = tile0 + tn, row = tile * 16 + l / 4 + 8 * (c >> 1);
+    if (tok >= p.M || tile >= p.N / 16) continue;
+    float sum = 0.f;
+    for (int w = 0; w < warps; ++w) sum += partial[w][tn][nb][c][l];
+    if (p.act_bits) sum *= p.act_scale[tok];
+    y[(size_t)tok * p.N + row] = Num<T>::one(sum);
+  }
+  __syncthreads();
+}
 
+// A lane's place in its block's sequence of (tile group, step): steps of one group, then the next group.
+struct Cursor {
+  int tile, step;
+  __device__ __forceinline__ void next(int steps) {
+    if (++step == steps) step = 0, tile += gridDim.x * TN;
+  }
+};
+
+// Block b computes tile groups b, b + gridDim.x, ...; warp w the steps [w n, (w + 1) n) of each. Every warp of a
+// block walks the same tile groups, so the __syncthreads in finish_tiles are uniform.
+template <typename T, int BITS, int TPG, int NB>
+__global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) decode_gemm_kernel(const Args p) {
+  using S = Step<T, BITS, TPG>;
+  __shared__ float partial[WARPS][TN][NB][4][32];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32, NT = p.N / 16;
+  const int KS = p.K_pad / KSTEP, n = (KS + warps - 1) / warps, ks0 = warp * n;
+  const float qmax = p.act_bits ? float((1 << (p.act_bits - 1)) - 1) : 0.f;
+  Cursor load{(int)blockIdx.x * TN, 0}, run = load;
   S st[DEPTH];
 #pragma unroll
-  for (int d = 0; d < DEPTH; ++d)
-    if (d < n) load_step(st[d], p, codes, hi, sc, zp, ks_begin + d, g);
-  float acc[2][4] = {};
-  for (int base = 0; base < n; base += DEPTH) {
+  for (int d = 0; d < DEPTH; ++d) {
+    if (load.tile < NT) load_step(st[d], p, load.tile, ks0 + load.step, lane);
+    load.next(n);
+  }
+  float acc[TN][NB][4] = {};
+  while (run.tile < NT) {
 #pragma unroll
     for (int d = 0; d < DEPTH; ++d) {
-      const int i = base + d;
-      if (i < n) {
-        compute_step(st[d], acc, p, ks_begin + i, asym, qmax, g, tig);
-        if (i + DEPTH < n) load_step(st[d], p, codes, hi, sc, zp, ks_begin + i + DEPTH, g);
+      if (run.tile < NT) {
+        compute_step<T, BITS, TPG, NB>(st[d], acc, p, ks0 + run.step, qmax, lane);
+        if (load.tile < NT) load_step(st[d], p, load.tile, ks0 + load.step, lane);
+        load.next(n);
+        if (run.step == n - 1) finish_tiles<T, NB>(acc, partial, p, run.tile, warp, lane);
+        run.next(n);
       }
     }
   }
-
-#pragma unroll
-  for (int nb = 0; nb < 2; ++nb)
-#pragma unroll
-    for (int c = 0; c < 4; ++c) partial[warp][nb][c][lane] = acc[nb][c];
-  __syncthreads();
-  if (warp) return;
-  T* y = static_cast<T*>(p.y);
-#pragma unroll
-  for (int nb = 0; nb < 2; ++nb)
-#pragma unroll
-    for (int c = 0; c < 4; ++c) {  // c0, c1: row g, tokens 2 tig, 2 tig + 1; c2, c3: row g + 8
-      const int tok = nb * 8 + 2 * tig + (c & 1), row = nt * 16 + g + 8 * (c >> 1);
-      if (tok >= p.M) continue;
-      float sum = 0.f;
-#pragma unroll
-      for (int w = 0; w < WARPS; ++w) sum += partial[w][nb][c][lane];
-      if (p.act_bits) sum *= p.act_scale[tok];
-      y[(size_t)tok * p.N + row] = Nm::one(sum);
-    }
 }
 
-template <typename T, int BITS, int TPG>
-cudaError_t launch(const Args& p, cudaStream_t stream) {
+template <typename T, int BITS, int TPG, int NB>
+cudaError_t launch(const Args& p, int max_blocks, cudaStream_t stream) {
+  static int slots = 0;  // resident blocks on the whole GPU
+  if (!slots) {
+    int dev = 0, sms = 0, per_sm = 0;
+    cudaGetDevice(&dev);
+    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+    cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, decode_gemm_kernel<T, BITS, TPG, NB>, WARPS * 32, 0);
+    slots = sms * (per_sm > 0 ? per_sm : 1);
+  }
+  const int KS = p.K_pad / KSTEP, warps = KS < WARPS ? KS : WARPS, groups = (p.N / 16 + TN - 1) / TN;
+  const int cap = max_blocks > 0 && max_blocks < slots ? max_blocks : slots;
   if (p.act_bits) act_scale_kernel<T><<<p.M, 256, 0, stream>>>(p);
-  decode_gemm_kernel<T, BITS, TPG><<<p.N / 16, WARPS * 32, 0, stream>>>(p);
+  decode_gemm_kernel<T, BITS, TPG, NB><<<groups < cap ? groups : cap, warps * 32, 0, stream>>>(p);
   return cudaGetLastError();
 }
 
+template <typename T, int BITS, int TPG>
+cudaError_t by_rows(const Args& p, int max_blocks, cudaStream_t stream) {
+  return p.M > 8 ? launch<T, BITS, TPG, 2>(p, max_blocks, stream) : launch<T, BITS, TPG, 1>(p, max_blocks, stream);
+}
+
 template <typename T, int BITS>
-cudaError_t by_group(const Args& p, cudaStream_t stream) {
+cudaError_t by_group(const Args& p, int max_blocks, cudaStream_t stream) {
   const int tiles = p.group >= KSTEP ? 8 : p.group / 16;
-  if (tiles == 2) return launch<T, BITS, 2>(p, stream);
-  if (tiles == 4) return launch<T, BITS, 4>(p, stream);
-  return launch<T, BITS, 8>(p, stream);
+  if (tiles == 2) return by_rows<T, BITS, 2>(p, max_blocks, stream);
+  if (tiles == 4) return by_rows<T, BITS, 4>(p, max_blocks, stream);
+  return by_rows<T, BITS, 8>(p, max_blocks, stream);
 }
 
 template <typename T>
-cudaError_t by_bits(int bits, const Args& p, cudaStream_t stream) {
+cudaError_t by_bits(int bits, const Args& p, int max_blocks, cudaStream_t stream) {
   switch (bits) {
-    case 2: return by_group<T, 2>(p, stream);
-    case 3: return by_group<T, 3>(p, stream);
-    case 4: return by_group<T, 4>(p, stream);
-    default: return by_group<T, 8>(p, stream);
+    case 2: return by_group<T, 2>(p, max_blocks, stream);
+    case 3: return by_group<T, 3>(p, max_blocks, stream);
+    case 4: return by_group<T, 4>(p, max_blocks, stream);
+    default: return by_group<T, 8>(p, max_blocks, stream);
   }
 }
 
 }  // namespace
 
 // The C entry point tbq_kernels/decode_gemm.py calls through ctypes. dtype: 0 float16, 1 bfloat16. act_bits 0: x as
-// given (W*A16); 4 or 8: x quantized per token first (W4A4, W4A8), act_scale a float32 [M] scratch buffer. Shapes
-// and layouts are checked by the caller. Returns the launch's cudaError_t (0: launched).
+// given (W*A16); 4 or 8: x quantized per token first (W4A4, W4A8), act_scale a float32 [M] scratch buffer.
+// max_blocks: blocks launched at most (0: one per resident slot). Shapes and layouts are checked by the caller.
+// Returns the launch's cudaError_t (0: launched).
 extern "C" int tbq_decode_gemm(int dtype, int bits, const void* x, const void* codes, const void* hi,
                                const void* scales, const void* zeros, void* y, float* act_scale, int M, int N, int K,
-                               int K_pad, int group, int G_pad, int act_bits, float act_clip, void* stream) {
+                               int K_pad, int group, int G_pad, int act_bits, float act_clip, int max_blocks,
+                               void* stream) {
   const Args p{x, static_cast<const uint32_t*>(codes), static_cast<const uint32_t*>(hi), scales, zeros, y, act_scale,
                M, N, K, K_pad, group, G_pad, act_bits, act_clip};
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
-  return dtype == 0 ? by_bits<__half>(bits, p, s) : by_bits<__nv_bfloat16>(bits, p, s);
+  return dtype == 0 ? by_bits<__half>(bits, p, max_blocks, s) : by_bits<__nv_bfloat16>(bits, p, max_blocks, s);
 }
