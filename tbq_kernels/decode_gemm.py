@@ -93,6 +93,8 @@ def decode_gemm(x: torch.Tensor, w: DecodeWeight, act_bits: int = 0, act_clip: f
         raise ValueError(f"max_blocks must be >= 0 (0: one block per resident slot), got {max_blocks}")
     lead, k = x.shape[:-1], x.shape[-1]
     x2 = x.reshape(-1, k).contiguous()
+    if x2.data_ptr() % 16:  # the kernel reads x 16 bytes at a time
+        x2 = x2.clone()
     m, n = x2.shape[0], w.out_features
     y = torch.empty(m, n, dtype=x.dtype, device=x.device)
     if m == 0:

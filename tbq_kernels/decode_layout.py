@@ -2,7 +2,8 @@
 
 ``csrc/decode_gemm.cu`` multiplies 16 output channels x 16 inputs of W at a time with ``mma.sync.m16n8k16``, W as the
 A operand. Lane l of a warp (g = l // 4, t = l % 4) holds eight values of each such tile (PTX ISA, the m16n8k16 A
-fragment): value i at row g + 8 * ((i // 2) % 2), column 2 t + (i % 2) + 8 * (i // 4). The layout stores, per 16-row
+fragment): value i at row g + 8 * ((i // 2) % 2), column 2 t + (i % 2) + 8 * (i // 4), the columns being inputs
+permuted inside each 32 (``mma_columns``) so that a lane's activations are contiguous. The layout stores, per 16-row
 tile, per 128 inputs (eight k-tiles) and per lane, those 64 codes contiguously, so that a lane reads them with
 16-byte loads. They are kept as 32 pairs (a_2j, a_2j+1) per lane (pair 4 t' + j of k-tile t'); each 32-bit word holds
 16 / b pairs, pair s of a word with its first value at bits [s b, s b + b) and its second at [16 + s b, 16 + s b + b),
@@ -61,11 +62,21 @@ def check_decode_shape(n: int, k: int, bits: int, group_size: int) -> str | None
     return None
 
 
+def mma_columns(u: torch.Tensor) -> torch.Tensor:
+    """[..., K] (K a multiple of 32) -> the same columns in the order the kernel's mma k index runs: in each 32-input
+    chunk, mma column 16 h + 8 c + 2 t + e (k-tile h of the chunk) is input 8 t + 4 h + 2 c + e, so that lane t's
+    B fragments of both k-tiles are x's eight contiguous inputs [8 t, 8 t + 8): one 16-byte load. (A permutation of
+    k applied to W's columns and x alike leaves x W^T unchanged.)"""
+    v = u.reshape(*u.shape[:-1], -1, 4, 2, 2, 2)  # chunk, t, h, c, e
+    return v.movedim(-4, -2).reshape(u.shape)  # chunk, h, c, t, e
+
+
 def fragment_order(u: torch.Tensor) -> torch.Tensor:
     """Codes u [N, K_pad] -> [N/16, K_pad/128, 32 lanes, 32 pairs, 2]: pair 4 t' + j of a lane is its A-fragment
-    values (a_2j, a_2j+1) of k-tile t' (row = 16 nt + 8 r + g, column = 16 kt + 8 c + 2 t + e; value i = 4 c + 2 r + e)."""
+    values (a_2j, a_2j+1) of k-tile t' (row = 16 nt + 8 r + g, mma column = 16 kt + 8 c + 2 t + e; value
+    i = 4 c + 2 r + e), the mma columns being ``mma_columns`` of the inputs."""
     n, k = u.shape
-    v = u.reshape(n // 16, 2, 8, k // 16, 2, 4, 2)  # nt, r, g, kt, c, t, e
+    v = mma_columns(u).reshape(n // 16, 2, 8, k // 16, 2, 4, 2)  # nt, r, g, kt, c, t, e
     v = v.permute(0, 3, 2, 5, 4, 1, 6)  # nt, kt, g, t, c, r, e: lane = 4 g + t, value i = 4 c + 2 r + e
     v = v.reshape(n // 16, k // KSTEP, 8, 32, 8)  # nt, step, k-tile in step, lane, value
     return v.permute(0, 1, 3, 2, 4).reshape(n // 16, k // KSTEP, 32, 32, 2)

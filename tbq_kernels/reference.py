@@ -49,6 +49,8 @@ def decode_codes_ref(w: DecodeWeight) -> torch.Tensor:
     v = pairs.reshape(nt, steps, 32, 8, 8).permute(0, 1, 3, 2, 4)  # nt, step, k-tile, lane, value
     v = v.reshape(nt, steps * 8, 8, 4, 2, 2, 2)  # nt, kt, g, t, c, r, e
     u = v.permute(0, 5, 2, 1, 4, 3, 6).reshape(nt * 16, steps * KSTEP)  # row = 16 nt + 8 r + g; col = 16 kt + 8 c + 2 t + e
+    # mma column 16 h + 8 c + 2 t + e of each 32-chunk is input 8 t + 4 h + 2 c + e
+    u = u.reshape(nt * 16, -1, 2, 2, 4, 2).permute(0, 1, 4, 2, 3, 5).reshape(nt * 16, steps * KSTEP)
     return u[:, : w.in_features]
 
 

@@ -21,9 +21,13 @@ def random_codes(n: int, k: int, bits: int, group: int, asym: bool, gen: torch.G
 
 
 def fragment_value(w, row: int, col: int) -> int:
-    """Code (row, col) read from the layout word by word, as the PTX ISA's m16n8k16 A fragment places it: lane
-    4 g + t holds (g + 8 r, 2 t + e + 8 c) as value i = 4 c + 2 r + e; pair j = i // 2 of k-tile t' is pair 4 t' + j
-    of the lane's 128-input step; word pair // (16 / b), slot pair % (16 / b), second value 16 bits up."""
+    """Code (row, col) read from the layout word by word, as the PTX ISA's m16n8k16 A fragment places it: input col
+    is mma column 16 h + 8 c + 2 t + e of its 32-chunk when col % 32 = 8 t + 4 h + 2 c + e (lane t's activations
+    contiguous); lane 4 g + t holds (g + 8 r, 2 t + e + 8 c) as value i = 4 c + 2 r + e; pair j = i // 2 of k-tile
+    t' is pair 4 t' + j of the lane's 128-input step; word pair // (16 / b), slot pair % (16 / b), second value 16
+    bits up."""
+    i32 = col % 32
+    col = col - i32 + 16 * (i32 % 8 // 4) + 8 * (i32 % 4 // 2) + 2 * (i32 // 8) + i32 % 2
     nt, r16, kt, c16 = row // 16, row % 16, col // 16, col % 16
     g, r = r16 % 8, r16 // 8
     t, e, c = (c16 % 8) // 2, c16 % 2, c16 // 8

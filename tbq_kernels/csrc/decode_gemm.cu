@@ -5,11 +5,12 @@
 // decode step with M = 1 wastes 7/8 of B rather than 15/16 of A; NB n8 blocks (one for M <= 8, two above). A warp
 // computes TN = 2 neighbouring 16-row tiles at once, so each activation fragment it reads serves both. A block owns
 // a group of TN tiles at a time and its warps split K between them in equal step counts; blocks are persistent (one
-// per resident slot, MIN_BLOCKS per SM) and walk the tile groups b, b + gridDim.x, ... Each lane keeps the loads of
+// per resident slot, min_blocks per SM) and walk the tile groups b, b + gridDim.x, ... Each lane keeps the loads of
 // its next DEPTH 128-input steps (16-byte loads of its codes, with the steps' group scales) in flight, across tile
 // groups, so the memory pipe does not drain between them. Codes become exact small integers in registers (the
 // exponent trick: code | the bits of 1024.0 (fp16) or 128.0 (bf16) is 1024 + code, minus 1024 + zero point); the
-// activations' B fragments are read straight from global memory (x is small and stays in L1/L2); products
+// activations' B fragments are read straight from global memory, 16 bytes per lane and 32 inputs (x is small and
+// stays in L1/L2; the layout permutes K inside each 32 to make a lane's inputs contiguous); products
 // accumulate in fp32 and each group's scales multiply its fp32 partial sums. The warps' partial sums meet in shared
 // memory. One launch per linear (two with integer activations: their per-token scales first).
 #include <cuda_bf16.h>
@@ -17,15 +18,18 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
+#include <type_traits>
+
 namespace {
 
 constexpr int WARPS = 8;       // warps per block, K split between them
 constexpr int KSTEP = 128;     // inputs per lane step: eight 16-wide k-tiles
 constexpr int TN = 2;          // 16-row output tiles per warp
-constexpr int DEPTH = 2;       // steps in flight per lane
-#ifndef MIN_BLOCKS
-#define MIN_BLOCKS 2
-#endif
+constexpr int DEPTH = 2;       // steps in flight per lane (3: more spills, slower on the H200)
+// Blocks per SM the registers are capped for: two (16 warps an SM) where the step's registers fit in 128 a thread
+// (ptxas -v: no spills), one for 8-bit codes, groups of 32, and groups of 64 with two n8 blocks.
+template <int BITS, int TPG, int NB>
+constexpr int min_blocks() { return BITS < 8 && (TPG == 8 || (TPG == 4 && NB == 1)) ? 2 : 1; }
 
 template <typename T> struct Num;
 template <> struct Num<__half> {
@@ -60,17 +64,34 @@ template <> __device__ __forceinline__ void mma<__nv_bfloat16>(float (&c)[4], co
                : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-// Two codes (one in the low bits of each 16-bit half of v) minus the zero point, as exact integers in T2.
-// zb holds BIAS + zero point. 8-bit codes go through two nibbles (128 + code is not exact in bf16 above 127).
+// Pair pr of a lane's step (pair pr % PW of word pr / PW, PW = 16 / PBITS pairs a word; b = 3: plus the third bit
+// from the hi plane), minus the zero point z, as two exact integers in T2. fp16 below 8 bits: the pair's bits stay at
+// their offset s inside their byte, (bits | 1024.0) is 1024 + 2^s code, and one hfma2 by 2^-s minus (2^-s 1024 + z)
+// gives code - z (every step exact: powers of two and small integers). Otherwise (bf16, where 128 + 2^s code is not
+// exact, and 8 bits) the pair is shifted down first and BIAS + z subtracted; 8-bit codes go through two nibbles.
 template <typename T, int BITS>
-__device__ __forceinline__ uint32_t codes_to_pair(uint32_t v, typename Num<T>::T2 zb) {
-  using T2 = typename Num<T>::T2;
-  if constexpr (BITS == 8) {
-    T2 lo = __hsub2(as_t2<T2>((v & 0x000F000Fu) | Num<T>::MAGIC), zb);
-    T2 hi = __hsub2(as_t2<T2>(((v >> 4) & 0x000F000Fu) | Num<T>::MAGIC), Num<T>::two(Num<T>::BIAS));
-    return as_u32(__hfma2(hi, Num<T>::two(16.f), lo));  // 16 hi + lo - z
+__device__ __forceinline__ uint32_t dequant_pair(const uint32_t* q, const uint32_t (&qh)[2], int pr,
+                                                 typename Num<T>::T2 z) {
+  using Nm = Num<T>;
+  using T2 = typename Nm::T2;
+  constexpr int PBITS = BITS == 3 ? 2 : BITS;
+  constexpr int PW = 16 / PBITS;
+  constexpr uint32_t MASK = ((1u << PBITS) - 1) * 0x00010001u;
+  const int at = (pr % PW) * PBITS;  // bit offset of the pair's values in their 16-bit halves
+  const uint32_t hi3 = BITS == 3 ? (qh[pr / 16] >> (pr % 16)) & 0x00010001u : 0u;
+  if constexpr (BITS < 8 && std::is_same_v<T, __half>) {
+    const int s = at % 8;
+    const uint32_t v = ((q[pr / PW] >> (at - s)) & (MASK << s)) | (hi3 << (s + 2)) | Nm::MAGIC;
+    const float down = 1.f / float(1 << s);
+    return as_u32(__hfma2(as_t2<T2>(v), Nm::two(down), __hneg2(__hadd2(Nm::two(Nm::BIAS * down), z))));
+  } else if constexpr (BITS == 8) {
+    const uint32_t v = q[pr / PW] >> at;
+    T2 lo = __hsub2(as_t2<T2>((v & 0x000F000Fu) | Nm::MAGIC), __hadd2(Nm::two(Nm::BIAS), z));
+    T2 hi = __hsub2(as_t2<T2>(((v >> 4) & 0x000F000Fu) | Nm::MAGIC), Nm::two(Nm::BIAS));
+    return as_u32(__hfma2(hi, Nm::two(16.f), lo));  // 16 hi + lo - z
   } else {
-    return as_u32(__hsub2(as_t2<T2>(v | Num<T>::MAGIC), zb));
+    const uint32_t v = ((q[pr / PW] >> at) & MASK) | (hi3 << 2) | Nm::MAGIC;
+    return as_u32(__hsub2(as_t2<T2>(v), __hadd2(Nm::two(Nm::BIAS), z)));
   }
 }
 
@@ -158,21 +179,22 @@ __device__ __forceinline__ uint32_t act_codes(uint32_t h, float s, float qmax) {
   return as_u32(q);
 }
 
-// The B fragments of step ks: token nb * 8 + g, inputs 16 t + 2 tig (+1) and + 8 (+9) of the step's k-tile t;
-// quantized per token (W4A4 / W4A8) when act_bits > 0. Tiles lie wholly inside or outside K (a multiple of 32).
+// The B fragments of step ks: token nb * 8 + g, mma columns 16 t + 2 tig (+1) and + 8 (+9) of the step's k-tile t,
+// which are (decode_layout.mma_columns) the inputs [8 tig, 8 tig + 8) of the 32-chunk of k-tiles 2u and 2u + 1: one
+// 16-byte load per chunk. Quantized per token (W4A4 / W4A8) when act_bits > 0. Chunks lie wholly inside or outside K
+// (a multiple of 32); x is 16-byte aligned (the caller checks).
 template <typename T, int NB>
 __device__ __forceinline__ void load_x(uint32_t (&xb)[NB][8][2], const Args& p, int ks, int g, int tig, float qmax) {
   const T* x = static_cast<const T*>(p.x);
 #pragma unroll
-  for (int t = 0; t < 8; ++t) {
-    const int k = ks * KSTEP + t * 16 + 2 * tig;
+  for (int u = 0; u < 4; ++u) {
+    const int k = ks * KSTEP + 32 * u + 8 * tig;
 #pragma unroll
     for (int nb = 0; nb < NB; ++nb) {
       const int tok = nb * 8 + g;
-      const bool ok = tok < p.M && k < p.K;
-      const unsigned int* row = reinterpret_cast<const unsigned int*>(x + (size_t)tok * p.K + k);
-      xb[nb][t][0] = ok ? __ldg(row) : 0u;
-      xb[nb][t][1] = ok ? __ldg(row + 4) : 0u;
+      const uint4 v = tok < p.M && k < p.K ? __ldg(reinterpret_cast<const uint4*>(x + (size_t)tok * p.K + k))
+                                           : make_uint4(0u, 0u, 0u, 0u);
+      xb[nb][2 * u][0] = v.x, xb[nb][2 * u][1] = v.y, xb[nb][2 * u + 1][0] = v.z, xb[nb][2 * u + 1][1] = v.w;
     }
   }
   if (p.act_bits) {
@@ -188,53 +210,52 @@ __device__ __forceinline__ void load_x(uint32_t (&xb)[NB][8][2], const Args& p, 
   }
 }
 
-// Step ks's 8 k-tiles for each of the TN tiles: dequantize the codes, mma with the activations (read once for the
-// TN tiles), scale each group's partial sums into acc.
+// Step ks's 8 k-tiles for the TN tiles: dequantize the codes, mma with the activations (read once for the TN tiles),
+// scale each group's partial sums into acc. The TN tiles' mma chains interleave, so neither waits on its own.
 template <typename T, int BITS, int TPG, int NB>
 __device__ __forceinline__ void compute_step(const Step<T, BITS, TPG>& st, float (&acc)[TN][NB][4], const Args& p,
                                              int ks, float qmax, int lane) {
   using Nm = Num<T>;
   using T2 = typename Nm::T2;
-  constexpr int PBITS = BITS == 3 ? 2 : BITS;  // bits per code in the main plane
-  constexpr int PW = 16 / PBITS;               // code pairs per word
-  constexpr uint32_t MASK = ((1u << PBITS) - 1) * 0x00010001u;
   if (ks >= p.K_pad / KSTEP) return;
   uint32_t xb[NB][8][2];
   load_x<T, NB>(xb, p, ks, lane / 4, lane % 4, qmax);
-  const T2 zsym = Nm::two(Nm::BIAS + float(1 << (BITS - 1)));
+  const T2 zsym = Nm::two(float(1 << (BITS - 1)));
   const bool asym = p.zeros != nullptr;
   const int tiles = (p.K - ks * KSTEP) / 16;  // k-tiles of this step inside K (8 unless K is padded here)
 #pragma unroll
-  for (int tn = 0; tn < TN; ++tn) {
-    const uint32_t* q = reinterpret_cast<const uint32_t*>(st.q[tn]);
-    const uint32_t qh[2] = {st.qh[tn].x, st.qh[tn].y};
+  for (int gi = 0; gi < 8 / TPG; ++gi) {
+    T2 z[TN][2];
+    float part[TN][NB][4] = {};
 #pragma unroll
-    for (int gi = 0; gi < 8 / TPG; ++gi) {
-      const T2 z0 = asym ? Nm::two(Nm::BIAS + Nm::f(st.z[tn][gi][0])) : zsym;
-      const T2 z8 = asym ? Nm::two(Nm::BIAS + Nm::f(st.z[tn][gi][1])) : zsym;
-      float part[NB][4] = {};
+    for (int tn = 0; tn < TN; ++tn) {
+      z[tn][0] = asym ? Nm::two(Nm::f(st.z[tn][gi][0])) : zsym;
+      z[tn][1] = asym ? Nm::two(Nm::f(st.z[tn][gi][1])) : zsym;
+    }
 #pragma unroll
-      for (int tt = 0; tt < TPG; ++tt) {
-        const int t = gi * TPG + tt;
-        if (t >= tiles) break;  // K's padding
+    for (int tt = 0; tt < TPG; ++tt) {
+      const int t = gi * TPG + tt;
+      if (t >= tiles) break;  // K's padding
+#pragma unroll
+      for (int tn = 0; tn < TN; ++tn) {
+        const uint32_t qh[2] = {st.qh[tn].x, st.qh[tn].y};
         uint32_t a[4];
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {  // a[j] = (a_2j, a_2j+1): rows g (j even) or g + 8 (j odd)
-          const int pr = t * 4 + j;
-          uint32_t v = (q[pr / PW] >> ((pr % PW) * PBITS)) & MASK;
-          if constexpr (BITS == 3) v |= ((qh[pr / 16] >> (pr % 16)) & 0x00010001u) << 2;
-          a[j] = codes_to_pair<T, BITS>(v, (j & 1) ? z8 : z0);
-        }
+        for (int j = 0; j < 4; ++j)  // a[j] = (a_2j, a_2j+1): rows g (j even) or g + 8 (j odd)
+          a[j] = dequant_pair<T, BITS>(reinterpret_cast<const uint32_t*>(st.q[tn]), qh, t * 4 + j, z[tn][j & 1]);
 #pragma unroll
-        for (int nb = 0; nb < NB; ++nb) mma<T>(part[nb], a, xb[nb][t][0], xb[nb][t][1]);
+        for (int nb = 0; nb < NB; ++nb) mma<T>(part[tn][nb], a, xb[nb][t][0], xb[nb][t][1]);
       }
+    }
+#pragma unroll
+    for (int tn = 0; tn < TN; ++tn) {
       const float s0 = Nm::f(st.s[tn][gi][0]), s8 = Nm::f(st.s[tn][gi][1]);
 #pragma unroll
       for (int nb = 0; nb < NB; ++nb) {
-        acc[tn][nb][0] += s0 * part[nb][0];
-        acc[tn][nb][1] += s0 * part[nb][1];
-        acc[tn][nb][2] += s8 * part[nb][2];
-        acc[tn][nb][3] += s8 * part[nb][3];
+        acc[tn][nb][0] += s0 * part[tn][nb][0];
+        acc[tn][nb][1] += s0 * part[tn][nb][1];
+        acc[tn][nb][2] += s8 * part[tn][nb][2];
+        acc[tn][nb][3] += s8 * part[tn][nb][3];
       }
     }
   }
@@ -281,7 +302,7 @@ struct Cursor {
 // Block b computes tile groups b, b + gridDim.x, ...; warp w the steps [w n, (w + 1) n) of each. Every warp of a
 // block walks the same tile groups, so the __syncthreads in finish_tiles are uniform.
 template <typename T, int BITS, int TPG, int NB>
-__global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) decode_gemm_kernel(const Args p) {
+__global__ void __launch_bounds__(WARPS * 32, min_blocks<BITS, TPG, NB>()) decode_gemm_kernel(const Args p) {
   using S = Step<T, BITS, TPG>;
   __shared__ float partial[WARPS][TN][NB][4][32];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32, NT = p.N / 16;
