@@ -1,8 +1,9 @@
 """vLLM plugin: decode steps of weight-only int2/3/4/8 compressed-tensors layers on tbq's CUDA kernel (opt-in).
 
 Registered through the entry point group ``vllm.general_plugins`` (``tbq_kernels`` in pyproject.toml). Off unless
-``TBQ_VLLM_KERNELS=1``: on the H200 the decode kernel is slower than Marlin at W4 (results/decode-h200), so
-installing tbq leaves vLLM's choice alone. Turned on, ``register`` puts ``TbqDequantLinearKernel`` first among vLLM's
+``TBQ_VLLM_KERNELS=1``: on the H200 the decode kernel is ahead of Marlin per layer at M = 1 but not yet in vLLM
+(results/decode-h200-v4: W4 g128 299.7 against 305.7 tok/s at batch 1, 3153 against 3541 at 16), so installing tbq
+leaves vLLM's choice alone. Turned on, ``register`` puts ``TbqDequantLinearKernel`` first among vLLM's
 CUDA mixed-precision linear kernels, so compressed-tensors' WNA16 scheme picks it for every layer the decode kernel
 can take (``decode_layout.check_decode_shape``), and W4A4/W4A8 channel-wise layers decode on it too
 (``turboboa_export.vllm_int_scheme``). Such a layer keeps two copies of its codes: the decode kernel's layout, used for
