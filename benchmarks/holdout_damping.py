@@ -21,19 +21,6 @@ METHODS = ("rtn", "gptq", "boa", "turboboa")
 SAMPLE_DAMPS = (0.0, 0.25)
 
 
-def truncated_smollm2(root: Path, blocks: int) -> Path:
-    """smollm2-135m with its first ``blocks`` blocks only, saved under ``root``."""
-    from turboboa_export.models import load_model, materialize_builtin
-
-    model, tok = load_model(str(materialize_builtin("smollm2-135m")))
-    model.model.layers = model.model.layers[:blocks]
-    model.config.num_hidden_layers = blocks
-    path = root / f"smollm2-{blocks}blocks"
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
-
-
 def last_block_errors(run: Path) -> tuple[float, float]:
     """(calibration, held-out) output error of the run's last block."""
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -51,11 +38,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--blocks", type=int, default=1)
     ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated, of " + ", ".join(METHODS))
     args = ap.parse_args(argv)
+    from tbq_eval.block_error import first_blocks
     from turboboa_export.config import build_config
     from turboboa_export.pipeline.sequential import quantize_model
 
     with tempfile.TemporaryDirectory(prefix="tbq-holdout-") as tmp:
-        model = truncated_smollm2(Path(tmp), args.blocks)
+        model = first_blocks("smollm2-135m", args.blocks, Path(tmp))
         calib = {"dataset": "exl2-wiki", "nsamples": args.windows + args.heldout, "seqlen": args.seqlen,
                  "holdout": args.heldout}
         print(f"SmolLM2-135M, last of {args.blocks} block(s), W{args.bits} per-channel asym, "

@@ -1,12 +1,14 @@
 """On real SmolLM2-135M weights (the first blocks, CPU, small calibration): block-output error against full
 precision orders TurboBoA < BoA < GPTQ < RTN at 2 and 3 bits per channel, each step beyond its own noise (on held-out
-text up to GPTQ); with W4A4, rotation helps and TurboBoA leads."""
+text up to GPTQ); with W4A4, rotation helps and TurboBoA leads. On real Gemma-3-270M weights (sliding-window
+attention, q/k norms, (1 + w) gains, sandwich norms), held-out block error orders TurboBoA and GPTQ below RTN."""
 
 import json
 
 import pytest
 import torch
 
+from tbq_eval.block_error import first_blocks, last_block_errors
 from turboboa_export.config import build_config
 from turboboa_export.pipeline.sequential import quantize_model
 
@@ -24,43 +26,25 @@ def smollm2_blocks(tmp_path_factory):
         package_dir("exllamav2")
     except TbqError as e:
         pytest.skip(str(e))
-    from turboboa_export.models import load_model, materialize_builtin
+    return first_blocks("smollm2-135m", BLOCKS, tmp_path_factory.mktemp("smollm2"))
 
-    model, tok = load_model(str(materialize_builtin("smollm2-135m")))
-    model.model.layers = model.model.layers[:BLOCKS]
-    model.config.num_hidden_layers = BLOCKS
-    path = tmp_path_factory.mktemp("smollm2") / f"smollm2-{BLOCKS}blocks"
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+
+@pytest.fixture(scope="module")
+def gemma3_blocks(tmp_path_factory):
+    pytest.importorskip("gguf")
+    from turboboa_export.errors import TbqError
+    from turboboa_export.models import BUILTIN, gguf_parts
+
+    try:
+        gguf_parts(BUILTIN["gemma3-270m"])
+    except TbqError as e:
+        pytest.skip(str(e))
+    return first_blocks("gemma3-270m", BLOCKS, tmp_path_factory.mktemp("gemma3"))
 
 
 def last_block_error(run) -> float:
     rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
     return next(r["block_output_rel_error"] for r in rows if r["block"] == BLOCKS - 1)
-
-
-def block_output_errors(model_dir, runs: dict, windows: torch.Tensor) -> dict:
-    """Per window, ||y_q - y_fp|| / ||y_fp|| of the last block's output, for each run: {name: [windows]}."""
-    from turboboa_export.models import load_model
-    from turboboa_export.pipeline.rundir import load_fake_quant_model
-
-    def outputs(model):
-        seen = []
-        hook = model.model.layers[-1].register_forward_hook(
-            lambda _m, _a, out: seen.append((out[0] if isinstance(out, tuple) else out)[0]))
-        with torch.no_grad():
-            for w in windows:
-                model(input_ids=w[None])
-        hook.remove()
-        return seen
-
-    ref = outputs(load_model(str(model_dir))[0].eval())
-    errors = {}
-    for name, run in runs.items():
-        got = outputs(load_fake_quant_model(run).eval())
-        errors[name] = torch.tensor([float((a - b).norm() / b.norm()) for a, b in zip(got, ref)], dtype=torch.float64)
-    return errors
 
 
 def assert_lower(err: dict, better: str, worse: str, where: str) -> None:
@@ -93,8 +77,8 @@ def test_turboboa_boa_gptq_rtn_order(smollm2_blocks, tmp_path, bits):
                            calib={"dataset": "exl2-wiki", "nsamples": 16, "seqlen": 128, "holdout": 0}, device="cpu")
         runs[method] = quantize_model(cfg, tmp_path / method, progress=False)
     tok = load_model(str(smollm2_blocks))[1]
-    calib = block_output_errors(smollm2_blocks, runs, calibration_batch(tok, "exl2-wiki", 16, 128, 0)[0])
-    held = block_output_errors(smollm2_blocks, runs, eval_windows(tok, "exl2-wiki", 128, 32))
+    calib = last_block_errors(smollm2_blocks, runs, calibration_batch(tok, "exl2-wiki", 16, 128, 0)[0])
+    held = last_block_errors(smollm2_blocks, runs, eval_windows(tok, "exl2-wiki", 128, 32))
     print(bits, *({k: round(float(v.mean()), 4) for k, v in e.items()} for e in (calib, held)))
     for better, worse in (("turboboa", "boa"), ("boa", "gptq"), ("gptq", "rtn")):
         assert_lower(calib, better, worse, "calibration")
@@ -115,3 +99,40 @@ def test_rotation_helps_w4a4(smollm2_blocks, tmp_path):
     print(err)
     assert err[("turboboa", "hadamard")] < err[("turboboa", "none")], err
     assert err[("turboboa", "hadamard")] < err[("gptq", "hadamard")] < err[("rtn", "hadamard")], err
+
+
+@pytest.fixture(scope="module")
+def gemma3_heldout_errors(gemma3_blocks, tmp_path_factory) -> dict:
+    """Per held-out window, the last block's output error of RTN, GPTQ and TurboBoA: W3 per channel, calibrated on
+    16 x 256 tokens of exl2-c4 with the defaults (token-scaled damping); 32 wiki test windows of 128 tokens."""
+    from tbq_eval.ppl import eval_windows
+    from turboboa_export.models import load_model
+
+    runs = {}
+    for method in ("rtn", "gptq", "turboboa"):
+        cfg = build_config(str(gemma3_blocks), quant={"method": method, "bits": 3},
+                           calib={"dataset": "exl2-c4", "nsamples": 16, "seqlen": 256, "holdout": 0}, device="cpu")
+        runs[method] = quantize_model(cfg, tmp_path_factory.mktemp(method), progress=False)
+    windows = eval_windows(load_model(str(gemma3_blocks))[1], "exl2-wiki", 128, 32)
+    held = last_block_errors(gemma3_blocks, runs, windows)
+    print({k: round(float(v.mean()), 4) for k, v in held.items()})
+    return held
+
+
+@pytest.mark.slow
+def test_gemma3_hessian_methods_beat_rtn_held_out(gemma3_heldout_errors):
+    """Gemma 3 (issue 20): window by window on held-out text, GPTQ and TurboBoA beat RTN beyond two standard errors
+    (measured 0.145 and 0.149 against 0.483). Catches a pipeline that does not run Gemma's block as transformers does
+    (sliding window, q/k norms, (1 + w) gains, sandwich norms: every method far off) and Hessians that mislead."""
+    assert_lower(gemma3_heldout_errors, "gptq", "rtn", "held out")
+    assert_lower(gemma3_heldout_errors, "turboboa", "rtn", "held out")
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="issue 20, open: on Gemma 3's first block TurboBoA's held-out error is above "
+                   "GPTQ's (0.1485 against 0.1453, z = 4.3; not its F2 term: alpha 0 gives the same)")
+def test_gemma3_turboboa_not_above_gptq_held_out(gemma3_heldout_errors):
+    """TurboBoA is not worse than GPTQ on held-out windows beyond two standard errors of the paired differences, as on
+    SmolLM2. Strict xfail: the day it passes, the mark must go."""
+    d = gemma3_heldout_errors["turboboa"] - gemma3_heldout_errors["gptq"]
+    assert float(d.mean()) < 2 * float(d.std() / len(d) ** 0.5), float(d.mean())
