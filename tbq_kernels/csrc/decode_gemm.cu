@@ -68,7 +68,8 @@ template <> __device__ __forceinline__ void mma<__nv_bfloat16>(float (&c)[4], co
 // from the hi plane), minus the zero point z, as two exact integers in T2. fp16 below 8 bits: the pair's bits stay at
 // their offset s inside their byte, (bits | 1024.0) is 1024 + 2^s code, and one hfma2 by 2^-s minus (2^-s 1024 + z)
 // gives code - z (every step exact: powers of two and small integers). Otherwise (bf16, where 128 + 2^s code is not
-// exact, and 8 bits) the pair is shifted down first and BIAS + z subtracted; 8-bit codes go through two nibbles.
+// exact, and 8 bits) the pair is shifted down first and BIAS + z subtracted; 8-bit codes go through two nibbles
+// and subtract z last (BIAS + z is not exact in bf16 for z > 128).
 template <typename T, int BITS>
 __device__ __forceinline__ uint32_t dequant_pair(const uint32_t* q, const uint32_t (&qh)[2], int pr,
                                                  typename Num<T>::T2 z) {
@@ -84,11 +85,12 @@ __device__ __forceinline__ uint32_t dequant_pair(const uint32_t* q, const uint32
     const uint32_t v = ((q[pr / PW] >> (at - s)) & (MASK << s)) | (hi3 << (s + 2)) | Nm::MAGIC;
     const float down = 1.f / float(1 << s);
     return as_u32(__hfma2(as_t2<T2>(v), Nm::two(down), __hneg2(__hadd2(Nm::two(Nm::BIAS * down), z))));
-  } else if constexpr (BITS == 8) {
+  } else if constexpr (BITS == 8) {  // (16 hi + lo) - z: every step an integer below 256, exact in bf16 too
     const uint32_t v = q[pr / PW] >> at;
-    T2 lo = __hsub2(as_t2<T2>((v & 0x000F000Fu) | Nm::MAGIC), __hadd2(Nm::two(Nm::BIAS), z));
-    T2 hi = __hsub2(as_t2<T2>(((v >> 4) & 0x000F000Fu) | Nm::MAGIC), Nm::two(Nm::BIAS));
-    return as_u32(__hfma2(hi, Nm::two(16.f), lo));  // 16 hi + lo - z
+    const T2 bias = Nm::two(Nm::BIAS);
+    const T2 lo = __hsub2(as_t2<T2>((v & 0x000F000Fu) | Nm::MAGIC), bias);
+    const T2 hi = __hsub2(as_t2<T2>(((v >> 4) & 0x000F000Fu) | Nm::MAGIC), bias);
+    return as_u32(__hsub2(__hfma2(hi, Nm::two(16.f), lo), z));
   } else {
     const uint32_t v = ((q[pr / PW] >> at) & MASK) | (hi3 << 2) | Nm::MAGIC;
     return as_u32(__hsub2(as_t2<T2>(v), __hadd2(Nm::two(Nm::BIAS), z)));
@@ -332,10 +334,12 @@ __global__ void __launch_bounds__(WARPS * 32, min_blocks<BITS, TPG, NB>()) decod
 
 template <typename T, int BITS, int TPG, int NB>
 cudaError_t launch(const Args& p, int max_blocks, cudaStream_t stream) {
-  static int slots = 0;  // resident blocks on the whole GPU
+  static int resident[64] = {};  // resident blocks on each whole GPU (by device ordinal)
+  int dev = 0;
+  cudaGetDevice(&dev);
+  int& slots = resident[dev % 64];
   if (!slots) {
-    int dev = 0, sms = 0, per_sm = 0;
-    cudaGetDevice(&dev);
+    int sms = 0, per_sm = 0;
     cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
     cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, decode_gemm_kernel<T, BITS, TPG, NB>, WARPS * 32, 0);
     slots = sms * (per_sm > 0 ? per_sm : 1);
