@@ -168,8 +168,10 @@ def test_ppl_vllm_backend_matches_torch(vllm_model, tmp_path):
     want = ppl.main([str(run), "--device", "cpu", *common])
     fp = ppl.main([str(root / "fp"), "--device", "cpu", *common])
     assert got["tokens"] == want["tokens"] == 3 * 96
-    assert abs(got["ppl"] / want["ppl"] - 1) < 0.01, (got, want)
-    assert abs(fp["ppl"] / want["ppl"] - 1) > 0.01  # the comparison can fail: fp weights score differently
+    # vLLM and PyTorch agree far more closely than the quantized weights and the fp ones do (measured on an AVX-512
+    # Xeon: 0.014% against 0.69%), so serving the fp weights, or the export misread, would fail
+    gap, quantization = abs(got["ppl"] / want["ppl"] - 1), abs(fp["ppl"] / want["ppl"] - 1)
+    assert gap < min(0.01, quantization / 4), (got, want, fp)
 
 
 @needs_int4_cpu
@@ -250,8 +252,9 @@ def test_vllm_cpu_serves_rotated_export(tmp_path):
     prompts = [[5, 17, 33, 8, 90, 41, 12, 7, 66, 3], [100, 2, 14, 59, 23, 77, 31, 9]]
     (tmp_path / "p.json").write_text(json.dumps(prompts))
     # the dense weights are served in float32 (a tight check); the int4 export in bfloat16, where the rounding of the
-    # transform's two stages alone moves log-probs of this sharp-logit model by about 0.05
-    dtype, tol = ("bfloat16", 0.08) if INT4_CPU else ("float32", 0.02)
+    # transform's two stages and of vLLM's int4 CPU GEMM moves log-probs of this sharp-logit model by up to 0.14
+    # (measured on an AVX-512 Xeon; 4.35 without the online Hadamard)
+    dtype, tol = ("bfloat16", 0.25) if INT4_CPU else ("float32", 0.02)
     subprocess.run([VLLM_PYTHON, str(SCRIPT), str(ckpt), str(tmp_path / "p.json"), str(tmp_path / "o.json"),
                     "--max-tokens", "1", "--dtype", dtype], check=True,
                    env={**ENV, "PYTHONPATH": plugin_site(tmp_path / "site")}, timeout=600)
