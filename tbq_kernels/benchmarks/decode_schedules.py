@@ -6,7 +6,8 @@ with its persistent blocks on every resident slot (the default) or capped at one
 
 Cold weights: each timed call reads a different copy of the weight (copies cycle through at least 256 MiB, five
 times the H200's L2), as one layer's weights are when vLLM decodes a whole model; the CUDA-graph median per call is
-summed over the layer's seven linears. ``--source`` times a variant of ``csrc/decode_gemm.cu`` (kernel experiments).
+summed over the layer's linears (seven, or the four vLLM fuses them into: the ``-vllm`` models). ``--source`` times
+a variant of ``csrc/decode_gemm.cu`` (kernel experiments).
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
             rows.append({"linear": name, **timed[n, k]})
             print(json.dumps(rows[-1]), flush=True)
     keys = dict.fromkeys((r["bits"], r["m"]) for r in rows)
-    print(f"\n{a.model}, group {a.group_size}, cold weights: one layer's seven linears summed, us "
+    print(f"\n{a.model}, group {a.group_size}, cold weights: one layer's linears summed, us "
           f"(x fp16 = cuBLAS fp16 time / this)\n")
     print("| schedule | " + " | ".join(f"W{b} M={m}" for b, m in keys) + " |")
     print("|---|" + "---|" * len(keys))

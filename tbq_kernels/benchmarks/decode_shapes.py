@@ -3,13 +3,14 @@
     python -m tbq_kernels.benchmarks.decode_shapes [--models llama2-7b,llama3-8b] [--bits 4,3,2] [--group-size 128]
                                                    [--m 1,2,4,8,16,64,256,2048] [--json OUT]
 
-For each model's decoder-layer linears (q, k, v, o, gate, up, down; random symmetric codes, fp16 scales) and each row
-count M: the median time per call replayed from a CUDA graph, summed over the layer's seven linears, with cold
-weights (each call reads another copy of the weight: ``timing.cold_copies``), as when vLLM decodes a whole model. "tbq" is the
-decode kernel for M <= 16; above, the plugin runs the stock kernel vLLM chooses, and the column shows the fastest
-stock kernel measured (vLLM's choice may be slower). Ratios are the sum of the
-other column's times over tbq's; achieved bandwidth counts the codes, scales, x and y once. The stock kernels
-need vLLM (and humming-kernels for Humming); missing ones are left blank with the reason in the JSON.
+For each model's decoder-layer linears (q, k, v, o, gate, up, down, or the four vLLM fuses them into: the ``-vllm``
+models; random symmetric codes, fp16 scales) and each row count M: the median time per call replayed from a CUDA
+graph, summed over the layer's linears, with cold weights (each call reads another copy of the weight:
+``timing.cold_copies``), as when vLLM decodes a whole model. "tbq" is the decode kernel for M <= 16; above, the
+plugin runs the stock kernel vLLM chooses, and the column shows the fastest stock kernel measured (vLLM's choice may
+be slower). Ratios are the sum of the other column's times over tbq's; achieved bandwidth counts the codes, scales, x
+and y once. The stock kernels need vLLM (and humming-kernels for Humming); missing ones are left blank with the
+reason in the JSON.
 """
 
 from __future__ import annotations
@@ -116,7 +117,7 @@ def bench_shape(n: int, k: int, bits: int, group: int, ms: list[int], gen: torch
 
 
 def summary(rows: list[dict], copy_bw: float) -> str:
-    """Markdown: per model, bits and M, one layer's seven linears summed; ratios of the others' time to tbq's."""
+    """Markdown: per model, bits and M, one layer's linears summed; ratios of the others' time to tbq's."""
     out = [f"copy bandwidth {copy_bw / 1e12:.2f} TB/s (read + write)", "",
            "| model | bits | M | fp16 us | tbq us | x fp16 | Marlin us | Machete us | Humming us | x best stock | "
            "tbq GB/s (% copy) |", "|---|---|---|---|---|---|---|---|---|---|---|"]

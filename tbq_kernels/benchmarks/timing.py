@@ -15,6 +15,9 @@ SHAPES = {  # name: (N out, K in)
                   "gate": (11008, 4096), "up": (11008, 4096), "down": (4096, 11008)},
     "llama3-8b": {"q": (4096, 4096), "k": (1024, 4096), "v": (1024, 4096), "o": (4096, 4096),
                   "gate": (14336, 4096), "up": (14336, 4096), "down": (4096, 14336)},
+    # the same layers as vLLM runs them: q, k, v fused into one qkv linear, gate and up into one gate_up
+    "llama2-7b-vllm": {"qkv": (12288, 4096), "o": (4096, 4096), "gate_up": (22016, 4096), "down": (4096, 11008)},
+    "llama3-8b-vllm": {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)},
 }
 CALLS = 20
 COLD_BYTES = 256 * 2**20  # five times the H100/H200 L2
