@@ -6,7 +6,6 @@ attention, q/k norms, (1 + w) gains, sandwich norms), held-out block error order
 import json
 
 import pytest
-import torch
 
 from tbq_eval.block_error import first_blocks, last_block_errors
 from turboboa_export.config import build_config
