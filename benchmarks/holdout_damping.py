@@ -21,7 +21,7 @@ METHODS = ("rtn", "gptq", "boa", "turboboa")
 SAMPLE_DAMPS = (0.0, 0.25)
 
 
-def last_block_errors(run: Path) -> tuple[float, float]:
+def metrics_block_errors(run: Path) -> tuple[float, float]:
     """(calibration, held-out) output error of the run's last block."""
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     last = max(r["block"] for r in rows)
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
                                    calib=calib, device="cpu")
                 run = quantize_model(cfg, Path(tmp) / f"{method}-{sample_damp}", progress=False)
                 overlap = json.loads((run / "run.json").read_text())["calibration"]["heldout_tokens_in_calibration"]
-                err, held = last_block_errors(run)
+                err, held = metrics_block_errors(run)
                 print(f"| {method} | {sample_damp} | {err:.4f} | {held:.4f} |", flush=True)
         print(f"\nheld-out tokens also in calibrating windows: {overlap} of {args.heldout * args.seqlen}")
 

@@ -20,25 +20,24 @@ from pathlib import Path
 import torch
 
 from tbq_kernels import decode_gemm as dg
-from tbq_kernels.benchmarks.timing import SHAPES, cold_copies, graph_time
-from tbq_kernels.decode_layout import repack
+from tbq_kernels.benchmarks.timing import SHAPES, cold_copies, graph_time, random_weight
 
-SCHEDULES = {"persistent": 0, "132 blocks": 132, "66 blocks": 66}
+def schedules() -> dict[str, int]:
+    """Name -> max_blocks: every resident slot (0), one block per SM, half a block per SM."""
+    sms = torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
+    return {"persistent": 0, f"{sms} blocks": sms, f"{sms // 2} blocks": sms // 2}
 
 
 def time_shape(n: int, k: int, bits: int, group: int, m: int, gen: torch.Generator) -> dict:
     """Seconds per call of cuBLAS fp16 and of every schedule, cold weights, on an N x K linear at M rows."""
-    group = k if group == -1 else group
-    codes = torch.randint(0, 2**bits, (n, k), generator=gen)
-    scale = (torch.rand(n, k // group, generator=gen) * 0.02 + 1e-3).half()
-    packed = repack(codes, scale, None, bits, group, torch.float16)
+    group, _, _, packed = random_weight(n, k, bits, group, gen)
     x = torch.randn(m, k, generator=gen).half().cuda()
     dense = cold_copies(lambda: torch.randn(n, k, generator=gen).half().cuda(), n * k * 2)
     out = {"n": n, "k": k, "m": m, "bits": bits, "group": group,
            "fp16_s": graph_time(lambda: torch.nn.functional.linear(x, next(dense)))}
     del dense
     weights = cold_copies(lambda: packed.to("cuda"), n * k * bits // 8)
-    for name, blocks in SCHEDULES.items():
+    for name, blocks in schedules().items():
         out[name] = graph_time(lambda: dg.decode_gemm(x, next(weights), max_blocks=blocks))
     return out
 
@@ -71,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
           f"(x fp16 = cuBLAS fp16 time / this)\n")
     print("| schedule | " + " | ".join(f"W{b} M={m}" for b, m in keys) + " |")
     print("|---|" + "---|" * len(keys))
-    for name in ["fp16_s", *SCHEDULES]:
+    for name in ["fp16_s", *schedules()]:
         cells = []
         for b, m in keys:
             sel = [r for r in rows if (r["bits"], r["m"]) == (b, m)]

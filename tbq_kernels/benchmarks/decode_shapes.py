@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-from tbq_kernels.benchmarks.timing import SHAPES, cold_copies, copy_bandwidth, graph_time, vllm_single_process
+from tbq_kernels.benchmarks.timing import (SHAPES, cold_copies, copy_bandwidth, graph_time, random_weight,
+                                           vllm_single_process)
 from tbq_kernels.decode_gemm import MAX_ROWS, decode_gemm
-from tbq_kernels.decode_layout import repack
 
 STOCK = ("Marlin", "Machete", "Humming")
 WEIGHT_TYPES = {2: "uint2b2", 3: "uint3b4", 4: "uint4b8", 8: "uint8b128"}
@@ -79,10 +79,7 @@ def rel_error(y: torch.Tensor, ref: torch.Tensor) -> float:
 
 def bench_shape(n: int, k: int, bits: int, group: int, ms: list[int], gen: torch.Generator) -> list[dict]:
     """Times (seconds, cold weights) and relative errors of every kernel on one N x K weight at each M."""
-    group = k if group == -1 else group
-    codes = torch.randint(0, 2**bits, (n, k), generator=gen)
-    scale = (torch.rand(n, k // group, generator=gen) * 0.02 + 1e-3).half()
-    packed = repack(codes, scale, None, bits, group, torch.float16)
+    group, codes, scale, packed = random_weight(n, k, bits, group, gen)
     w64 = ((codes.cuda().double() - 2 ** (bits - 1)) * scale.cuda().double().repeat_interleave(group, 1))  # [N, K]
     qbytes = n * k * bits // 8
     dense = cold_copies(lambda: torch.randn(n, k, generator=gen).half().cuda(), n * k * 2)

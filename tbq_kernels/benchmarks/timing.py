@@ -1,5 +1,5 @@
-"""Shared pieces of the GPU benchmarks: real models' linear shapes, CUDA-graph timing, copy bandwidth, and vLLM's
-parallel state for calling its linear kernels in one process."""
+"""Shared pieces of the GPU benchmarks: real models' linear shapes, random quantized weights, cold weight copies,
+CUDA-graph timing, copy bandwidth, and vLLM's parallel state for calling its linear kernels in one process."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import socket
 import statistics
 
 import torch
+
+from tbq_kernels.decode_layout import repack
 
 SHAPES = {  # name: (N out, K in)
     "llama2-7b": {"q": (4096, 4096), "k": (4096, 4096), "v": (4096, 4096), "o": (4096, 4096),
@@ -27,6 +29,15 @@ def cold_copies(make, nbytes: int) -> itertools.cycle:
     """A cycle over enough copies of ``make()`` (each ``nbytes``) to fill COLD_BYTES: timed calls that take the next
     copy each read their weights from DRAM, as one layer's weights are when a whole model decodes."""
     return itertools.cycle([make() for _ in range(max(1, -(-COLD_BYTES // nbytes)))])
+
+
+def random_weight(n: int, k: int, bits: int, group: int, gen: torch.Generator):
+    """A random symmetric N x K linear: (group size with -1 resolved to K, codes int64 [N, K], fp16 scales
+    [N, K / group], the decode layout of both on the CPU)."""
+    group = k if group == -1 else group
+    codes = torch.randint(0, 2**bits, (n, k), generator=gen)
+    scale = (torch.rand(n, k // group, generator=gen) * 0.02 + 1e-3).half()
+    return group, codes, scale, repack(codes, scale, None, bits, group, torch.float16)
 
 
 def graph_time(fn, reps: int = 10) -> float:
