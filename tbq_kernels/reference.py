@@ -29,6 +29,12 @@ def quantize_act_ref(x: torch.Tensor, bits: int, clip: float) -> tuple[torch.Ten
     return torch.clamp(torch.round(xd / s), -qmax - 1, qmax), s
 
 
+def hadamard_quant_ref(x: torch.Tensor, h: torch.Tensor, bits: int, clip: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Codes and scales of y = x @ h per token in float64: x [T, n], h [n, n] the explicit rotation; as
+    :func:`quantize_act_ref` of y."""
+    return quantize_act_ref(x.cpu().double() @ h.cpu().double(), bits, clip)
+
+
 def int_gemm_ref(q: torch.Tensor, s_x: torch.Tensor, w: DequantWeight) -> torch.Tensor:
     """y[m, n] = s_x[m] sum_k q[m, k] (u[n, k] - 8) s_w[n, g(k)] in float64, for symmetric 4-bit ``w``; q [M, K]."""
     return (q.cpu().double() @ dequantize_ref(w).T) * s_x.cpu().double()

@@ -96,6 +96,12 @@ class TbqHadamardTransform(HadamardTransform):
         syl = sylvester_gemm_matrix(p, where, dtype)
         self.register_buffer("base", base, persistent=False)
         self.register_buffer("syl", syl, persistent=False)
+        self.p = p
+        # a W4A4/W4A8 layer takes the transform into its activation quantization (one pass: tbq::hadamard_quant)
+        scheme = getattr(layer, "scheme", None)
+        self.fused = isinstance(scheme, TbqIntActScheme)
+        if self.fused:
+            scheme.fuse_input_hadamard(layer, self)
 
     def process_weights_after_loading(self):
         if not self.derived:
@@ -104,6 +110,10 @@ class TbqHadamardTransform(HadamardTransform):
     def forward(self, value: torch.Tensor, part_id: int = 0) -> torch.Tensor:
         if not self.derived:
             return super().forward(value, part_id)
+        return value if self.fused else self.rotate(value)
+
+    def rotate(self, value: torch.Tensor) -> torch.Tensor:
+        """value @ H over the last dim (the derived transform), in value's dtype."""
         op = sylvester_op(self.syl)
         if self.block is not None:
             return apply_online_rotation(value, self.block, op)

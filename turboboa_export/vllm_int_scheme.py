@@ -1,11 +1,13 @@
 """The vLLM compressed-tensors scheme of tbq's W4A4 and W4A8 exports (imported by :mod:`turboboa_export.vllm_classes`
 in a Python with vLLM): symmetric int4 weights, channel-wise or grouped; dynamic per-token symmetric int4 or int8
-activations with the run's clip ratio (:mod:`tbq_kernels.int_act`). The online Hadamard of a rotated run is applied
-before, by the transform module. Paths:
+activations with the run's clip ratio (:mod:`tbq_kernels.int_act`). A derived online Hadamard on the layer's input
+(down_proj of a rotated run) is handed over by the transform module (:meth:`TbqIntActScheme.fuse_input_hadamard`)
+and applied together with the activation quantization (``tbq_kernels.hadamard_quant``: the input read once, int8
+codes written once). Paths:
 
 - CUDA, channel-wise: codes unpacked to int8 at load (1 byte per weight), CUTLASS int8 scaled-mm (exact sums) for
   more than 16 tokens (and every size by default); with ``TBQ_VLLM_KERNELS=1``, up to 16 tokens (decode) run on
-  tbq's decode kernel on a second, int4 copy of the codes
+  tbq's decode kernel on a second, int4 copy of the codes, after the online Hadamard in the activations' dtype
   (``tbq_kernels.decode_gemm`` with ``act_bits``: integer codes of the activations times integer weights, float32
   sums, exact up to float32 rounding);
 - CUDA, grouped: the weights stay packed and vLLM's W4A16 kernel (Machete/Marlin, as vLLM picks) multiplies the
@@ -27,11 +29,10 @@ from vllm.platforms import current_platform
 
 from tbq_kernels.decode_gemm import decode_gemm
 from tbq_kernels.decode_layout import check_decode_shape, from_compressed_tensors
+from tbq_kernels.hadamard_quant import hadamard_quant_op
 from tbq_kernels.int_act import ACT_BITS, int8_weight, int_gemm_op, int_linear_cutlass, quantize_act
 from tbq_kernels.layout import DequantWeight
 from tbq_kernels.vllm_plugin import decode_linear, enabled, register_linear
-
-from .rotation.online import quantize_activations
 
 
 def int_act_refusal(weights: QuantizationArgs, acts: QuantizationArgs) -> str | None:
@@ -60,6 +61,8 @@ class TbqIntActScheme(CompressedTensorsScheme):
         self.path = "portable" if not current_platform.is_cuda() else "wna16" if self.group_size else "cutlass"
         self.wna16 = (CompressedTensorsWNA16(strategy="group", num_bits=4, group_size=self.group_size, symmetric=True,
                                              layer_name=layer_name) if self.path == "wna16" else None)
+        self.hadamard_p: int | None = None  # Sylvester order of a fused input Hadamard (None: none)
+        self.rotate = lambda x: x  # the fused input Hadamard alone, in x's dtype (the decode kernel's input)
 
     @classmethod
     def get_min_capability(cls) -> int:
@@ -94,6 +97,21 @@ class TbqIntActScheme(CompressedTensorsScheme):
         layer.register_parameter("weight_shape", shape)
         layer.tbq_group_size = group
 
+    def fuse_input_hadamard(self, layer: torch.nn.Module, transform) -> None:
+        """Take over ``transform``'s derived online Hadamard (``vllm_classes.TbqHadamardTransform``: H_m^T / sqrt(m)
+        as ``base`` or None, Sylvester order ``p``, ``rotate(x)``): applied from here on inside the activation
+        quantization; the transform module then passes its input through."""
+        base = transform.base
+        layer.register_buffer("tbq_hadamard_base", None if base is None else base.float(), persistent=False)
+        self.hadamard_p, self.rotate = transform.p, transform.rotate
+
+    def codes(self, layer: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-token codes (int8 [M, K]) and scales (float32 [M, 1]) of the layer's input x [M, K], after the fused
+        online Hadamard when there is one."""
+        if self.hadamard_p is None:
+            return quantize_act(x, self.act_bits, self.clip)
+        return hadamard_quant_op(x, layer.tbq_hadamard_base, self.hadamard_p, self.act_bits, self.clip)
+
     def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
         if self.wna16 is not None:
             self.wna16.process_weights_after_loading(layer)
@@ -110,9 +128,9 @@ class TbqIntActScheme(CompressedTensorsScheme):
                 w = from_compressed_tensors(packed, scale, 4, k, dtype=scale.dtype)
                 self.decode_key = register_linear(
                     layer, w.codes,
-                    lambda x: decode_gemm(x, w, act_bits=self.act_bits, act_clip=self.clip),
-                    lambda x: int_linear_cutlass(x, layer.weight_int8, layer.weight_scale_f32, self.act_bits,
-                                                 self.clip, None))
+                    lambda x: decode_gemm(self.rotate(x), w, act_bits=self.act_bits, act_clip=self.clip),
+                    lambda x: int_linear_cutlass(*self.codes(layer, x), layer.weight_int8, layer.weight_scale_f32,
+                                                 x.dtype))
             return
         for name in ("weight_packed", "weight_scale"):  # plain tensors from here on (what the op takes)
             setattr(layer, name, torch.nn.Parameter(getattr(layer, name).data.contiguous(), requires_grad=False))
@@ -123,11 +141,12 @@ class TbqIntActScheme(CompressedTensorsScheme):
             y = decode_linear(x2, layer.tbq_codes, self.decode_key)
             y = y if bias is None else y + bias
         elif self.path == "cutlass":
-            y = int_linear_cutlass(x2, layer.weight_int8, layer.weight_scale_f32, self.act_bits, self.clip, bias)
-        elif self.wna16 is not None:
-            y = self.wna16.apply_weights(layer, quantize_activations(x2, self.act_bits, self.clip), bias)
+            y = int_linear_cutlass(*self.codes(layer, x2), layer.weight_int8, layer.weight_scale_f32, x.dtype, bias)
+        elif self.wna16 is not None:  # the fake-quantized activations s_x q_x through vLLM's W4A16 kernel
+            q, s_x = self.codes(layer, x2)
+            y = self.wna16.apply_weights(layer, (q.float() * s_x).to(x.dtype), bias)
         else:
-            q, s_x = quantize_act(x2, self.act_bits, self.clip)
-            y = int_gemm_op(q, s_x, layer.weight_packed, layer.weight_scale, layer.tbq_group_size, x.dtype)
+            y = int_gemm_op(*self.codes(layer, x2), layer.weight_packed, layer.weight_scale, layer.tbq_group_size,
+                            x.dtype)
             y = y if bias is None else y + bias
         return y.reshape(*x.shape[:-1], y.shape[-1])
