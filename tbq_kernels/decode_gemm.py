@@ -1,8 +1,7 @@
 """``decode_gemm``: y = x W^T for a few rows of x (M <= 16, decode) on the CUDA kernel ``csrc/decode_gemm.cu``.
 
-The kernel is compiled with nvcc the first time it is used on a GPU model and cached under
-``$TBQ_CACHE/kernels`` (the file name carries the source's hash and the GPU's compute capability); it is called through
-ctypes on the current CUDA stream, so it can be captured in CUDA graphs. ``decode_gemm_op`` is the torch custom op
+The kernel is compiled with nvcc the first time it is used on a GPU model and cached (``build.compiled``); it is
+called through ctypes on the current CUDA stream, so it can be captured in CUDA graphs. ``decode_gemm_op`` is the torch custom op
 (``tbq::decode_gemm``) that vLLM's torch.compile traces around.
 """
 
@@ -10,54 +9,21 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
-import os
-import shutil
-import subprocess
-import tempfile
-from pathlib import Path
 
 import torch
 
-from turboboa_export.models import cache_dir
-
+from .build import CSRC, compiled
 from .decode_layout import DecodeWeight
 
 MAX_ROWS = 16  # rows of x the kernel takes (two n8 blocks of the mma)
-SOURCE = Path(__file__).with_name("csrc") / "decode_gemm.cu"
-
-
-def nvcc() -> str:
-    """The nvcc to build with: $CUDA_HOME/bin/nvcc, else the one on PATH; a one-line error when there is none."""
-    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
-    found = str(Path(home) / "bin" / "nvcc") if home and (Path(home) / "bin" / "nvcc").is_file() else shutil.which("nvcc")
-    if not found:
-        raise RuntimeError("the decode kernel is built with nvcc, which was not found; install the CUDA toolkit or "
-                           "set CUDA_HOME")
-    return found
+SOURCE = CSRC / "decode_gemm.cu"
 
 
 @functools.cache
 def library(capability: tuple[int, int]) -> ctypes.CDLL:
-    """The compiled kernel for a compute capability (built once, atomically, into the cache)."""
-    source = SOURCE.read_bytes()
-    arch = f"{capability[0]}{capability[1]}"
-    target = cache_dir() / "kernels" / f"decode_gemm-{hashlib.sha256(source).hexdigest()[:16]}-sm{arch}.so"
-    if not target.is_file():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-        os.close(fd)
-        try:
-            cmd = [nvcc(), "-O3", "-std=c++17", "--shared", "-Xcompiler", "-fPIC",
-                   f"-gencode=arch=compute_{arch},code=sm_{arch}", "-o", tmp, str(SOURCE)]
-            done = subprocess.run(cmd, capture_output=True, text=True)
-            if done.returncode:
-                raise RuntimeError(f"nvcc failed to build {SOURCE.name}: "
-                                   f"{(done.stderr.strip().splitlines() or ['no message'])[-1]}")
-            os.replace(tmp, target)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
-    lib = ctypes.CDLL(str(target))
+    """The compiled kernel (``SOURCE``, which benchmarks may point at a variant) for a compute capability, its entry
+    point typed."""
+    lib = compiled(SOURCE, capability)
     lib.tbq_decode_gemm.restype = ctypes.c_int
     lib.tbq_decode_gemm.argtypes = ([ctypes.c_int, ctypes.c_int] + [ctypes.c_void_p] * 7 + [ctypes.c_int] * 7
                                     + [ctypes.c_float, ctypes.c_int, ctypes.c_void_p])

@@ -8,9 +8,11 @@ and an int8 MMA with int32 accumulation computes their product bit for bit:
 with q_x = clamp(round(x / s_x), -2^(b-1), 2^(b-1) - 1), s_x = clip * max_k |x[m, k]| / (2^(b-1) - 1) (the run's
 fake quantization, ``turboboa_export.rotation.online.quantize_activations``) and q_w = u - 8 the exported codes.
 
-- :func:`quantize_act`: the activation codes and scales, one Triton pass on CUDA (``tbq::act_quant``; torch.compile's
-  fusion of the plain-torch codes ran 4x slower than vLLM's int8 quantization, results/int-act-h200-s9), plain torch
-  (float32) elsewhere (the fake-quantized s_x q_x is ``quantize_activations``);
+- :func:`quantize_act`: the activation codes and scales in plain torch (float32), which vLLM's torch.compile fuses
+  with the RMSNorm before the layer (alone, compiled, it runs 4x slower than vLLM's int8 quantization on an H200,
+  results/int-act-h200-s9; a Triton pass of its own was 2x slower and would stop that fusion); the fake-quantized
+  s_x q_x is ``quantize_activations``;
+- ``hadamard_quant``: the same codes after the online Hadamard of down_proj's input, in one CUDA pass;
 - :func:`int8_weight` + :func:`int_linear_cutlass` (CUDA, channel-wise weights): the codes unpacked once to int8
   and vLLM's CUTLASS int8 scaled-mm with per-token x per-channel scales: exact integer sums on the int8 tensor cores;
 - grouped weights on CUDA: vLLM's own W4A16 kernel on ``quantize_activations``' output (exact up to the fp16
@@ -41,38 +43,10 @@ def act_qmax(bits: int) -> int:
 
 def quantize_act(x: torch.Tensor, bits: int, clip: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token codes of x [M, K] (float16/bfloat16/float32) for the integer GEMMs: (q int8 [M, K], s_x float32
-    [M, 1]) of ``rotation.online.activation_codes`` (computed in float32): one Triton pass for fp16/bf16 on CUDA
-    (bit for bit the same), plain torch elsewhere."""
-    qmax = act_qmax(bits)
-    if not (x.is_cuda and x.dim() == 2 and x.dtype in (torch.float16, torch.bfloat16)):
-        q, s = activation_codes(x.float(), bits, clip)
-        return q.to(torch.int8), s
-    return act_quant_op(x, qmax, clip)
-
-
-@torch.library.custom_op("tbq::act_quant", mutates_args=(), schema="(Tensor x, int qmax, float clip) -> (Tensor, Tensor)")
-def act_quant_op(x, qmax, clip):
-    """The Triton per-token codes as an opaque torch op (vLLM's torch.compile traces around the launch)."""
-    import triton
-
-    from .triton_act_quant import act_quant_kernel
-
-    m, k = x.shape
-    if x.stride(1) != 1:
-        x = x.contiguous()
-    q = torch.empty(m, k, dtype=torch.int8, device=x.device)
-    s = torch.empty(m, 1, dtype=torch.float32, device=x.device)
-    if m:
-        block = triton.next_power_of_2(k)
-        act_quant_kernel[(m,)](x, q, s, k, x.stride(0), float(clip), float(qmax), BLOCK=block,
-                               num_warps=max(4, min(16, block // 1024)))
-    return q, s
-
-
-@act_quant_op.register_fake
-def _(x, qmax, clip):
-    return (torch.empty(x.shape, dtype=torch.int8, device=x.device),
-            torch.empty(x.shape[0], 1, dtype=torch.float32, device=x.device))
+    [M, 1]) of ``rotation.online.activation_codes`` (computed in float32)."""
+    act_qmax(bits)
+    q, s = activation_codes(x.float(), bits, clip)
+    return q.to(torch.int8), s
 
 
 def check_int_gemm_inputs(q: torch.Tensor, s_x: torch.Tensor, w: DequantWeight) -> None:

@@ -13,6 +13,7 @@ from vllm.distributed.parallel_state import get_tensor_model_parallel_world_size
 from vllm.model_executor.layers.quantization.compressed_tensors.transform.module import HadamardTransform
 
 from tbq_kernels.hadamard_mix import hadamard_mix_op
+from tbq_kernels.hadamard_quant import fusable
 
 from .rotation.hadamard import apply_online_rotation, base_matrix, factor, sylvester, sylvester_transform
 from .vllm_int_scheme import TbqIntActScheme
@@ -99,7 +100,7 @@ class TbqHadamardTransform(HadamardTransform):
         self.p = p
         # a W4A4/W4A8 layer takes the transform into its activation quantization (one pass: tbq::hadamard_quant)
         scheme = getattr(layer, "scheme", None)
-        self.fused = isinstance(scheme, TbqIntActScheme)
+        self.fused = isinstance(scheme, TbqIntActScheme) and fusable(n, base, p, where)
         if self.fused:
             scheme.fuse_input_hadamard(layer, self)
 
