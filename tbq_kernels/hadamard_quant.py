@@ -45,8 +45,7 @@ def kernel_plan(n: int, base_t: torch.Tensor | None, p: int) -> int | None:
         padded = next((r for r in PADDED_ROWS if r >= m), None)
         if padded is None:
             return None
-    rows = padded or m
-    return padded if 4 * (rows * (p + 8) + padded * padded) <= MAX_SHARED else None
+    return padded if 4 * (m * (p + 40) + padded * (padded + 4)) <= MAX_SHARED else None
 
 
 def fusable(n: int, base_t: torch.Tensor | None, p: int, device: torch.device) -> bool:
@@ -58,7 +57,7 @@ def fusable(n: int, base_t: torch.Tensor | None, p: int, device: torch.device) -
 
 def transform_torch(x: torch.Tensor, base_t: torch.Tensor | None, p: int) -> torch.Tensor:
     """y = x H in float32 by butterflies and one [m, m] product (any device): the fallback of :func:`hadamard_quant`."""
-    y = sylvester_transform(x.float().reshape(x.shape[0], -1, p))
+    y = sylvester_transform(x.float().reshape(x.shape[0], x.shape[1] // p, p))
     if base_t is not None:
         y = torch.matmul(base_t, y)
     return y.reshape(x.shape)

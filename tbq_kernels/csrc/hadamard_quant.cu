@@ -1,10 +1,13 @@
 // tbq: the online Hadamard of a W4A4/W4A8 layer's input fused with its per-token activation codes
 // (tbq_kernels/hadamard_quant.py). One block per token:
-//   1. each warp takes rows of X [m, P] (the token's n = m P inputs) and applies the Sylvester transform S_P by
-//      butterflies, E = P / 32 consecutive inputs per lane (log2 E in-thread stages, 5 shuffle stages), into shared
-//      memory as float32 (rows padded to MP with zeros, row stride P + 8 so the mma's operand reads are conflict-free);
-//   2. (MIX) the order-m mix Y <- sign(B) Y on the tensor cores, mma.m16n8k8 tf32 with float32 accumulation: each warp
-//      owns column tiles of 8 and writes its results back over them;
+//   1. each warp takes rows of X [m, P] (the token's n = m P inputs; the next row's loads issued before the current
+//      row's arithmetic) and applies the Sylvester transform S_P by butterflies, E = P / 32 consecutive inputs per
+//      lane (log2 E in-thread stages, 5 shuffle stages), into shared memory as float32 (rows past m read as zeros),
+//      column c of a row at c + c / E (one pad word per lane's run, so the stores are conflict-free) and rows P + 40
+//      words apart (so the mma's operand reads are conflict-free);
+//   2. (MIX) the order-m mix Y <- sign(B) Y on the tensor cores, mma.m16n8k8 tf32 with float32 accumulation, sign(B)
+//      fragments in registers (MP <= 32) or read from a padded copy: each warp owns column tiles of 8 and writes its
+//      results back over them;
 //   3. s = clip * max|y| / qmax with y = norm * Y, norm = 1 / sqrt(m P) (MIX) or 1 / sqrt(P); q = clamp(rn(y / s)),
 //      read back in row order, int8 codes written 4 at a time.
 // B's entries are +-1 / sqrt(m) (a Hadamard base): the kernel uses their signs (exact in tf32) and folds 1/sqrt(m)
@@ -30,8 +33,12 @@ struct Args {
   float norm, clip, qmax;
 };
 
-__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+}  // namespace
+
+__device__ __forceinline__ float to_float_(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_float_(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+namespace {
 
 __device__ __forceinline__ uint32_t tf32(float v) {
   uint32_t r;
@@ -47,23 +54,44 @@ __device__ __forceinline__ void mma_tf32(float (&d)[4], const uint32_t (&a)[4], 
                : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-// Row r of the token through S_P: lane holds inputs lane*E .. lane*E + E - 1, in and out of v.
 template <typename T, int P>
-__device__ __forceinline__ void sylvester_row(float (&v)[P / 32], const T* src, int lane) {
-  constexpr int E = P / 32;
-  const T* mine = src + lane * E;
-  if constexpr (E * sizeof(T) % 16 == 0) {
+struct RowLoad {
+  static constexpr int E = P / 32;
+  static constexpr bool VECTOR = E * sizeof(T) % 16 == 0;
+  static constexpr int WORDS = VECTOR ? E * sizeof(T) / 16 : 1;
+  uint4 w[WORDS];
+  T h[VECTOR ? 1 : E];
+
+  __device__ __forceinline__ void load(const T* src, int lane) {
+    const T* mine = src + lane * E;
+    if constexpr (VECTOR) {
 #pragma unroll
-    for (int c = 0; c < E * (int)sizeof(T) / 16; ++c) {
-      const uint4 w = reinterpret_cast<const uint4*>(mine)[c];
-      const T* h = reinterpret_cast<const T*>(&w);
+      for (int c = 0; c < WORDS; ++c) w[c] = reinterpret_cast<const uint4*>(mine)[c];
+    } else {
 #pragma unroll
-      for (int i = 0; i < 16 / (int)sizeof(T); ++i) v[c * (16 / sizeof(T)) + i] = to_float(h[i]);
+      for (int i = 0; i < E; ++i) h[i] = mine[i];
     }
-  } else {
-#pragma unroll
-    for (int i = 0; i < E; ++i) v[i] = to_float(mine[i]);
   }
+
+  __device__ __forceinline__ void to_float(float (&v)[E]) const {
+    if constexpr (VECTOR) {
+#pragma unroll
+      for (int c = 0; c < WORDS; ++c) {
+        const T* e = reinterpret_cast<const T*>(&w[c]);
+#pragma unroll
+        for (int i = 0; i < 16 / (int)sizeof(T); ++i) v[c * (16 / sizeof(T)) + i] = ::to_float_(e[i]);
+      }
+    } else {
+#pragma unroll
+      for (int i = 0; i < E; ++i) v[i] = ::to_float_(h[i]);
+    }
+  }
+};
+
+// S_P over one row held E consecutive inputs per lane (lane holds inputs lane*E .. lane*E + E - 1), in place.
+template <int P>
+__device__ __forceinline__ void sylvester_row(float (&v)[P / 32], int lane) {
+  constexpr int E = P / 32;
 #pragma unroll
   for (int h = 1; h < E; h <<= 1) {
 #pragma unroll
@@ -85,41 +113,67 @@ __device__ __forceinline__ void sylvester_row(float (&v)[P / 32], const T* src, 
   }
 }
 
+template <int P>
+struct Layout {
+  static constexpr int E = P / 32;
+  static constexpr int S = P + 40;  // row stride in words: P + 32 pad words + 8 (mma reads hit distinct banks)
+  __device__ static __forceinline__ int at(int r, int c) { return r * S + c + c / E; }
+};
+
 template <typename T, int P, int MP>
 __global__ void __launch_bounds__(THREADS) hadamard_quant_kernel(const Args a) {
   constexpr int E = P / 32;
-  constexpr int S = P + 8;  // shared row stride (floats)
-  extern __shared__ float ys[];  // [rows][S], then (MIX) the sign matrix [MP][MP]
+  constexpr int SA = MP + 4;  // sign matrix row stride (conflict-free fragment reads)
+  using L = Layout<P>;
+  extern __shared__ float ys[];  // [m][L::S] (rows past m read as zeros), then (MIX) the sign matrix [MP][SA]
   __shared__ float red[WARPS];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int m = a.m;
-  const int rows = MP ? MP : m;
   const T* xt = static_cast<const T*>(a.x) + (long long)blockIdx.x * a.stride_x;
 
-  for (int r = warp; r < rows; r += WARPS) {
-    float v[E];
-    if (r < m) {
-      sylvester_row<T, P>(v, xt + (long long)r * P, lane);
-    } else {
-#pragma unroll
-      for (int i = 0; i < E; ++i) v[i] = 0.f;
-    }
-#pragma unroll
-    for (int i = 0; i < E; ++i) ys[r * S + lane * E + i] = v[i];
-  }
   if constexpr (MP > 0) {
-    float* sign = ys + MP * S;
+    float* sign = ys + m * L::S;
     for (int i = threadIdx.x; i < MP * MP; i += THREADS) {
       const int r = i / MP, c = i % MP;
-      sign[i] = (r < m && c < m) ? (a.base[r * m + c] < 0.f ? -1.f : 1.f) : 0.f;
+      sign[r * SA + c] = (r < m && c < m) ? (a.base[r * m + c] < 0.f ? -1.f : 1.f) : 0.f;
     }
+  }
+  RowLoad<T, P> next;
+  if (warp < m) next.load(xt + (long long)warp * P, lane);
+  for (int r = warp; r < m; r += WARPS) {
+    float v[E];
+    next.to_float(v);
+    if (r + WARPS < m) next.load(xt + (long long)(r + WARPS) * P, lane);
+    sylvester_row<P>(v, lane);
+#pragma unroll
+    for (int i = 0; i < E; ++i) ys[L::at(r, lane * E + i)] = v[i];
   }
   __syncthreads();
 
   if constexpr (MP > 0) {
-    const float* sign = ys + MP * S;
+    const float* sign = ys + m * L::S;
     const int g = lane >> 2, t = lane & 3;
+    constexpr bool HELD = MP <= 32;  // sign(B) fragments kept in registers
+    uint32_t held[HELD ? MP / 16 : 1][HELD ? MP / 8 : 1][4];
+    auto fragment = [&](int mt, int kt, uint32_t (&f)[4]) {
+      f[0] = __float_as_uint(sign[(mt * 16 + g) * SA + kt * 8 + t]);  // +-1 and 0 are exact tf32
+      f[1] = __float_as_uint(sign[(mt * 16 + g + 8) * SA + kt * 8 + t]);
+      f[2] = __float_as_uint(sign[(mt * 16 + g) * SA + kt * 8 + t + 4]);
+      f[3] = __float_as_uint(sign[(mt * 16 + g + 8) * SA + kt * 8 + t + 4]);
+    };
+    if constexpr (HELD) {
+#pragma unroll
+      for (int mt = 0; mt < MP / 16; ++mt)
+#pragma unroll
+        for (int kt = 0; kt < MP / 8; ++kt) fragment(mt, kt, held[mt][kt]);
+    }
     for (int nt = warp; nt < P / 8; nt += WARPS) {
+      uint32_t b[MP / 8][2];
+#pragma unroll
+      for (int kt = 0; kt < MP / 8; ++kt) {
+        b[kt][0] = kt * 8 + t < m ? tf32(ys[L::at(kt * 8 + t, nt * 8 + g)]) : 0u;
+        b[kt][1] = kt * 8 + t + 4 < m ? tf32(ys[L::at(kt * 8 + t + 4, nt * 8 + g)]) : 0u;
+      }
       float acc[MP / 16][4];
 #pragma unroll
       for (int mt = 0; mt < MP / 16; ++mt) {
@@ -127,32 +181,34 @@ __global__ void __launch_bounds__(THREADS) hadamard_quant_kernel(const Args a) {
         for (int i = 0; i < 4; ++i) acc[mt][i] = 0.f;
 #pragma unroll
         for (int kt = 0; kt < MP / 8; ++kt) {
-          const uint32_t frag[4] = {__float_as_uint(sign[(mt * 16 + g) * MP + kt * 8 + t]),  // +-1, 0: exact tf32
-                                    __float_as_uint(sign[(mt * 16 + g + 8) * MP + kt * 8 + t]),
-                                    __float_as_uint(sign[(mt * 16 + g) * MP + kt * 8 + t + 4]),
-                                    __float_as_uint(sign[(mt * 16 + g + 8) * MP + kt * 8 + t + 4])};
-          mma_tf32(acc[mt], frag, tf32(ys[(kt * 8 + t) * S + nt * 8 + g]), tf32(ys[(kt * 8 + t + 4) * S + nt * 8 + g]));
+          if constexpr (HELD) {
+            mma_tf32(acc[mt], held[mt][kt], b[kt][0], b[kt][1]);
+          } else {
+            uint32_t f[4];
+            fragment(mt, kt, f);
+            mma_tf32(acc[mt], f, b[kt][0], b[kt][1]);
+          }
         }
       }
       __syncwarp();
 #pragma unroll
       for (int mt = 0; mt < MP / 16; ++mt) {
-        ys[(mt * 16 + g) * S + nt * 8 + 2 * t] = acc[mt][0];
-        ys[(mt * 16 + g) * S + nt * 8 + 2 * t + 1] = acc[mt][1];
-        ys[(mt * 16 + g + 8) * S + nt * 8 + 2 * t] = acc[mt][2];
-        ys[(mt * 16 + g + 8) * S + nt * 8 + 2 * t + 1] = acc[mt][3];
+        if (mt * 16 + g < m) {
+          ys[L::at(mt * 16 + g, nt * 8 + 2 * t)] = acc[mt][0];
+          ys[L::at(mt * 16 + g, nt * 8 + 2 * t + 1)] = acc[mt][1];
+        }
+        if (mt * 16 + g + 8 < m) {
+          ys[L::at(mt * 16 + g + 8, nt * 8 + 2 * t)] = acc[mt][2];
+          ys[L::at(mt * 16 + g + 8, nt * 8 + 2 * t + 1)] = acc[mt][3];
+        }
       }
     }
     __syncthreads();
   }
 
   float amax = 0.f;
-  const int chunks = m * P / 4;
-  for (int ci = threadIdx.x; ci < chunks; ci += THREADS) {
-    const int r = ci * 4 / P, c = ci * 4 % P;
-    const float4 w = *reinterpret_cast<const float4*>(ys + r * S + c);
-    amax = fmaxf(amax, fmaxf(fmaxf(fabsf(w.x), fabsf(w.y)), fmaxf(fabsf(w.z), fabsf(w.w))));
-  }
+  const int n = m * P;
+  for (int e = threadIdx.x; e < n; e += THREADS) amax = fmaxf(amax, fabsf(ys[L::at(e / P, e % P)]));
 #pragma unroll
   for (int j = 16; j; j >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, j));
   if (lane == 0) red[warp] = amax;
@@ -163,24 +219,21 @@ __global__ void __launch_bounds__(THREADS) hadamard_quant_kernel(const Args a) {
   float s = __fdiv_rn(a.clip * (amax * a.norm), a.qmax);
   s = s > 0.f ? s : 1.f;
   if (threadIdx.x == 0) a.s[blockIdx.x] = s;
-  int8_t* qt = a.q + (long long)blockIdx.x * m * P;
-  for (int ci = threadIdx.x; ci < chunks; ci += THREADS) {
+  char4* qt = reinterpret_cast<char4*>(a.q + (long long)blockIdx.x * n);
+  for (int ci = threadIdx.x; ci < n / 4; ci += THREADS) {
     const int r = ci * 4 / P, c = ci * 4 % P;
-    const float4 w = *reinterpret_cast<const float4*>(ys + r * S + c);
-    const float vals[4] = {w.x, w.y, w.z, w.w};
     char4 out;
     int8_t* o = reinterpret_cast<int8_t*>(&out);
 #pragma unroll
     for (int i = 0; i < 4; ++i)
-      o[i] = (int8_t)fminf(fmaxf(rintf(__fdiv_rn(vals[i] * a.norm, s)), -a.qmax - 1.f), a.qmax);
-    reinterpret_cast<char4*>(qt)[ci] = out;
+      o[i] = (int8_t)fminf(fmaxf(rintf(__fdiv_rn(ys[L::at(r, c + i)] * a.norm, s)), -a.qmax - 1.f), a.qmax);
+    qt[ci] = out;
   }
 }
 
 template <typename T, int P, int MP>
 int launch(const Args& a, int tokens, cudaStream_t stream) {
-  const int rows = MP ? MP : a.m;
-  const size_t smem = sizeof(float) * ((size_t)rows * (P + 8) + (size_t)MP * MP);
+  const size_t smem = sizeof(float) * ((size_t)a.m * Layout<P>::S + (size_t)MP * (MP + 4));
   static bool configured = false;  // the attribute is set once, before any CUDA-graph capture
   if (!configured) {
     const cudaError_t e = cudaFuncSetAttribute(hadamard_quant_kernel<T, P, MP>,
