@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -75,6 +76,12 @@ def criteria(rows: list[dict]) -> list[str]:
     return checks
 
 
+def checkpoint_name(shape: str, label: str) -> str:
+    """The folder a row's random checkpoint is written to and reused from, named after the shape and the row (a
+    name by position let a later ``--only`` subset reuse another row's checkpoint)."""
+    return f"{shape}-" + re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--set", choices=tuple(SETS), default="int_act")
@@ -90,8 +97,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     a = ap.parse_args(argv)
     chosen = {k: v for k, v in SETS[a.set].items() if not a.only or k in a.only.split(",")}
     paths = []
-    for i, (label, (kwargs, _)) in enumerate(chosen.items()):
-        path = a.ckpts / f"{a.shape}-{a.set}-{i}"
+    for label, (kwargs, _) in chosen.items():
+        path = a.ckpts / checkpoint_name(a.shape, label)
         if not (path / "config.json").is_file():
             write_random(a.shape, path, layers=1, seed=0, **kwargs)
             config = json.loads((path / "config.json").read_text())

@@ -5,8 +5,8 @@ Registered through the entry point group ``vllm.general_plugins`` (``tbq_kernels
 (results/decode-h200-v4: W4 g128 299.7 against 305.7 tok/s at batch 1, 3153 against 3541 at 16), so installing tbq
 leaves vLLM's choice alone. Turned on, ``register`` puts ``TbqDequantLinearKernel`` first among vLLM's
 CUDA mixed-precision linear kernels, so compressed-tensors' WNA16 scheme picks it for every layer the decode kernel
-can take (``decode_layout.check_decode_shape``), and W4A4/W4A8 channel-wise layers decode on it too
-(``turboboa_export.vllm_int_scheme``). Such a layer keeps two copies of its codes: the decode kernel's layout, used for
+can take (``decode_layout.check_decode_shape``); W4A4/W4A8 layers stay on CUTLASS (``turboboa_export.vllm_int_scheme``
+says why). Such a layer keeps two copies of its codes: the decode kernel's layout, used for
 up to 16 rows (decode), and the stock kernel vLLM would have chosen without us (Machete, Marlin, Humming, ...), used
 for more rows (prefill, large batches). Once on, vLLM's own switch skips it: ``VLLM_DISABLED_KERNELS=TbqDequantLinearKernel``.
 """

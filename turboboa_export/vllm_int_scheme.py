@@ -5,11 +5,10 @@ activations with the run's clip ratio (:mod:`tbq_kernels.int_act`). A derived on
 and applied together with the activation quantization (``tbq_kernels.hadamard_quant``: the input read once, int8
 codes written once). Paths:
 
-- CUDA, channel-wise: codes unpacked to int8 at load (1 byte per weight), CUTLASS int8 scaled-mm (exact sums) for
-  more than 16 tokens (and every size by default); with ``TBQ_VLLM_KERNELS=1``, up to 16 tokens (decode) run on
-  tbq's decode kernel on a second, int4 copy of the codes, after the online Hadamard in the activations' dtype
-  (``tbq_kernels.decode_gemm`` with ``act_bits``: integer codes of the activations times integer weights, float32
-  sums, exact up to float32 rounding);
+- CUDA, channel-wise: codes unpacked to int8 at load (1 byte per weight), CUTLASS int8 scaled-mm (exact sums) at
+  every token count. (Routing up to 16 tokens to tbq's decode kernel with ``act_bits``, as ``TBQ_VLLM_KERNELS=1``
+  did until 2026-12-02, ran W4A4 at 90 tok/s at batch 1 against 247 on CUTLASS, and 48k against 64k prompt tok/s
+  in prefill, probably because the codes then ran eagerly inside the dispatching op: results/int-act-h200-s9.)
 - CUDA, grouped: the weights stay packed and vLLM's W4A16 kernel (Machete/Marlin, as vLLM picks) multiplies the
   fake-quantized activations s_x q_x (exact up to their fp16/bf16 rounding);
 - elsewhere (vLLM's CPU build): ``tbq::int_gemm``, float64 integer sums.
@@ -27,12 +26,9 @@ from vllm.model_executor.parameter import (BasevLLMParameter, ChannelQuantScaleP
                                            PackedvLLMParameter)
 from vllm.platforms import current_platform
 
-from tbq_kernels.decode_gemm import decode_gemm
-from tbq_kernels.decode_layout import check_decode_shape, from_compressed_tensors
 from tbq_kernels.hadamard_quant import hadamard_quant_op
 from tbq_kernels.int_act import ACT_BITS, int8_weight, int_gemm_op, int_linear_cutlass, quantize_act
 from tbq_kernels.layout import DequantWeight
-from tbq_kernels.vllm_plugin import decode_linear, enabled, register_linear
 
 
 def int_act_refusal(weights: QuantizationArgs, acts: QuantizationArgs) -> str | None:
@@ -62,7 +58,6 @@ class TbqIntActScheme(CompressedTensorsScheme):
         self.wna16 = (CompressedTensorsWNA16(strategy="group", num_bits=4, group_size=self.group_size, symmetric=True,
                                              layer_name=layer_name) if self.path == "wna16" else None)
         self.hadamard_p: int | None = None  # Sylvester order of a fused input Hadamard (None: none)
-        self.rotate = lambda x: x  # the fused input Hadamard alone, in x's dtype (the decode kernel's input)
 
     @classmethod
     def get_min_capability(cls) -> int:
@@ -99,11 +94,11 @@ class TbqIntActScheme(CompressedTensorsScheme):
 
     def fuse_input_hadamard(self, layer: torch.nn.Module, transform) -> None:
         """Take over ``transform``'s derived online Hadamard (``vllm_classes.TbqHadamardTransform``: H_m^T / sqrt(m)
-        as ``base`` or None, Sylvester order ``p``, ``rotate(x)``): applied from here on inside the activation
-        quantization; the transform module then passes its input through."""
+        as ``base`` or None, Sylvester order ``p``): applied from here on inside the activation quantization; the
+        transform module then passes its input through."""
         base = transform.base
         layer.register_buffer("tbq_hadamard_base", None if base is None else base.float(), persistent=False)
-        self.hadamard_p, self.rotate = transform.p, transform.rotate
+        self.hadamard_p = transform.p
 
     def codes(self, layer: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-token codes (int8 [M, K]) and scales (float32 [M, 1]) of the layer's input x [M, K], after the fused
@@ -123,24 +118,13 @@ class TbqIntActScheme(CompressedTensorsScheme):
             del layer.weight_packed, layer.weight_scale
             layer.register_parameter("weight_int8", torch.nn.Parameter(w8, requires_grad=False))
             layer.register_parameter("weight_scale_f32", torch.nn.Parameter(s_w, requires_grad=False))
-            self.decode_key = None
-            if enabled() and check_decode_shape(packed.shape[0], k, 4, k) is None:
-                w = from_compressed_tensors(packed, scale, 4, k, dtype=scale.dtype)
-                self.decode_key = register_linear(
-                    layer, w.codes,
-                    lambda x: decode_gemm(self.rotate(x), w, act_bits=self.act_bits, act_clip=self.clip),
-                    lambda x: int_linear_cutlass(*self.codes(layer, x), layer.weight_int8, layer.weight_scale_f32,
-                                                 x.dtype))
             return
         for name in ("weight_packed", "weight_scale"):  # plain tensors from here on (what the op takes)
             setattr(layer, name, torch.nn.Parameter(getattr(layer, name).data.contiguous(), requires_grad=False))
 
     def apply_weights(self, layer: torch.nn.Module, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         x2 = x.reshape(-1, x.shape[-1])
-        if self.path == "cutlass" and self.decode_key is not None:
-            y = decode_linear(x2, layer.tbq_codes, self.decode_key)
-            y = y if bias is None else y + bias
-        elif self.path == "cutlass":
+        if self.path == "cutlass":
             y = int_linear_cutlass(*self.codes(layer, x2), layer.weight_int8, layer.weight_scale_f32, x.dtype, bias)
         elif self.wna16 is not None:  # the fake-quantized activations s_x q_x through vLLM's W4A16 kernel
             q, s_x = self.codes(layer, x2)
