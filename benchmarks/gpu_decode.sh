@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# GPU job for tbq's decode kernel (issue 17) and W4A4/W4A8 decode on it (issue 15), on one H200. Writes under $RES.
+# GPU job for tbq's decode kernel (issue 17) and the W4A4/W4A8 activation side (issue 15), on one H200. Writes under
+# $RES.
 # Stages, in order (STAGES="a b" runs only those):
-#   cuda_tests: the decode kernel and the integer-activation paths against float64 (tests/test_decode_gemm.py,
-#               tests/test_int_act.py);
+#   cuda_tests: the decode kernel, the integer-activation paths and the online Hadamards against float64
+#               (tests/test_decode_gemm.py, test_int_act.py, test_hadamard_quant.py, test_hadamard_mix.py);
 #   layers:     per-layer time against cuBLAS fp16, Marlin, Machete, Humming (tbq_kernels.benchmarks.decode_shapes);
 #   decode:     vLLM tok/s, LLaMA-2-7B shapes, W4/W3/W2 g128, tbq's kernel against stock (int_act_serving --set decode);
 #   int_act_ops: the activation ops of a W4A4 layer against stock W8A8's, per op (tbq_kernels.benchmarks.int_act_ops);
 #   int_act:    vLLM tok/s, Llama-3-8B shapes, decode at batch 1/16/128 and prefill 8 x 2048: W4A4/W4A8 channel
-#               against fp16, stock W8A8 and W4A16 Marlin (--set int_act; INT_ACT_ONLY picks the rows).
+#               against fp16, stock W8A8 and W4A16 Marlin (--set int_act; INT_ACT_ONLY picks the rows;
+#               TBQ_VLLM_KERNELS=1 only matters to the "W4A16 g128 (tbq decode)" row).
 # Needs vLLM 0.25.1 and its deps (humming-kernels for W3/W2) on PYTHONPATH and tbq's plugins visible to vLLM
 # (docs/gpu.md: the entry-point-only dist-info).
 set -u

@@ -28,7 +28,7 @@ stage() { echo "$(date +%T) $*" >> "$RES/stages.txt"; }
 
 cuda_tests() {
   python3 -m pytest -q -p no:cacheprovider tests/test_online_rotation.py tests/test_int_act.py \
-    tests/test_hadamard_mix.py -k "cuda or plans" > "$RES/cuda_tests.txt" 2>&1
+    tests/test_hadamard_mix.py tests/test_hadamard_quant.py -k "cuda or plans" > "$RES/cuda_tests.txt" 2>&1
 }
 protocol() {
   export CUDA_VISIBLE_DEVICES=${SMOL_GPU:-0}

@@ -1,8 +1,8 @@
 """``decode_gemm``: y = x W^T for a few rows of x (M <= 16, decode) on the CUDA kernel ``csrc/decode_gemm.cu``.
 
 The kernel is compiled with nvcc the first time it is used on a GPU model and cached (``build.compiled``); it is
-called through ctypes on the current CUDA stream, so it can be captured in CUDA graphs. ``decode_gemm_op`` is the torch custom op
-(``tbq::decode_gemm``) that vLLM's torch.compile traces around.
+called through ctypes on the current CUDA stream, so it can be captured in CUDA graphs. ``decode_gemm_op`` is the
+torch custom op (``tbq::decode_gemm``) that vLLM's torch.compile traces around.
 """
 
 from __future__ import annotations

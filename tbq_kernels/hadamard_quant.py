@@ -19,7 +19,7 @@ import math
 
 import torch
 
-from turboboa_export.rotation.hadamard import sylvester_transform
+from turboboa_export.rotation.hadamard import apply_online_rotation, kron_transform
 from turboboa_export.rotation.online import activation_codes
 
 from .build import CSRC, compiled
@@ -27,40 +27,47 @@ from .int_act import act_qmax
 
 ORDERS = (64, 128, 256, 512, 1024)  # Sylvester orders p the kernel is built for
 PADDED_ROWS = (16, 32, 64)  # the mix's rows m, padded to one of these (tensor-core tiles of 16)
-MAX_SHARED = 160 * 1024  # bytes of shared memory one block may take
 
 
-def kernel_plan(n: int, base_t: torch.Tensor | None, p: int) -> int | None:
+def shared_bytes(m: int, padded: int, p: int) -> int:
+    """Shared memory of one block (as csrc/hadamard_quant.cu allocates it): the token's m rows in float32, P + 40
+    words apart, and the padded sign matrix (padded x (padded + 4) words; 0 without the mix)."""
+    return 4 * (m * (p + 40) + padded * (padded + 4))
+
+
+def kernel_plan(n: int, base_t: torch.Tensor | None, p: int, max_shared: int) -> int | None:
     """The padded row count the CUDA kernel runs an n-wide input with (0: no mix, block-diagonal or m = 1), or None
-    where it is not built for it (the caller takes the float32 torch path): p in :data:`ORDERS`, m = n / p rows at
-    most 64 when mixed, the token's float32 copy within :data:`MAX_SHARED`. ValueError when ``base_t`` is not [m, m]."""
+    where it is not built for it: p in :data:`ORDERS`, m = n / p rows at most 64 when mixed, :func:`shared_bytes`
+    within ``max_shared`` (the device's opt-in limit per block, bytes). ValueError when ``base_t`` is not [m, m]."""
     if p not in ORDERS or n % p:
         return None
     m = n // p
     if base_t is not None and tuple(base_t.shape) != (m, m):
         raise ValueError(f"base must be [{m}, {m}] for n={n}, p={p}, got {list(base_t.shape)}")
-    if base_t is None:
-        padded = 0
-    else:
-        padded = next((r for r in PADDED_ROWS if r >= m), None)
-        if padded is None:
-            return None
-    return padded if 4 * (m * (p + 40) + padded * (padded + 4)) <= MAX_SHARED else None
+    padded = 0 if base_t is None else next((r for r in PADDED_ROWS if r >= m), None)
+    if padded is None or shared_bytes(m, padded, p) > max_shared:
+        return None
+    return padded
+
+
+def device_shared(device: torch.device) -> int:
+    """The opt-in shared memory per block of a CUDA device, bytes (H100/H200: 227 KiB; sm86/sm89: 99 KiB)."""
+    return torch.cuda.get_device_properties(device).shared_memory_per_block_optin
 
 
 def fusable(n: int, base_t: torch.Tensor | None, p: int, device: torch.device) -> bool:
     """Whether :func:`hadamard_quant` runs fused on ``device`` for this transform: always off CUDA (the float32 torch
     path is the portable one), on CUDA where :func:`kernel_plan` allows (elsewhere serving keeps the two-pass
     transform in the activations' dtype, then the codes)."""
-    return device.type != "cuda" or kernel_plan(n, base_t, p) is not None
+    return device.type != "cuda" or kernel_plan(n, base_t, p, device_shared(device)) is not None
 
 
 def transform_torch(x: torch.Tensor, base_t: torch.Tensor | None, p: int) -> torch.Tensor:
-    """y = x H in float32 by butterflies and one [m, m] product (any device): the fallback of :func:`hadamard_quant`."""
-    y = sylvester_transform(x.float().reshape(x.shape[0], x.shape[1] // p, p))
-    if base_t is not None:
-        y = torch.matmul(base_t, y)
-    return y.reshape(x.shape)
+    """y = x H -> float32 [T, n] for x [T, n] (any float dtype and device; ``base_t`` float32 [m, m] or None as in
+    :func:`hadamard_quant`): tbq's butterflies (``rotation.hadamard``) in float32, the fallback of :func:`hadamard_quant`."""
+    if base_t is None:
+        return apply_online_rotation(x.float(), p)
+    return kron_transform(x.float(), base_t)
 
 
 @functools.cache
@@ -82,11 +89,17 @@ def hadamard_quant(x: torch.Tensor, base_t: torch.Tensor | None, p: int, bits: i
     :func:`kernel_plan` allows, float32 torch elsewhere. ValueError for a bad width, dtype or shape; RuntimeError when
     the build or the launch fails."""
     qmax = act_qmax(bits)
+    if not 0 < clip <= 1:
+        raise ValueError(f"the activation clip ratio must be in (0, 1], got {clip}")
     if x.dim() != 2 or x.shape[1] % p:
         raise ValueError(f"x must be [T, n] with n a multiple of p={p}, got {list(x.shape)}")
-    if base_t is not None and (base_t.dtype != torch.float32 or base_t.device != x.device):
-        raise ValueError(f"base must be float32 on {x.device}, got {base_t.dtype} on {base_t.device}")
-    padded = kernel_plan(x.shape[1], base_t, p) if x.is_cuda and x.dtype in (torch.float16, torch.bfloat16) else None
+    m = x.shape[1] // p
+    if base_t is not None and (base_t.dtype != torch.float32 or base_t.device != x.device or
+                               tuple(base_t.shape) != (m, m)):
+        raise ValueError(f"base must be float32 [{m}, {m}] on {x.device}, got {base_t.dtype} {list(base_t.shape)} "
+                         f"on {base_t.device}")
+    padded = (kernel_plan(x.shape[1], base_t, p, device_shared(x.device))
+              if x.is_cuda and x.dtype in (torch.float16, torch.bfloat16) else None)
     if padded is None:
         q, s = activation_codes(transform_torch(x, base_t, p), bits, clip)
         return q.to(torch.int8), s
@@ -100,10 +113,11 @@ def hadamard_quant(x: torch.Tensor, base_t: torch.Tensor | None, p: int, bits: i
     if t:
         base = base_t.contiguous() if base_t is not None else None
         norm = 1 / math.sqrt(n if base_t is not None else p)
-        err = library(torch.cuda.get_device_capability(x.device)).tbq_hadamard_quant(
-            0 if x.dtype == torch.float16 else 1, x.data_ptr(), x.stride(0), None if base is None else base.data_ptr(),
-            n // p, p, padded, t, q.data_ptr(), s.data_ptr(), norm, clip, float(qmax),
-            torch.cuda.current_stream(x.device).cuda_stream)
+        with torch.cuda.device(x.device):  # the launch sets the kernel's shared-memory limit for the current device
+            err = library(torch.cuda.get_device_capability(x.device)).tbq_hadamard_quant(
+                0 if x.dtype == torch.float16 else 1, x.data_ptr(), x.stride(0),
+                None if base is None else base.data_ptr(), m, p, padded, t, q.data_ptr(), s.data_ptr(), norm, clip,
+                float(qmax), torch.cuda.current_stream(x.device).cuda_stream)
         if err:
             raise RuntimeError(f"hadamard_quant launch failed with CUDA error {err}")
     return q, s

@@ -15,8 +15,8 @@ fake quantization, ``turboboa_export.rotation.online.quantize_activations``) and
 - ``hadamard_quant``: the same codes after the online Hadamard of down_proj's input, in one CUDA pass;
 - :func:`int8_weight` + :func:`int_linear_cutlass` (CUDA, channel-wise weights): the codes unpacked once to int8
   and vLLM's CUTLASS int8 scaled-mm with per-token x per-channel scales: exact integer sums on the int8 tensor cores;
-- grouped weights on CUDA: vLLM's own W4A16 kernel on ``quantize_activations``' output (exact up to the fp16
-  rounding of s_x q_x; wired in ``turboboa_export.vllm_int_scheme``);
+- grouped weights on CUDA: vLLM's own W4A16 kernel on the fake-quantized s_x q_x (exact up to its fp16 rounding;
+  wired in ``turboboa_export.vllm_int_scheme``);
 - :func:`int_gemm` (``torch.ops.tbq.int_gemm``): the same sums in float64 matmuls on any device (exact: every
   partial sum is an integer below 2^53), so vLLM's CPU build serves W4A4 too.
 A fused kernel reading the packed int4 weights (Triton, int8 tl.dot) measured 2-5x slower than CUTLASS and cuBLAS

@@ -9,14 +9,15 @@ import os
 import pytest
 import torch
 
-from tbq_kernels.hadamard_quant import fusable, hadamard_quant, hadamard_quant_op, kernel_plan
+from tbq_kernels.hadamard_quant import fusable, hadamard_quant, hadamard_quant_op, kernel_plan, shared_bytes
 from tbq_kernels.reference import hadamard_quant_ref
 from turboboa_export.rotation.hadamard import base_matrix, factor, hadamard_matrix, sylvester
 
-# (n, block): the full H_n (block None; m = 28, 12, 44 and 20 padded to 32, 16, 64, 32; m = 1) or block-diagonal
-# Sylvester blocks (56 of 64); 12 x 16 and 344 x 32 are not in the kernel (the float32 torch path on every device)
-CASES = [(28 * 512, None), (12 * 64, None), (44 * 128, None), (20 * 256, None), (1024, None), (56 * 64, 64),
-         (4 * 256, 256), (12 * 16, None), (344 * 32, None)]
+# (n, block): the full H_n (block None; m = 28, 12, 44 and 20 padded to 32, 16, 64, 32; m = 1; 28 x 1024, Llama-3-70B's
+# down_proj) or block-diagonal Sylvester blocks (56 of 64); 12 x 16 and 344 x 32 are not in the kernel (the float32
+# torch path on every device)
+CASES = [(28 * 512, None), (12 * 64, None), (44 * 128, None), (20 * 256, None), (1024, None), (28 * 1024, None),
+         (56 * 64, 64), (4 * 256, 256), (12 * 16, None), (344 * 32, None)]
 
 
 def seed() -> int:
@@ -70,22 +71,32 @@ def test_torch_path_matches_reference(n, block, bits, clip):
 
 
 def test_plan_and_errors():
-    """Which shapes the kernel takes (padded rows; 0 without the mix) and the one-line errors."""
-    assert kernel_plan(28 * 512, torch.zeros(28, 28), 512) == 32
-    assert kernel_plan(44 * 128, torch.zeros(44, 44), 128) == 64
-    assert kernel_plan(1024, None, 1024) == 0 and kernel_plan(56 * 64, None, 64) == 0
-    assert kernel_plan(344 * 32, torch.zeros(344, 344), 32) is None  # p = 32 is not built
-    assert kernel_plan(28 * 2048, torch.zeros(28, 28), 2048) is None  # p = 2048 is not built
-    assert kernel_plan(80 * 512, torch.zeros(80, 80), 512) is None  # more than 64 rows to mix
-    assert kernel_plan(64 * 1024, None, 1024) is None  # the token's float32 copy exceeds the shared memory
+    """Which shapes the kernel takes (padded rows; 0 without the mix), its shared-memory bound, and the one-line
+    errors."""
+    big = 160 * 1024
+    assert kernel_plan(28 * 512, torch.zeros(28, 28), 512, big) == 32
+    assert kernel_plan(44 * 128, torch.zeros(44, 44), 128, big) == 64
+    assert kernel_plan(1024, None, 1024, big) == 0 and kernel_plan(56 * 64, None, 64, big) == 0
+    assert kernel_plan(344 * 32, torch.zeros(344, 344), 32, big) is None  # p = 32 is not built
+    assert kernel_plan(28 * 2048, torch.zeros(28, 28), 2048, big) is None  # p = 2048 is not built
+    assert kernel_plan(80 * 512, torch.zeros(80, 80), 512, big) is None  # more than 64 rows to mix
+    # the bound counts the padded rows and the sign matrix: 28 x 1064 + 32 x 36 words
+    need = 4 * (28 * 1064 + 32 * 36)
+    assert shared_bytes(28, 32, 1024) == need
+    assert kernel_plan(28 * 1024, torch.zeros(28, 28), 1024, need) == 32
+    assert kernel_plan(28 * 1024, torch.zeros(28, 28), 1024, need - 4) is None
+    assert kernel_plan(28 * 1024, torch.zeros(28, 28), 1024, 99 * 1024) is None  # sm86/sm89's 99 KiB
     assert fusable(344 * 32, torch.zeros(344, 344), 32, torch.device("cpu"))
-    assert not fusable(344 * 32, torch.zeros(344, 344), 32, torch.device("cuda"))
     with pytest.raises(ValueError, match=r"base must be \[28, 28\]"):
-        kernel_plan(28 * 512, torch.zeros(12, 12), 512)
+        kernel_plan(28 * 512, torch.zeros(12, 12), 512, big)
     with pytest.raises(ValueError, match="multiple of p=64"):
         hadamard_quant(torch.zeros(2, 100), None, 64, 4, 1.0)
-    with pytest.raises(ValueError, match="base must be float32"):
+    with pytest.raises(ValueError, match=r"base must be float32 \[28, 28\]"):
         hadamard_quant(torch.zeros(2, 28 * 16), torch.zeros(28, 28, dtype=torch.float16), 16, 4, 1.0)
+    with pytest.raises(ValueError, match=r"base must be float32 \[28, 28\]"):
+        hadamard_quant(torch.zeros(2, 28 * 16), torch.zeros(12, 12), 16, 4, 1.0)
+    with pytest.raises(ValueError, match="clip ratio"):
+        hadamard_quant(torch.zeros(2, 128), None, 64, 4, 0.0)
     with pytest.raises(ValueError, match="one of"):
         hadamard_quant(torch.zeros(2, 128), None, 64, 3, 1.0)
 
@@ -94,17 +105,26 @@ def test_plan_and_errors():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("bits,clip", [(4, 0.9), (8, 1.0)])
-def test_kernel_matches_reference_on_cuda(dtype, bits, clip):
+def test_kernel_matches_reference_on_cuda(dtype, bits, clip, monkeypatch):
     """Every case (the kernel's and the fallback's), token counts 0 to 3000, strided rows, an input 8 bytes off a
     16-byte boundary (copied); the mix's tf32 operands keep 10 mantissa bits, so scales may move by 2e-3 and a code by
     one step next to a rounding boundary."""
+    import tbq_kernels.hadamard_quant as hq
+
     gen = torch.Generator().manual_seed(seed())
+    ran = 0
     for n, block in CASES:
         h, base_t, p = rotation(n, block)
-        for t in (0, 1, 17, 3000 if n <= 4096 else 300):
-            wide = activations(max(t, 2), n + 8, gen)[:t].to("cuda", dtype)
-            x = wide[:, 4:-4] if t == 17 else wide[:, 8:]
-            q, s = hadamard_quant(x, None if base_t is None else base_t.to("cuda", torch.float32), p, bits, clip)
-            assert q.shape == x.shape and q.is_cuda
-            if t:
-                check_codes(q, s, x.double(), h, bits, clip, 2e-3)
+        on_kernel = kernel_plan(n, base_t, p, hq.device_shared(torch.device("cuda"))) is not None
+        ran += on_kernel
+        with monkeypatch.context() as patch:
+            if on_kernel:  # a silent fall back to the torch path would fail here
+                patch.setattr(hq, "transform_torch", lambda *a: (_ for _ in ()).throw(AssertionError("fell back")))
+            for t in (0, 1, 17, 3000 if n <= 4096 else 300):
+                wide = activations(max(t, 2), n + 8, gen)[:t].to("cuda", dtype)
+                x = wide[:, 4:-4] if t == 17 else wide[:, 8:]
+                q, s = hadamard_quant(x, None if base_t is None else base_t.to("cuda", torch.float32), p, bits, clip)
+                assert q.shape == x.shape and q.is_cuda
+                if t:
+                    check_codes(q, s, x.double(), h, bits, clip, 2e-3)
+    assert ran >= 7  # every case but the two the kernel is not built for ran on it (on an H100/H200)

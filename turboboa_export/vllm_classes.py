@@ -97,12 +97,12 @@ class TbqHadamardTransform(HadamardTransform):
         syl = sylvester_gemm_matrix(p, where, dtype)
         self.register_buffer("base", base, persistent=False)
         self.register_buffer("syl", syl, persistent=False)
-        self.p = p
         # a W4A4/W4A8 layer takes the transform into its activation quantization (one pass: tbq::hadamard_quant)
         scheme = getattr(layer, "scheme", None)
-        self.fused = isinstance(scheme, TbqIntActScheme) and fusable(n, base, p, where)
+        base32 = base_matrix(m).T.to(where, torch.float32).contiguous() if m > 1 else None
+        self.fused = isinstance(scheme, TbqIntActScheme) and fusable(n, base32, p, where)
         if self.fused:
-            scheme.fuse_input_hadamard(layer, self)
+            scheme.fuse_input_hadamard(layer, base32, p)
 
     def process_weights_after_loading(self):
         if not self.derived:

@@ -6,9 +6,7 @@ and applied together with the activation quantization (``tbq_kernels.hadamard_qu
 codes written once). Paths:
 
 - CUDA, channel-wise: codes unpacked to int8 at load (1 byte per weight), CUTLASS int8 scaled-mm (exact sums) at
-  every token count. (Routing up to 16 tokens to tbq's decode kernel with ``act_bits``, as ``TBQ_VLLM_KERNELS=1``
-  did until 2026-12-02, ran W4A4 at 90 tok/s at batch 1 against 247 on CUTLASS, and 48k against 64k prompt tok/s
-  in prefill, probably because the codes then ran eagerly inside the dispatching op: results/int-act-h200-s9.)
+  every token count (tbq's decode kernel was slower here: docs/results.md, 2026-12-02);
 - CUDA, grouped: the weights stay packed and vLLM's W4A16 kernel (Machete/Marlin, as vLLM picks) multiplies the
   fake-quantized activations s_x q_x (exact up to their fp16/bf16 rounding);
 - elsewhere (vLLM's CPU build): ``tbq::int_gemm``, float64 integer sums.
@@ -92,13 +90,12 @@ class TbqIntActScheme(CompressedTensorsScheme):
         layer.register_parameter("weight_shape", shape)
         layer.tbq_group_size = group
 
-    def fuse_input_hadamard(self, layer: torch.nn.Module, transform) -> None:
-        """Take over ``transform``'s derived online Hadamard (``vllm_classes.TbqHadamardTransform``: H_m^T / sqrt(m)
-        as ``base`` or None, Sylvester order ``p``): applied from here on inside the activation quantization; the
-        transform module then passes its input through."""
-        base = transform.base
-        layer.register_buffer("tbq_hadamard_base", None if base is None else base.float(), persistent=False)
-        self.hadamard_p = transform.p
+    def fuse_input_hadamard(self, layer: torch.nn.Module, base_t: torch.Tensor | None, p: int) -> None:
+        """Apply the layer's derived online Hadamard from here on inside the activation quantization (the transform
+        module, ``vllm_classes.TbqHadamardTransform``, then passes its input through): ``base_t`` H_m^T / sqrt(m)
+        float32 [m, m] on the layer's device (None: Sylvester blocks of ``p`` alone), ``p`` the Sylvester order."""
+        layer.register_buffer("tbq_hadamard_base", base_t, persistent=False)
+        self.hadamard_p = p
 
     def codes(self, layer: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-token codes (int8 [M, K]) and scales (float32 [M, 1]) of the layer's input x [M, K], after the fused

@@ -234,14 +234,19 @@ __global__ void __launch_bounds__(THREADS) hadamard_quant_kernel(const Args a) {
 template <typename T, int P, int MP>
 int launch(const Args& a, int tokens, cudaStream_t stream) {
   const size_t smem = sizeof(float) * ((size_t)a.m * Layout<P>::S + (size_t)MP * (MP + 4));
-  static bool configured = false;  // the attribute is set once, before any CUDA-graph capture
-  if (!configured) {
-    const cudaError_t e = cudaFuncSetAttribute(hadamard_quant_kernel<T, P, MP>,
-                                               cudaFuncAttributeMaxDynamicSharedMemorySize, 160 * 1024);
+  constexpr int DEVICES = 64;
+  static bool configured[DEVICES] = {};  // the attribute is set once per device, before any CUDA-graph capture
+  int device = 0, limit = 0;
+  cudaError_t e = cudaGetDevice(&device);
+  if (e != cudaSuccess) return (int)e;
+  e = cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  if (e != cudaSuccess) return (int)e;
+  if (smem > (size_t)limit || device >= DEVICES) return -1;
+  if (!configured[device]) {
+    e = cudaFuncSetAttribute(hadamard_quant_kernel<T, P, MP>, cudaFuncAttributeMaxDynamicSharedMemorySize, limit);
     if (e != cudaSuccess) return (int)e;
-    configured = true;
+    configured[device] = true;
   }
-  if (smem > 160 * 1024) return -1;
   hadamard_quant_kernel<T, P, MP><<<tokens, THREADS, smem, stream>>>(a);
   return (int)cudaGetLastError();
 }
