@@ -70,6 +70,15 @@ def test_torch_path_matches_reference(n, block, bits, clip):
     assert torch.equal(q, q2) and torch.equal(s, s2)
 
 
+def test_custom_op_passes_torch_opcheck():
+    """The op's schema, fake (shapes and dtypes for torch.compile tracing) and eager results agree (torch.library.opcheck)."""
+    gen = torch.Generator().manual_seed(seed())
+    h, base_t, p = rotation(12 * 64, None)
+    x = activations(5, 12 * 64, gen).float()
+    torch.library.opcheck(hadamard_quant_op, (x, base_t.float(), p, 4, 0.9))
+    torch.library.opcheck(hadamard_quant_op, (x, None, 64, 8, 1.0))
+
+
 def test_plan_and_errors():
     """Which shapes the kernel takes (padded rows; 0 without the mix), its shared-memory bound, and the one-line
     errors."""
