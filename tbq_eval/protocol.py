@@ -3,6 +3,7 @@ held-out perplexity of each run (and of the unquantized model), with ``--c4`` al
 (never used for calibration). Appends one JSON line per run to OUT/results.jsonl.
 
     python -m tbq_eval.protocol --model smollm2-135m --runs rtn:w3,gptq:w3,turboboa:w3-g64 --out results/ [--fp] [--c4]
+        [--calib-dataset exl2-c4 --nsamples 16 --seqlen 512]   (issue 20's small-calibration table)
 
 A run is METHOD:PRESET, optionally followed by ``:rot`` (Hadamard rotation; ``:blockB`` makes its online part
 block-diagonal, ``--online-rotation block:B``), ``:a4`` / ``:a8`` (per-token activation bits) and ``:kv4`` / ``:kv8``
@@ -31,6 +32,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     ap.add_argument("--holdout", type=int, default=2, help="held-out windows drawn after the calibrating ones (the "
                                                           "calibrating windows stay those of section 8)")
     ap.add_argument("--seqlen", type=int, default=2048)
+    ap.add_argument("--calib-dataset", default="exl2-wiki", help="calibration text (section 8: exl2-wiki's first 80%%; "
+                                                                    "exl2-c4 or a text file for other tables)")
+    ap.add_argument("--eval-dataset", default="exl2-wiki", help="perplexity text (its held-out split)")
+    ap.add_argument("--eval-seqlen", type=int, default=2048, help="perplexity window length")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default="auto", help="evaluation dtype (auto: each model's own)")
     ap.add_argument("--fp", action="store_true", help="also evaluate the unquantized model")
@@ -39,7 +44,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     a.out.mkdir(parents=True, exist_ok=True)
     device = pick_device(a.device)
     log = a.out / "results.jsonl"
-    texts = {"ppl": "exl2-wiki"} | ({"c4_ppl": "exl2-c4"} if a.c4 else {})
+    texts = {"ppl": a.eval_dataset} | ({"c4_ppl": "exl2-c4"} if a.c4 else {})
     cached: dict = {}
 
     def record(row: dict) -> None:
@@ -51,7 +56,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
         model, tok = load_for_eval(target, torch_dtype(a.dtype))
         for key, dataset in texts.items():
             if key not in cached:
-                cached[key] = eval_windows(tok, dataset, 2048)
+                cached[key] = eval_windows(tok, dataset, a.eval_seqlen)
         return {key: perplexity(model, cached[key], device, progress=False) for key in texts}
 
     if a.fp:
@@ -70,7 +75,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
                      "kv_bits": next((int(e[2:]) for e in extra if e in ("kv4", "kv8")), None)}
         print(f"[{n}/{len(items)}] {item}: quantizing", flush=True)
         cfg = build_config(a.model, preset=preset, quant={"method": method}, transform=transform,
-                           calib={"dataset": "exl2-wiki", "nsamples": a.nsamples + a.holdout, "holdout": a.holdout,
+                           calib={"dataset": a.calib_dataset, "nsamples": a.nsamples + a.holdout, "holdout": a.holdout,
                                   "seqlen": a.seqlen, "seed": 0},
                            device=str(device))
         name = "-".join([method, preset, *extra])
@@ -80,6 +85,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
         wall = time.time() - t0
         info = json.loads((run_dir / "run.json").read_text())
         record({"run": name, "method": method, "preset": preset, "group_size": -1, **PRESETS[preset], **transform,
+                "calib": f"{a.calib_dataset} {a.nsamples}x{a.seqlen}",
                 **ppl_of(str(run_dir)), "quantize_s": info["timings"]["quantize_seconds"], "wall_s": wall})
 
 

@@ -21,7 +21,8 @@ CSRC = Path(__file__).with_name("csrc")
 def nvcc() -> str:
     """The nvcc to build with: $CUDA_HOME/bin/nvcc, else the one on PATH; a one-line error when there is none."""
     home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
-    found = str(Path(home) / "bin" / "nvcc") if home and (Path(home) / "bin" / "nvcc").is_file() else shutil.which("nvcc")
+    local = Path(home) / "bin" / "nvcc" if home else None
+    found = str(local) if local is not None and local.is_file() else shutil.which("nvcc")
     if not found:
         raise RuntimeError("tbq's CUDA kernels are built with nvcc, which was not found; install the CUDA toolkit or "
                            "set CUDA_HOME")

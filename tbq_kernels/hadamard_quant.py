@@ -64,7 +64,7 @@ def fusable(n: int, base_t: torch.Tensor | None, p: int, device: torch.device) -
 
 def transform_torch(x: torch.Tensor, base_t: torch.Tensor | None, p: int) -> torch.Tensor:
     """y = x H -> float32 [T, n] for x [T, n] (any float dtype and device; ``base_t`` float32 [m, m] or None as in
-    :func:`hadamard_quant`): tbq's butterflies (``rotation.hadamard``) in float32, the fallback of :func:`hadamard_quant`."""
+    :func:`hadamard_quant`): ``rotation.hadamard``'s butterflies in float32, :func:`hadamard_quant`'s fallback."""
     if base_t is None:
         return apply_online_rotation(x.float(), p)
     return kron_transform(x.float(), base_t)

@@ -50,6 +50,26 @@ def test_ppl_of_run_and_model_match_float64_reference(tiny_run, tiny_models, cal
     assert fp["ppl"] != q["ppl"]  # the run is evaluated with its own (quantized) weights
 
 
+def test_protocol_calibrates_and_evaluates_on_the_texts_asked(tiny_models, calib_text, tmp_path):
+    """``--calib-dataset`` reaches each run's calibration (run.json), ``--eval-dataset``/``--eval-seqlen`` the
+    perplexity, which equals tbq eval ppl on the same run and windows; one JSON line per run, the calibration named."""
+    from tbq_eval import protocol
+
+    out = tmp_path / "proto"
+    protocol.main(["--model", str(tiny_models["llama"]), "--runs", "rtn:w4-g64,gptq:w3", "--out", str(out),
+                   "--calib-dataset", str(calib_text), "--nsamples", "2", "--holdout", "1", "--seqlen", "32",
+                   "--eval-dataset", str(calib_text), "--eval-seqlen", "40", "--device", "cpu", "--fp"])
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [r["run"] for r in rows] == ["fp", "rtn-w4-g64", "gptq-w3"]
+    for row in rows[1:]:
+        assert row["calib"] == f"{calib_text} 2x32"
+        run = json.loads((out / row["run"] / "run.json").read_text())
+        assert run["config"]["calib"]["dataset"] == str(calib_text)
+        want = ppl_mod.main([str(out / row["run"]), "--dataset", str(calib_text), "--seqlen", "40",
+                             "--device", "cpu"])["ppl"]
+        assert math.isclose(row["ppl"], want, rel_tol=1e-6), (row, want)
+
+
 def test_ppl_too_short_text_is_a_clear_error(tiny_run, tmp_path):
     short = tmp_path / "short.txt"
     short.write_text("the river")

@@ -71,7 +71,7 @@ def test_torch_path_matches_reference(n, block, bits, clip):
 
 
 def test_custom_op_passes_torch_opcheck():
-    """The op's schema, fake (shapes and dtypes for torch.compile tracing) and eager results agree (torch.library.opcheck)."""
+    """The op's schema, its fake (shapes and dtypes for torch.compile) and its eager results agree (opcheck)."""
     gen = torch.Generator().manual_seed(seed())
     h, base_t, p = rotation(12 * 64, None)
     x = activations(5, 12 * 64, gen).float()
