@@ -26,3 +26,26 @@ def test_serving_rows_never_share_a_checkpoint_they_differ_in():
                 folder = bench.checkpoint_name(shape, label)
                 assert folder_of.setdefault(folder, kwargs) == kwargs, (folder, label)
         assert len(folder_of) >= len(bench.INT_ACT)
+
+
+def test_calibration_table_orders_and_tolerance(tmp_path):
+    """The issue-20 checks: strict order at 3 bits, 0.5% tolerance at 4 bits and for BoA <= GPTQ; the table reads
+    each lane's results.jsonl (model and calibration from the folder name)."""
+    import json
+
+    table = load("calib_table")
+    assert table.order_checks({"turboboa": 10.0, "gptq": 11.0, "rtn": 12.0, "boa": 11.04}, 3) == [
+        "TurboBoA < GPTQ < RTN PASS", "BoA <= GPTQ PASS"]
+    assert table.order_checks({"turboboa": 11.0, "gptq": 11.0, "rtn": 12.0}, 3) == ["TurboBoA < GPTQ < RTN FAIL"]
+    assert table.order_checks({"turboboa": 11.04, "gptq": 11.0, "rtn": 11.0}, 4) == ["TurboBoA <= GPTQ <= RTN PASS"]
+    assert table.order_checks({"turboboa": 11.1, "gptq": 11.0, "rtn": 12.0}, 4) == ["TurboBoA <= GPTQ <= RTN FAIL"]
+    assert table.order_checks({"boa": 11.1, "gptq": 11.0}, 4) == ["BoA <= GPTQ FAIL"]
+    lane = tmp_path / "gemma3-270m-16x512"
+    lane.mkdir()
+    rows = [{"run": "fp", "ppl": 18.0}] + [
+        {"run": f"{m}-w3", "method": m, "preset": "w3", "bits": 3, "ppl": p}
+        for m, p in (("rtn", 300.0), ("gptq", 60.0), ("boa", 59.0), ("turboboa", 55.0))]
+    (lane / "results.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    md = table.table(tmp_path)
+    assert ("| gemma3-270m | 16x512 | w3 | 18.00 | 300.00 | 60.00 | 59.00 | 55.00 | "
+            "TurboBoA < GPTQ < RTN PASS; BoA <= GPTQ PASS |") in md
