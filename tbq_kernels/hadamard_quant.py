@@ -20,10 +20,9 @@ import math
 import torch
 
 from turboboa_export.rotation.hadamard import apply_online_rotation, kron_transform
-from turboboa_export.rotation.online import activation_codes
 
 from .build import CSRC, compiled
-from .int_act import act_qmax
+from .int_act import act_qmax, quantize_act
 
 ORDERS = (64, 128, 256, 512, 1024)  # Sylvester orders p the kernel is built for
 PADDED_ROWS = (16, 32, 64)  # the mix's rows m, padded to one of these (tensor-core tiles of 16)
@@ -101,8 +100,7 @@ def hadamard_quant(x: torch.Tensor, base_t: torch.Tensor | None, p: int, bits: i
     padded = (kernel_plan(x.shape[1], base_t, p, device_shared(x.device))
               if x.is_cuda and x.dtype in (torch.float16, torch.bfloat16) else None)
     if padded is None:
-        q, s = activation_codes(transform_torch(x, base_t, p), bits, clip)
-        return q.to(torch.int8), s
+        return quantize_act(transform_torch(x, base_t, p), bits, clip)
     t, n = x.shape
     if x.stride(1) != 1 or (x.stride(0) * x.element_size()) % 16:  # the kernel loads rows 16 bytes at a time
         x = x.contiguous()
