@@ -28,10 +28,14 @@ ORDERS = (64, 128, 256, 512, 1024)  # Sylvester orders p the kernel is built for
 PADDED_ROWS = (16, 32, 64)  # the mix's rows m, padded to one of these (tensor-core tiles of 16)
 
 
+STATIC_SHARED = 4 * 8  # the kernel's static shared memory: one float per warp for the block's max reduction
+
+
 def shared_bytes(m: int, padded: int, p: int) -> int:
     """Shared memory of one block (as csrc/hadamard_quant.cu allocates it): the token's m rows in float32, P + 40
-    words apart, and the padded sign matrix (padded x (padded + 4) words; 0 without the mix)."""
-    return 4 * (m * (p + 40) + padded * (padded + 4))
+    words apart, the padded sign matrix (padded x (padded + 4) words; 0 without the mix) and the static reduction
+    buffer (the device's opt-in limit counts both)."""
+    return 4 * (m * (p + 40) + padded * (padded + 4)) + STATIC_SHARED
 
 
 def kernel_plan(n: int, base_t: torch.Tensor | None, p: int, max_shared: int) -> int | None:

@@ -89,8 +89,9 @@ def test_plan_and_errors():
     assert kernel_plan(344 * 32, torch.zeros(344, 344), 32, big) is None  # p = 32 is not built
     assert kernel_plan(28 * 2048, torch.zeros(28, 28), 2048, big) is None  # p = 2048 is not built
     assert kernel_plan(80 * 512, torch.zeros(80, 80), 512, big) is None  # more than 64 rows to mix
-    # the bound counts the padded rows and the sign matrix: 28 x 1064 + 32 x 36 words
-    need = 4 * (28 * 1064 + 32 * 36)
+    # the bound counts the padded rows, the sign matrix (28 x 1064 + 32 x 36 words) and the static reduction buffer
+    # (8 warps x 4 bytes): the opt-in limit covers static and dynamic shared memory together
+    need = 4 * (28 * 1064 + 32 * 36) + 8 * 4
     assert shared_bytes(28, 32, 1024) == need
     assert kernel_plan(28 * 1024, torch.zeros(28, 28), 1024, need) == 32
     assert kernel_plan(28 * 1024, torch.zeros(28, 28), 1024, need - 4) is None

@@ -241,9 +241,14 @@ int launch(const Args& a, int tokens, cudaStream_t stream) {
   if (e != cudaSuccess) return (int)e;
   e = cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
   if (e != cudaSuccess) return (int)e;
-  if (smem > (size_t)limit || device >= DEVICES) return -1;
+  cudaFuncAttributes attr;
+  e = cudaFuncGetAttributes(&attr, hadamard_quant_kernel<T, P, MP>);
+  if (e != cudaSuccess) return (int)e;
+  const int dynamic_limit = limit - (int)attr.sharedSizeBytes;  // the opt-in limit counts the static `red` too
+  if (smem > (size_t)dynamic_limit || device >= DEVICES) return -1;
   if (!configured[device]) {
-    e = cudaFuncSetAttribute(hadamard_quant_kernel<T, P, MP>, cudaFuncAttributeMaxDynamicSharedMemorySize, limit);
+    e = cudaFuncSetAttribute(hadamard_quant_kernel<T, P, MP>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             dynamic_limit);
     if (e != cudaSuccess) return (int)e;
     configured[device] = true;
   }
