@@ -183,3 +183,26 @@ def test_rtn_defaults_to_minmax_and_run_json_records_used_settings(model_dir, ca
     q = Run.open(tmp_path / "rtn").weights["model.layers.0.mlp.up_proj"]
     rows = torch.arange(w.shape[0])
     assert torch.equal(q.codes[rows, w.argmax(1)], torch.full((w.shape[0],), 15.0, dtype=q.codes.dtype))
+
+
+def test_rule_alpha_sets_f2_per_linear(model_dir, calib_text, tmp_path):
+    """A rule's alpha replaces the run's for the linears it matches: alpha 0 on every linear by rule quantizes bit for
+    bit as --alpha 0, and alpha 0.25 by rule over a run-level 0 as the default 0.25 (R is still gathered). Catches a
+    Rule that drops alpha, and F2's statistics gathered only when the run-level alpha is > 0; a negative rule alpha
+    is a one-line error."""
+
+    def codes(alpha: float, rule_alpha: float | None = None) -> dict:
+        config = {"rules": [{"pattern": "re:.*", "alpha": rule_alpha}]} if rule_alpha is not None else None
+        run = quantize(str(model_dir), config, output=tmp_path / f"run-{alpha}-{rule_alpha}", method="turboboa",
+                       bits=3, alpha=alpha, dataset=str(calib_text), **FAST)
+        return {name: (w.codes, w.scale) for name, w in run.weights.items()}
+
+    def same(a: dict, b: dict) -> bool:
+        return a.keys() == b.keys() and all(torch.equal(a[k][0], b[k][0]) and torch.equal(a[k][1], b[k][1]) for k in a)
+
+    with_f2, without = codes(0.25), codes(0.0)
+    assert not same(with_f2, without)  # F2 changes this model's codes, so the comparisons below can fail
+    assert same(codes(0.25, rule_alpha=0.0), without)
+    assert same(codes(0.0, rule_alpha=0.25), with_f2)
+    with pytest.raises(TbqError, match="alpha"):
+        build_config("m", quant={"rules": [{"pattern": "re:.*", "alpha": -1}]})

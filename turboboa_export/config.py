@@ -46,7 +46,14 @@ def _check_pattern(v: str) -> str:
     return v
 
 
+def _check_nonneg(v: float) -> float:
+    if v < 0:
+        raise ValueError(f"must be >= 0, got {v}")
+    return v
+
+
 Bits = Annotated[int, AfterValidator(_check_bits)]
+NonNegative = Annotated[float, AfterValidator(_check_nonneg)]
 GroupSize = Annotated[int, AfterValidator(_check_group)]
 Pattern = Annotated[str, AfterValidator(_check_pattern)]
 
@@ -60,6 +67,7 @@ class Rule(_Strict):
     group_size: GroupSize | None = None
     sym: bool | None = None
     method: Method | None = None
+    alpha: NonNegative | None = None
 
     def overrides(self) -> dict:
         """The settings this rule sets."""
@@ -77,12 +85,12 @@ class QuantConfig(_Strict):
     group_size: GroupSize = -1
     sym: bool = False
     grid: Search = "hessian"
-    damp: float = 0.01
-    sample_damp: float = 0.25
+    damp: NonNegative = 0.01
+    sample_damp: NonNegative = 0.25
     act_order: bool = False
     row_act_order: bool = False
     rows: int = 16
-    alpha: float = 0.25
+    alpha: NonNegative = 0.25
     refine_iters: int = 1
     adaptive_grid: bool = True
     ignore: tuple[Pattern, ...] = ()
@@ -95,13 +103,6 @@ class QuantConfig(_Strict):
         if isinstance(data, dict) and data.get("grid") is None:
             data = {**data, "grid": "minmax" if data.get("method", "turboboa") == "rtn" else "hessian"}
         return data
-
-    @field_validator("damp", "sample_damp", "alpha")
-    @classmethod
-    def _nonneg(cls, v: float) -> float:
-        if v < 0:
-            raise ValueError(f"must be >= 0, got {v}")
-        return v
 
     @field_validator("rows")
     @classmethod

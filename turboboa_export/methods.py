@@ -141,7 +141,10 @@ register(Method("turboboa", _attention_aware, lambda cfg: TURBOBOA_SETTINGS,
 
 def used_settings(cfg: QuantConfig) -> dict:
     """``cfg`` as JSON, with only the settings that its method and its rules' methods read: what ``run.json``
-    records (a setting a method ignores, e.g. ``alpha`` of gptq, cannot change the bits, so it is left out)."""
+    records (a setting a method ignores, e.g. ``alpha`` of gptq, cannot change the bits, so it is left out; a rule
+    keeps only the settings it sets)."""
     configs = [cfg] + [cfg.model_copy(update=r.overrides()) for r in cfg.rules]
     keep = set(COMMON_SETTINGS).union(*(get_method(c.method).settings(c) for c in configs))
-    return cfg.model_dump(mode="json", include=keep)
+    # each rule as written: its pattern and the settings it sets
+    return cfg.model_dump(mode="json", include=keep) | {"rules": [{"pattern": r.pattern, **r.overrides()}
+                                                                  for r in cfg.rules]}
