@@ -15,21 +15,28 @@ export TBQ_CACHE=${TBQ_CACHE:-/tmp/tbqcache} PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 BASE_RUNS="rtn:w3,gptq:w3,boa:w3,turboboa:w3,rtn:w3-g64,gptq:w3-g64,boa:w3-g64,turboboa:w3-g64"
 BASE_RUNS="$BASE_RUNS,rtn:w4,gptq:w4,boa:w4,turboboa:w4"
 group4() { [ "$1" = gemma3-270m ] && echo w4-g128 || echo w4-g64; }
-runs_for() {  # model, method: that method's runs (RUNS overrides the list, smoke tests)
+all_runs() {  # model: its run list (RUNS overrides it, smoke tests)
   local g
   g=$(group4 "$1")
-  echo "${RUNS:-$BASE_RUNS,rtn:$g,gptq:$g,boa:$g,turboboa:$g}" | tr , '\n' | grep "^$2:" | paste -sd,
+  echo "${RUNS:-$BASE_RUNS,rtn:$g,gptq:$g,boa:$g,turboboa:$g}"
 }
+runs_for() {  # model, method: that method's runs
+  all_runs "$1" | tr , '\n' | grep "^$2:" | paste -sd,
+}
+bad=$(echo "${RUNS:-}" | tr , '\n' | grep -v -E '^(rtn|gptq|boa|turboboa):' | grep -v '^$' || true)
+if [ -n "$bad" ]; then echo "error: RUNS items must start with rtn:, gptq:, boa: or turboboa:, got: $bad" >&2; exit 2; fi
 lane() {  # model, nsamples, seqlen, method: one process per method, all appending to the calibration's results.jsonl
-  local out runs fp=()
+  local out runs rc fp=()
   out="$RES/$1-$2x$3"
   runs=$(runs_for "$1" "$4")
   [ -n "$runs" ] || return 0
-  [ "$4" = rtn ] && fp=(--fp)  # the unquantized model once per (model, calibration)
+  # the unquantized model once per (model, calibration): in the lane of the list's first method
+  [ "$4" = "$(all_runs "$1" | cut -d: -f1)" ] && fp=(--fp)
   echo "$(date +%T) start $1 $2x$3 $4" >> "$RES/stages.txt"
   python3 -m tbq_eval.protocol --model "$1" --calib-dataset exl2-c4 --nsamples "$2" --seqlen "$3" "${fp[@]}" \
     --out "$out" --runs "$runs" ${PROTOCOL_ARGS:-} > "$out-$4.log" 2>&1
-  echo "$(date +%T) done $1 $2x$3 $4 rc=$?" >> "$RES/stages.txt"
+  rc=$?
+  echo "$(date +%T) done $1 $2x$3 $4 rc=$rc" >> "$RES/stages.txt"
 }
 jobs_=()
 for calib in ${CALIBS:-128x2048 16x512}; do  # the long calibrations first

@@ -204,5 +204,11 @@ def test_rule_alpha_sets_f2_per_linear(model_dir, calib_text, tmp_path):
     assert not same(with_f2, without)  # F2 changes this model's codes, so the comparisons below can fail
     assert same(codes(0.25, rule_alpha=0.0), without)
     assert same(codes(0.0, rule_alpha=0.25), with_f2)
-    with pytest.raises(TbqError, match="alpha"):
-        build_config("m", quant={"rules": [{"pattern": "re:.*", "alpha": -1}]})
+    # run.json keeps each rule as written: its pattern and what it sets
+    recorded = json.loads((tmp_path / "run-0.25-0.0" / "run.json").read_text())["config"]["quant"]["rules"]
+    assert recorded == [{"pattern": "re:.*", "alpha": 0.0}]
+    for bad in (-1, float("nan")):
+        with pytest.raises(TbqError) as e:
+            build_config("m", quant={"rules": [{"pattern": "re:.*", "alpha": bad}]})
+        assert str(e.value).startswith("invalid setting rules.0.alpha: must be a finite number >= 0") and \
+            "\n" not in str(e.value)

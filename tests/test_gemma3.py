@@ -33,24 +33,27 @@ def test_gguf_parts_in_package_order_and_a_missing_part_refused(tmp_path, monkey
 
 
 class SplitTokenizer:
-    """A stand-in tokenizer: one token per word, or (``per_char``) per character as transformers 5.17 converts
-    Gemma 3's GGUF vocabulary."""
+    """A stand-in tokenizer: one token per character (``per_word`` None, as transformers 5.17 converts Gemma 3's GGUF
+    vocabulary) or ``per_word`` tokens for each word."""
 
-    def __init__(self, per_char: bool):
-        self.per_char = per_char
+    def __init__(self, per_word: int | None = None):
+        self.per_word = per_word
 
     def __call__(self, text: str, add_special_tokens: bool = True) -> dict:
-        pieces = list(text) if self.per_char else text.split()
-        return {"input_ids": list(range(len(pieces)))}
+        n = len(text) if self.per_word is None else self.per_word * len(text.split())
+        return {"input_ids": list(range(n))}
 
 
 def test_check_tokenizer_refuses_one_token_per_character():
-    """A word-level tokenizer passes; a character-level one is a one-line TbqError with the count and the upgrade.
-    Catches a missing check and a bound so tight that a real vocabulary (10 tokens for the probe) fails."""
-    models.check_tokenizer(SplitTokenizer(per_char=False), "gemma3-270m")
-    with pytest.raises(TbqError, match=r"gemma3-270m GGUF tokenizer wrongly \(44 tokens for a 9-word sentence\).*"
-                                       r"transformers>=5\.18"):
-        models.check_tokenizer(SplitTokenizer(per_char=True), "gemma3-270m")
+    """Up to two tokens a word pass (a real vocabulary gives 10 for the 9-word probe); one more token, or one per
+    character, is a one-line TbqError with the count and the upgrade. Catches a missing check, a bound so tight that
+    a real vocabulary fails, and one so loose that a near-character split passes."""
+    models.check_tokenizer(SplitTokenizer(per_word=1), "gemma3-270m")
+    models.check_tokenizer(SplitTokenizer(per_word=2), "gemma3-270m")
+    for tok, n in ((SplitTokenizer(), 44), (SplitTokenizer(per_word=3), 27)):
+        with pytest.raises(TbqError, match=rf"gemma3-270m GGUF tokenizer wrongly \({n} tokens for a 9-word sentence\)"
+                                           r".*transformers>=5\.18"):
+            models.check_tokenizer(tok, "gemma3-270m")
 
 
 def test_materialize_refuses_a_broken_tokenizer_and_writes_nothing(tmp_path, monkeypatch):
@@ -63,7 +66,7 @@ def test_materialize_refuses_a_broken_tokenizer_and_writes_nothing(tmp_path, mon
     dirs = fake_packages(tmp_path / "pkgs", {p: b"gguf" for p in packages})
     monkeypatch.setattr(models, "package_dir", lambda p: dirs[p])
     monkeypatch.setenv("TBQ_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *a, **k: SplitTokenizer(per_char=True))
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *a, **k: SplitTokenizer())
 
     def no_model(*a, **k):
         raise AssertionError("the model was converted before the tokenizer was checked")

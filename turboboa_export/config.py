@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Annotated, Literal
@@ -47,8 +48,8 @@ def _check_pattern(v: str) -> str:
 
 
 def _check_nonneg(v: float) -> float:
-    if v < 0:
-        raise ValueError(f"must be >= 0, got {v}")
+    if not 0 <= v < math.inf:  # NaN fails too
+        raise ValueError(f"must be a finite number >= 0, got {v}")
     return v
 
 
