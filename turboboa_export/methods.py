@@ -145,6 +145,5 @@ def used_settings(cfg: QuantConfig) -> dict:
     keeps only the settings it sets)."""
     configs = [cfg] + [cfg.model_copy(update=r.overrides()) for r in cfg.rules]
     keep = set(COMMON_SETTINGS).union(*(get_method(c.method).settings(c) for c in configs))
-    # each rule as written: its pattern and the settings it sets
-    return cfg.model_dump(mode="json", include=keep) | {"rules": [{"pattern": r.pattern, **r.overrides()}
-                                                                  for r in cfg.rules]}
+    rules = [r.model_dump(mode="json", exclude_none=True) for r in cfg.rules]  # as written: pattern and what it sets
+    return cfg.model_dump(mode="json", include=keep) | {"rules": rules}
