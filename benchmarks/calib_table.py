@@ -2,7 +2,10 @@
 weight setting, with the issue's order checks (3 bits: TurboBoA < GPTQ < RTN; 4 bits: TurboBoA <= GPTQ <= RTN, within
 0.5% counting as equal; BoA <= GPTQ throughout).
 
-    python benchmarks/calib_table.py RES_DIR        (reads RES_DIR/<model>-<n>x<len>/results.jsonl)
+    python benchmarks/calib_table.py RES_DIR [RES_DIR ...]   (reads each RES_DIR/<model>-<n>x<len>/results.jsonl)
+
+With several folders (runs of the table in several device sessions), a run in a later folder replaces the same
+(model, calibration, method, setting) of an earlier one.
 """
 
 from __future__ import annotations
@@ -34,11 +37,14 @@ def order_checks(ppl: dict[str, float], bits: int) -> list[str]:
     return [f"{name} {'PASS' if ok else 'FAIL'}" for name, ok in checks]
 
 
-def table(root: Path) -> str:
-    """Markdown: one row per (model, calibration, preset), columns fp and the four methods, then the checks."""
+def table(*roots: Path) -> str:
+    """Markdown: one row per (model, calibration, preset), columns fp and the four methods, then the checks; a later
+    root's runs replace an earlier one's."""
     lines = ["| model | calibration | setting | fp | RTN | GPTQ | BoA | TurboBoA | checks |", "|---" * 9 + "|"]
-    for log in sorted(root.glob("*/results.jsonl")):
-        rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    lanes = sorted({log.parent.name for root in roots for log in root.glob("*/results.jsonl")})
+    for lane in lanes:
+        logs = [root / lane / "results.jsonl" for root in roots if (root / lane / "results.jsonl").is_file()]
+        rows = [json.loads(line) for log in logs for line in log.read_text().splitlines() if line.strip()]
         fp = next((r["ppl"] for r in rows if r["run"] == "fp"), None)
         settings: dict[str, dict[str, float]] = {}
         bits: dict[str, int] = {}
@@ -46,7 +52,7 @@ def table(root: Path) -> str:
             if r["run"] != "fp":
                 settings.setdefault(r["preset"], {})[r["method"]] = r["ppl"]
                 bits[r["preset"]] = r["bits"]
-        model, calib = log.parent.name.rsplit("-", 1)
+        model, calib = lane.rsplit("-", 1)
         for preset, ppl in settings.items():
             cells = [f"{ppl[m]:.2f}" if m in ppl else "-" for m in METHODS]
             fp_cell = f"{fp:.2f}" if fp is not None else "-"
@@ -56,6 +62,7 @@ def table(root: Path) -> str:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2 or not Path(sys.argv[1]).is_dir():
-        raise SystemExit("usage: python benchmarks/calib_table.py RES_DIR (the folder gpu_calib_table.sh wrote)")
-    print(table(Path(sys.argv[1])))
+    if len(sys.argv) < 2 or not all(Path(a).is_dir() for a in sys.argv[1:]):
+        raise SystemExit("usage: python benchmarks/calib_table.py RES_DIR [RES_DIR ...] (folders gpu_calib_table.sh "
+                         "wrote; later ones replace earlier runs)")
+    print(table(*map(Path, sys.argv[1:])))

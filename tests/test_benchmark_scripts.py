@@ -49,3 +49,10 @@ def test_calibration_table_orders_and_tolerance(tmp_path):
     md = table.table(tmp_path)
     assert ("| gemma3-270m | 16x512 | w3 | 18.00 | 300.00 | 60.00 | 59.00 | 55.00 | "
             "TurboBoA < GPTQ < RTN PASS; BoA <= GPTQ PASS |") in md
+    # a later folder's run replaces the same cell of an earlier one; the others stay
+    later = tmp_path / "later" / "gemma3-270m-16x512"
+    later.mkdir(parents=True)
+    (later / "results.jsonl").write_text(json.dumps({"run": "turboboa-w3", "method": "turboboa", "preset": "w3",
+                                                     "bits": 3, "ppl": 65.0}))
+    assert ("| gemma3-270m | 16x512 | w3 | 18.00 | 300.00 | 60.00 | 59.00 | 65.00 | "
+            "TurboBoA < GPTQ < RTN FAIL; BoA <= GPTQ PASS |") in table.table(tmp_path, tmp_path / "later")
