@@ -1,8 +1,7 @@
 """On real SmolLM2-135M weights (the first blocks, CPU, small calibration): block-output error against full
 precision orders TurboBoA < BoA < GPTQ < RTN at 2 and 3 bits per channel, each step beyond its own noise (on held-out
 text up to GPTQ); with W4A4, rotation helps and TurboBoA leads. On real Gemma-3-270M weights (sliding-window
-attention, q/k norms, (1 + w) gains, sandwich norms), held-out block error at the second block orders TurboBoA and
-GPTQ below RTN, and TurboBoA not above GPTQ (issue 20: with F2 on q/k under the q/k norm it was above)."""
+attention, q/k norms, (1 + w) gains, sandwich norms), held-out block error orders TurboBoA and GPTQ below RTN."""
 
 import json
 
@@ -13,7 +12,6 @@ from turboboa_export.config import build_config
 from turboboa_export.pipeline.sequential import quantize_model
 
 BLOCKS = 1
-GEMMA3_BLOCKS = 2  # block 0 alone shows a small TurboBoA-over-GPTQ gap that F2 does not explain (docs/results.md)
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +40,7 @@ def gemma3_blocks(tmp_path_factory):
         package_dir("exllamav2")  # the exl2-c4 / exl2-wiki text
     except TbqError as e:
         pytest.skip(str(e))
-    return first_blocks("gemma3-270m", GEMMA3_BLOCKS, tmp_path_factory.mktemp("gemma3"))
+    return first_blocks("gemma3-270m", BLOCKS, tmp_path_factory.mktemp("gemma3"))
 
 
 def last_block_error(run) -> float:
@@ -106,9 +104,8 @@ def test_rotation_helps_w4a4(smollm2_blocks, tmp_path):
 
 @pytest.fixture(scope="module")
 def gemma3_heldout_errors(gemma3_blocks, tmp_path_factory) -> dict:
-    """Per held-out window, the last (second) block's output error of RTN, GPTQ and TurboBoA: W3 per channel,
-    calibrated on 16 x 256 tokens of exl2-c4 with the defaults (token-scaled damping, F2 off on q/k under the q/k
-    norm); 32 wiki test windows of 128 tokens."""
+    """Per held-out window, the last block's output error of RTN, GPTQ and TurboBoA: W3 per channel, calibrated on
+    16 x 256 tokens of exl2-c4 with the defaults (token-scaled damping); 32 wiki test windows of 128 tokens."""
     from tbq_eval.ppl import eval_windows
     from turboboa_export.models import load_model
 
@@ -133,9 +130,12 @@ def test_gemma3_hessian_methods_beat_rtn_held_out(gemma3_heldout_errors):
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="issue 20, open: on Gemma 3's first block TurboBoA's held-out error is above GPTQ's "
+                          "(0.1485 against 0.1453, z = 4.3; not its F2 term: alpha 0 gives the same, and so does "
+                          "the q/k-norm default of alpha 0 on q/k)")
 def test_gemma3_turboboa_not_above_gptq_held_out(gemma3_heldout_errors):
     """TurboBoA is not worse than GPTQ on held-out windows beyond two standard errors of the paired differences, as on
-    SmolLM2. Fails with F2 on Gemma's q/k (a rule alpha 0.25 on re:.*(q|k)_proj$; measured +0.0060 +- 0.0009 over
-    GPTQ's 0.0958), passes with the default (-0.0013 +- 0.0009; benchmarks/heldout_variants.py --blocks 2)."""
+    SmolLM2. Strict xfail: the day it passes, the mark must go."""
     d = gemma3_heldout_errors["turboboa"] - gemma3_heldout_errors["gptq"]
     assert float(d.mean()) < 2 * float(d.std() / len(d) ** 0.5), float(d.mean())
