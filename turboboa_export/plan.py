@@ -31,8 +31,9 @@ def matches(pattern: str, name: str) -> bool:
 
 
 # TurboBoA's F2 weight on q/k feeding a per-head q/k RMS norm (Gemma 3, Qwen3) unless a rule sets one (issue 20):
-# there H_out keeps the norm's gain but not its per-token 1/rms, and the F2 term raised held-out error above GPTQ's
-# (Gemma-3-270M block 1: +0.0054 +- 0.0006 with alpha 0.25, -0.0005 +- 0.0005 with 0; docs/results.md)
+# there H_out keeps the norm's gain but not its per-token 1/rms. Per channel W3 on Gemma-3-270M the F2 term raised
+# held-out error above GPTQ's (block 1: +0.0054 +- 0.0006 with alpha 0.25, -0.0005 +- 0.0005 with 0; H200 wiki ppl
+# 37.61 -> 23.19 without it), at W3 g64 it helped (21.81 -> 29.28 without it): a trade-off, docs/results.md
 NORMED_QK_ALPHA = 0.0
 
 
