@@ -71,14 +71,16 @@ def turboboa_ref(w, h_in, h_out, bits, *, sym=False, search="hessian", group_siz
             lower = u_out[hd].T
             p2 = lower[r2:, r1:r2] @ torch.linalg.inv(lower[r1:r2, r1:r2])  # P2 = [U^T]_{Rm,B} [U^T]_{B,B}^-1
             w[hd, r2:] -= p2 @ ((wb[hd] - qb[hd]) + wb[hd] @ r_hinv)  # F1 + F2 row pass
+    grid_scale = scale.clone()
     for _ in range(refine_iters):
-        scale = refine_pass_ref(codes - zero.repeat_interleave(gs, -1), scale, original, h_in, h_out, r, gs)
+        scale = refine_pass_ref(codes - zero.repeat_interleave(gs, -1), scale, original, h_in, h_out, r, gs, grid_scale)
     return codes, scale, zero
 
 
-def refine_pass_ref(qbar, scale, w, h_in, h_out, r, gs):
+def refine_pass_ref(qbar, scale, w, h_in, h_out, r, gs, grid_scale):
     """One pass over the rows j (and groups g) of each head: with m = Qbar_j on group g and zero elsewhere,
-    s_{j,g} += [m H_in (W - Q)^T H_out[:, j] + (H_out W R m^T)_j] / (H_out,jj m H_in m^T), Q = s Qbar."""
+    s_{j,g} += [m H_in (W - Q)^T H_out[:, j] + (H_out W R m^T)_j] / (H_out,jj m H_in m^T), Q = s Qbar, then
+    s_{j,g} is put back into [grid_scale / 2, 2 grid_scale] if the step left it."""
     scale = scale.clone()
     heads, rows, groups = scale.shape
     for hd in range(heads):
@@ -90,7 +92,8 @@ def refine_pass_ref(qbar, scale, w, h_in, h_out, r, gs):
                 num = m @ h_in @ (w[hd] - q).T @ h_out[hd][:, j] + (h_out[hd] @ w[hd] @ r @ m)[j]
                 den = h_out[hd][j, j] * (m @ h_in @ m)
                 if den > 0:
-                    scale[hd, j, g] += num / den
+                    s0 = float(grid_scale[hd, j, g])
+                    scale[hd, j, g] = min(max(float(scale[hd, j, g] + num / den), s0 / 2), 2 * s0)
     return scale
 
 
