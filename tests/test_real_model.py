@@ -133,7 +133,7 @@ def test_gemma3_hessian_methods_beat_rtn_held_out(gemma3_heldout_errors):
 @pytest.mark.xfail(strict=True, raises=AssertionError,
                    reason="issue 20, open: on Gemma 3's first block TurboBoA's held-out error is above GPTQ's "
                           "(0.1485 against 0.1453, z = 4.3; not its F2 term: alpha 0 gives the same, and so does "
-                          "the q/k-norm default of alpha 0 on q/k)")
+                          "alpha 0 on q/k alone)")
 def test_gemma3_turboboa_not_above_gptq_held_out(gemma3_heldout_errors):
     """TurboBoA is not worse than GPTQ on held-out windows beyond two standard errors of the paired differences, as on
     SmolLM2. Strict xfail: the day it passes, the mark must go."""

@@ -30,23 +30,15 @@ def matches(pattern: str, name: str) -> bool:
     return fnmatchcase(name, pattern)
 
 
-# TurboBoA's F2 weight on q/k feeding a per-head q/k RMS norm (Gemma 3, Qwen3) unless a rule sets one (issue 20):
-# there H_out keeps the norm's gain but not its per-token 1/rms. Per channel W3 on Gemma-3-270M the F2 term raised
-# held-out error above GPTQ's (block 1: +0.0054 +- 0.0006 with alpha 0.25, -0.0005 +- 0.0005 with 0; H200 wiki ppl
-# 37.61 -> 23.19 without it), at W3 g64 it helped (21.81 -> 29.28 without it): a trade-off, docs/results.md
-NORMED_QK_ALPHA = 0.0
-
-
-def layer_config(quant: QuantConfig, name: str, normed_qk: bool = False) -> QuantConfig | None:
+def layer_config(quant: QuantConfig, name: str) -> QuantConfig | None:
     """The settings of linear ``name``: None when an ``ignore`` pattern matches (kept dense), else the run's
-    settings with the first matching rule's applied. ``normed_qk``: the linear is a q or k projection followed by a
-    q/k norm, whose alpha is NORMED_QK_ALPHA unless its rule sets one."""
+    settings with the first matching rule's applied."""
     if any(matches(p, name) for p in quant.ignore):
         return None
     rule = next((r for r in quant.rules if matches(r.pattern, name)), None)
-    update = {"alpha": NORMED_QK_ALPHA} if normed_qk else {}
-    update.update(rule.overrides() if rule is not None else {})
-    return quant.model_copy(update=update) if update else quant  # the run's grid and other settings stay
+    if rule is None:
+        return quant
+    return quant.model_copy(update=rule.overrides())  # the run's grid and other settings stay
 
 
 def scheme(cfg: QuantConfig | None) -> Scheme | None:
@@ -56,8 +48,7 @@ def scheme(cfg: QuantConfig | None) -> Scheme | None:
 
 def block_plan(spec: ArchSpec, quant: QuantConfig, index: int) -> dict[str, tuple[str, QuantConfig | None]]:
     """Role -> (full module name, settings or None) of block ``index``'s linears, in execution order."""
-    return {role: (name := f"{spec.layers}.{index}.{path}",
-                   layer_config(quant, name, normed_qk=role in ("q", "k") and spec.q_norm is not None))
+    return {role: (name := f"{spec.layers}.{index}.{path}", layer_config(quant, name))
             for role, path in spec.linears().items()}
 
 
