@@ -99,15 +99,15 @@ def test_refinement_keeps_each_scale_within_a_factor_two_of_the_grid():
     assert free < 0  # the case the clamp is for
     new = refine_scales(qbar, scale, g_idx, w, h_in, h_out, None, iters=1)
     assert float(new[0, 0, 0]) == pytest.approx(0.1)  # s0 / 2
+    zero_r = torch.zeros(cols, cols, dtype=torch.float64)
     grid = torch.linspace(0.1, 0.4, 3001, dtype=torch.float64)
     vals = []
     for s in grid:
         sc = scale.clone()
         sc[0, 0, 0] = s
-        vals.append(_loss(w, sc[..., g_idx] * qbar, h_in, h_out, torch.zeros(cols, cols, dtype=torch.float64)))
+        vals.append(_loss(w, sc[..., g_idx] * qbar, h_in, h_out, zero_r))
     assert int(torch.tensor(vals).argmin()) == 0
     assert 0.5 <= float(new[0, 1, 0]) <= 2.0
-    zero_r = torch.zeros(cols, cols, dtype=torch.float64)
     assert _loss(w, new[..., g_idx] * qbar, h_in, h_out, zero_r) <= _loss(w, q, h_in, h_out, zero_r) + 1e-12
 
 

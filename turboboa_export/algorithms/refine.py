@@ -56,10 +56,9 @@ def refine_scales(
                 mh = (m.unsqueeze(-2) @ h_in[..., cols_g, :]).squeeze(-2)  # m H_in, [heads, in]
                 den = hjj * (mh[:, cols_g] * m).sum(-1)
                 num = ((f[:, j, cols_g] + wr[:, j, cols_g]) * m).sum(-1)
-                free = num / torch.where(den > 0, den, torch.ones_like(den))
-                s_jg = scale[:, j, g]
-                new = torch.where(den > 0, torch.minimum(torch.maximum(s_jg + free, lo[:, j, g]), hi[:, j, g]), s_jg)
-                delta = new - s_jg
+                step = torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), torch.zeros_like(den))
+                new = torch.clamp(scale[:, j, g] + step, lo[:, j, g], hi[:, j, g])
+                delta = new - scale[:, j, g]
                 scale[:, j, g] = new
                 # Q_j += delta m  =>  F -= H_out[:, :, j] (delta m H_in)
                 f -= h_out[:, :, j].unsqueeze(-1) * (delta.unsqueeze(-1) * mh).unsqueeze(1)
