@@ -22,15 +22,16 @@ all_runs() {  # model: its run list (RUNS overrides it, smoke tests)
 }
 bad=$(echo "${RUNS:-}" | tr , '\n' | grep -v -E '^(rtn|gptq|boa|turboboa):' | grep -v '^$' || true)
 if [ -n "$bad" ]; then echo "error: RUNS items must start with rtn:, gptq:, boa: or turboboa:, got: $bad" >&2; exit 2; fi
-lane() {  # model, nsamples, seqlen, run[, --fp]: one process per run, all appending to the calibration's results.jsonl
-  local out="$RES/$1-$2x$3" rc
-  echo "$(date +%T) start $1 $2x$3 $4" >> "$RES/stages.txt"
-  python3 -m tbq_eval.protocol --model "$1" --calib-dataset exl2-c4 --nsamples "$2" --seqlen "$3" ${5:-} \
-    --out "$out" --runs "$4" ${PROTOCOL_ARGS:-} > "$out-${4/:/-}.log" 2>&1
+lane() {  # model, calibration NxLEN[sSEED], run[, --fp]: one process per run, appending to the calibration's results.jsonl
+  local out="$RES/$1-$2" n=${2%%x*} len=${2#*x} seed=0 rc
+  if [[ "$len" == *s* ]]; then seed=${len#*s}; len=${len%%s*}; fi
+  echo "$(date +%T) start $1 $2 $3" >> "$RES/stages.txt"
+  python3 -m tbq_eval.protocol --model "$1" --calib-dataset exl2-c4 --nsamples "$n" --seqlen "$len" --seed "$seed" \
+    ${4:-} --out "$out" --runs "$3" ${PROTOCOL_ARGS:-} > "$out-${3/:/-}.log" 2>&1
   rc=$?
-  echo "$(date +%T) done $1 $2x$3 $4 rc=$rc" >> "$RES/stages.txt"
+  echo "$(date +%T) done $1 $2 $3 rc=$rc" >> "$RES/stages.txt"
 }
-# JOBS (MODEL/NxLEN/METHOD:PRESET items, in order) replaces the product of CALIBS, MODELS and the run list; the
+# JOBS (MODEL/NxLEN[sSEED]/METHOD:PRESET items, in order; sSEED picks other calibrating windows, folder <model>-NxLENsSEED) replaces the product of CALIBS, MODELS and the run list; the
 # unquantized model is evaluated once per (model, calibration), in its first job's lane (FP=0: not at all)
 if [ -z "${JOBS:-}" ]; then
   for calib in ${CALIBS:-128x2048 16x512}; do  # the long calibrations first
@@ -45,7 +46,7 @@ for j in ${JOBS//,/ }; do
   IFS=/ read -r model calib run <<< "$j"
   fp=""
   if [ "${FP:-1}" = 1 ] && [[ "$seen" != *" $model/$calib "* ]]; then fp=--fp; seen="$seen$model/$calib "; fi
-  lane "$model" "${calib%x*}" "${calib#*x}" "$run" $fp &
+  lane "$model" "$calib" "$run" $fp &
   running=$((running + 1))
   if [ "$running" -ge "${LANES:-2}" ]; then wait -n; running=$((running - 1)); fi
 done

@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     ap.add_argument("--holdout", type=int, default=2, help="held-out windows drawn after the calibrating ones (the "
                                                           "calibrating windows stay those of section 8)")
     ap.add_argument("--seqlen", type=int, default=2048)
+    ap.add_argument("--seed", type=int, default=0, help="calibration seed: which windows calibrate (section 8: 0)")
     ap.add_argument("--calib-dataset", default="exl2-wiki", help="calibration text (section 8: exl2-wiki's first 80%%; "
                                                                     "exl2-c4 or a text file for other tables)")
     ap.add_argument("--eval-dataset", default="exl2-wiki", help="perplexity text (its held-out split)")
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
         print(f"[{n}/{len(items)}] {item}: quantizing", flush=True)
         cfg = build_config(a.model, preset=preset, quant={"method": method}, transform=transform,
                            calib={"dataset": a.calib_dataset, "nsamples": a.nsamples + a.holdout, "holdout": a.holdout,
-                                  "seqlen": a.seqlen, "seed": 0},
+                                  "seqlen": a.seqlen, "seed": a.seed},
                            device=str(device))
         name = "-".join([method, preset, *extra])
         run_dir = a.out / name
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
         wall = time.time() - t0
         info = json.loads((run_dir / "run.json").read_text())
         record({"run": name, "method": method, "preset": preset, "group_size": -1, **PRESETS[preset], **transform,
-                "calib": f"{a.calib_dataset} {a.nsamples}x{a.seqlen}",
+                "calib": f"{a.calib_dataset} {a.nsamples}x{a.seqlen}", "seed": a.seed,
                 **ppl_of(str(run_dir)), "quantize_s": info["timings"]["quantize_seconds"], "wall_s": wall})
 
 
