@@ -4,7 +4,7 @@ damp + sample_damp * d / T of its mean diagonal, so that few calibration tokens 
 import pytest
 import torch
 
-from turboboa_export.algorithms.gptq import damp, token_damping
+from turboboa_export.algorithms.gptq import damp, inverse_cholesky_upper, token_damping
 from turboboa_export.config import QuantConfig
 from turboboa_export.methods import damping, get_method
 from turboboa_export.pipeline.statistics import BlockStatistics, SecondMoments
@@ -65,3 +65,28 @@ def test_scaled_damping_lowers_gptq_heldout_error_with_few_tokens(seed):
                                            None)
         errors[sample_damp] = float((held @ (q.dequantize() - w).T).norm() / (held @ w.T).norm())
     assert errors[0.25] < errors[0.0], errors
+
+
+def upper_inverse_cholesky_ref(h: torch.Tensor) -> torch.Tensor:
+    """U with H^-1 = U^T U, by a route that never inverts H: with J the reversal, J H J = L L^T (lower Cholesky), so
+    H = J L J (J L J)^T with J L J upper, and U = (J L J)^-1 = J L^-1 J (float64)."""
+    j = torch.eye(h.shape[-1], dtype=torch.float64).flip(0)
+    lower = torch.linalg.cholesky(j @ h.double() @ j)
+    return j @ torch.linalg.solve_triangular(lower, torch.eye(h.shape[-1], dtype=torch.float64), upper=False) @ j
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_inverse_cholesky_is_float64_accurate_on_an_ill_conditioned_float32_hessian(seed):
+    """A float32 H of condition 1e6 (spectrum 1 .. 1e-6, random basis; like Gemma-3-270M's q H_in and H_out, 3e7 raw):
+    U comes back in float32, within float32 rounding (2e-7 of its largest entry) of a float64 reference on the same
+    float32 input. Catches the factorisation done in float32, whose error (about cond x eps) flipped 4.5% of block 0's
+    q_proj codes between 1 and 2 CPU threads (issue 20); and a U returned in another dtype."""
+    n = 96
+    g = torch.Generator().manual_seed(7000 + seed)
+    basis, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
+    h = ((basis * torch.logspace(0, -6, n, dtype=torch.float64)) @ basis.T).float()
+    h = (h + h.T) / 2
+    got = inverse_cholesky_upper(h, 0.0)
+    want = upper_inverse_cholesky_ref(h)
+    assert got.dtype == torch.float32
+    assert float((got.double() - want).abs().max() / want.abs().max()) < 2e-7
