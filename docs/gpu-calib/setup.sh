@@ -1,0 +1,21 @@
+#!/bin/bash
+# Issue 20 table, set-up call 7 of 7 (docs/gpu.md): join the parts copied to /tmp/b, install, materialize, start the JOBS below detached
+REPO=$PWD
+mkdir -p /tmp/res && cd /tmp/b && cat p00 p01 p02 p03 p04 p05 p06 | tar x || exit 1
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site whl/*.whl > /tmp/res/pip.log 2>&1 || { tail -5 /tmp/res/pip.log; exit 1; }
+rm -rf /tmp/b/whl; cp "$REPO/docs/gpu-calib/poll.sh" /tmp/poll.sh
+cp -r "$REPO" /tmp/repo && cd /tmp/repo && rm -rf .device-carry
+export PYTHONPATH=/tmp/site:/tmp/repo TBQ_CACHE=/tmp/tbqcache HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+python3 -c "import transformers, torch; print('transformers', transformers.__version__, 'torch', torch.__version__, torch.cuda.get_device_name())"
+python3 -c "from turboboa_export.models import materialize_builtin as m; print(m('gemma3-270m'))" > /tmp/res/mat-g.log 2>&1 &
+python3 -c "from turboboa_export.models import materialize_builtin as m; print(m('smollm2-135m'))" > /tmp/res/mat-s.log 2>&1 &
+wait
+tail -c 300 /tmp/res/mat-g.log; tail -c 300 /tmp/res/mat-s.log
+G=gemma3-270m S=smollm2-135m
+J="$G/128x2048/boa:w3,$G/128x2048/boa:w3-g64,$G/128x2048/boa:w4,$G/128x2048/boa:w4-g128"
+J="$J,$S/128x2048/boa:w3,$S/128x2048/boa:w3-g64,$S/128x2048/boa:w4,$S/128x2048/boa:w4-g64"
+J="$J,$G/16x512s1/boa:w4,$G/16x512s2/boa:w4"
+echo "$J" > /tmp/res/jobs.txt
+RES=/tmp/res LANES=10 FP=0 OMP_NUM_THREADS=1 JOBS="$J" setsid nohup bash benchmarks/gpu_calib_table.sh > /tmp/res/job.log 2>&1 < /dev/null &
+sleep 45; cat /tmp/res/stages.txt | tail -3; nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv
+cd /tmp/res && find . -name '*.txt' -o -name '*.log' | tar czf $OUT/res.tgz -T -; ls -la $OUT
