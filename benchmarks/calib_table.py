@@ -2,7 +2,8 @@
 weight setting, with the issue's order checks (3 bits: TurboBoA < GPTQ < RTN; 4 bits: TurboBoA <= GPTQ <= RTN, within
 0.5% counting as equal; BoA <= GPTQ throughout).
 
-    python benchmarks/calib_table.py RES_DIR [RES_DIR ...]   (reads each RES_DIR/<model>-<n>x<len>/results.jsonl)
+    python benchmarks/calib_table.py RES_DIR [RES_DIR ...]   (reads each RES_DIR/<model>-<n>x<len>[s<seed>]/results.jsonl;
+                                                            a seed is a calibration row of its own)
 
 With several folders (runs of the table in several device sessions), a run in a later folder replaces the same
 (model, calibration, method, setting) of an earlier one.

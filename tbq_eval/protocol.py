@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--nsamples", type=int, default=128, help="calibrating windows")
     ap.add_argument("--holdout", type=int, default=2, help="held-out windows drawn after the calibrating ones (the "
-                                                          "calibrating windows stay those of section 8)")
+                                                          "calibrating windows stay those of section 8 with --seed 0)")
     ap.add_argument("--seqlen", type=int, default=2048)
     ap.add_argument("--seed", type=int, default=0, help="calibration seed: which windows calibrate (section 8: 0)")
     ap.add_argument("--calib-dataset", default="exl2-wiki", help="calibration text (section 8: exl2-wiki's first 80%%; "

@@ -56,3 +56,17 @@ def test_calibration_table_orders_and_tolerance(tmp_path):
                                                      "bits": 3, "ppl": 65.0}))
     assert ("| gemma3-270m | 16x512 | w3 | 18.00 | 300.00 | 60.00 | 59.00 | 65.00 | "
             "TurboBoA < GPTQ < RTN FAIL; BoA <= GPTQ PASS |") in table.table(tmp_path, tmp_path / "later")
+
+
+def test_calibration_table_script_refuses_a_malformed_calibration(tmp_path):
+    """gpu_calib_table.sh refuses a JOBS calibration that is not NxLEN or NxLENsSEED in one line, before any lane
+    starts (nothing written under RES); catches `16x512s` reaching the protocol as `--seed ""` and `16` as a length."""
+    import os
+    import subprocess
+
+    for calib in ("16x512s", "16", "16x512x1"):
+        res = tmp_path / calib
+        proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_calib_table.sh")], capture_output=True, text=True,
+                              env={**os.environ, "RES": str(res), "JOBS": f"smollm2-135m/{calib}/rtn:w3"})
+        assert proc.returncode == 2 and "NxLEN or NxLENsSEED" in proc.stderr and calib in proc.stderr, proc.stderr
+        assert not (res / "stages.txt").exists()

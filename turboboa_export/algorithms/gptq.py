@@ -55,17 +55,16 @@ def token_damping(percdamp: float, sample_damp: float, width: int, tokens: int) 
 def inverse_cholesky_upper(h: torch.Tensor, percdamp: float) -> torch.Tensor:
     """U with H^-1 = U^T U (upper Cholesky of the inverse), for H [..., n, n] with dead entries already filled.
 
-    The factorisation runs in float64 and U is returned in H's dtype: in float32 its error (about cond(H) x 6e-8)
+    The factorisation runs in float64 and U is returned in H's dtype: in float32 its error (up to about cond(H) x 6e-8)
     depends on the CPU thread count, and GPTQ's and BoA's error feedback turns the few codes it flips into a
     different model (issue 20: 4.5% of Gemma-3-270M's block-0 q_proj codes between 1 and 2 threads).
     The first try damps by ``percdamp`` (which may be 0); each retry damps by DAMP_GROWTH times more, starting from
     at least DAMP_FLOOR, so that zero damping of a rank-deficient H still ends positive definite. Raises
     NumericalError when MAX_DAMP_TRIES are not enough (H holds NaN or inf).
     """
-    h64 = h.double()
     for attempt in range(MAX_DAMP_TRIES):
         frac = percdamp if attempt == 0 else max(percdamp, DAMP_FLOOR) * DAMP_GROWTH**attempt
-        lower, info = torch.linalg.cholesky_ex(damp(h64, frac))
+        lower, info = torch.linalg.cholesky_ex(damp(h.double(), frac))  # no float64 copy of H kept across tries
         if not bool(info.any()):
             hinv = torch.cholesky_inverse(lower)  # (H + frac mean(diag H) I)^-1
             del lower
