@@ -235,23 +235,25 @@ template <typename T, int P, int MP>
 int launch(const Args& a, int tokens, cudaStream_t stream) {
   const size_t smem = sizeof(float) * ((size_t)a.m * Layout<P>::S + (size_t)MP * (MP + 4));
   constexpr int DEVICES = 64;
-  static bool configured[DEVICES] = {};  // the attribute is set once per device, before any CUDA-graph capture
-  int device = 0, limit = 0;
+  // per device, the dynamic shared-memory limit found and set once (before any CUDA-graph capture); 0: not yet
+  static int dynamic_limit[DEVICES] = {};
+  int device = 0;
   cudaError_t e = cudaGetDevice(&device);
   if (e != cudaSuccess) return (int)e;
-  e = cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
-  if (e != cudaSuccess) return (int)e;
-  cudaFuncAttributes attr;
-  e = cudaFuncGetAttributes(&attr, hadamard_quant_kernel<T, P, MP>);
-  if (e != cudaSuccess) return (int)e;
-  const int dynamic_limit = limit - (int)attr.sharedSizeBytes;  // the opt-in limit counts the static `red` too
-  if (smem > (size_t)dynamic_limit || device >= DEVICES) return -1;
-  if (!configured[device]) {
-    e = cudaFuncSetAttribute(hadamard_quant_kernel<T, P, MP>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             dynamic_limit);
+  if (device >= DEVICES) return -1;
+  if (!dynamic_limit[device]) {
+    int limit = 0;
+    e = cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
     if (e != cudaSuccess) return (int)e;
-    configured[device] = true;
+    cudaFuncAttributes attr;
+    e = cudaFuncGetAttributes(&attr, hadamard_quant_kernel<T, P, MP>);
+    if (e != cudaSuccess) return (int)e;
+    const int dynamic = limit - (int)attr.sharedSizeBytes;  // the opt-in limit counts the static `red` too
+    e = cudaFuncSetAttribute(hadamard_quant_kernel<T, P, MP>, cudaFuncAttributeMaxDynamicSharedMemorySize, dynamic);
+    if (e != cudaSuccess) return (int)e;
+    dynamic_limit[device] = dynamic;
   }
+  if (smem > (size_t)dynamic_limit[device]) return -1;
   hadamard_quant_kernel<T, P, MP><<<tokens, THREADS, smem, stream>>>(a);
   return (int)cudaGetLastError();
 }
