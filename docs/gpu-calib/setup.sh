@@ -17,5 +17,4 @@ J="$J,$S/128x2048/boa:w3,$S/128x2048/boa:w3-g64,$S/128x2048/boa:w4,$S/128x2048/b
 J="$J,$G/16x512s1/boa:w4,$G/16x512s2/boa:w4"
 echo "$J" > /tmp/res/jobs.txt
 RES=/tmp/res LANES=10 FP=0 OMP_NUM_THREADS=1 JOBS="$J" setsid nohup bash benchmarks/gpu_calib_table.sh > /tmp/res/job.log 2>&1 < /dev/null &
-sleep 45; cat /tmp/res/stages.txt | tail -3; nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv
-cd /tmp/res && find . -name '*.txt' -o -name '*.log' | tar czf $OUT/res.tgz -T -; ls -la $OUT
+bash /tmp/poll.sh 45  # the first poll: lanes started, GPU memory, the logs so far
