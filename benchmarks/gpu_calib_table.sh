@@ -32,7 +32,8 @@ lane() {  # model, calibration NxLEN[sSEED], run[, --fp]: one process per run, a
   echo "$(date +%T) done $1 $2 $3 rc=$rc" >> "$RES/stages.txt"
 }
 # JOBS (MODEL/NxLEN[sSEED]/METHOD:PRESET items, in order; sSEED picks other calibrating windows, folder
-# <model>-NxLENsSEED) replaces the product of CALIBS, MODELS and the run list; the unquantized model is evaluated once per (model, calibration), in its first job's lane (FP=0: not at all)
+# <model>-NxLENsSEED) replaces the product of CALIBS, MODELS and the run list; the unquantized model is evaluated
+# once per (model, calibration), in its first job's lane (FP=0: not at all)
 if [ -z "${JOBS:-}" ]; then
   for calib in ${CALIBS:-128x2048 16x512}; do  # the long calibrations first
     for model in ${MODELS:-gemma3-270m smollm2-135m}; do
