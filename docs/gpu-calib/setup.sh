@@ -11,15 +11,20 @@ python3 -c "from turboboa_export.models import materialize_builtin as m; print(m
 python3 -c "from turboboa_export.models import materialize_builtin as m; print(m('smollm2-135m'))" > /tmp/res/mat-s.log 2>&1 &
 wait
 tail -c 300 /tmp/res/mat-g.log; tail -c 300 /tmp/res/mat-s.log
-# session 13: the whole table at HEAD (float64 factorisation) but RTN (no factorisation: unchanged), longest first;
-# on two GPUs the jobs are dealt to them in turn, 16 lanes a GPU
+# session 13: the table at HEAD (float64 factorisation) but RTN (no factorisation: unchanged), by priority: the
+# missing 128 x 2048 BoA column, BoA's failing cell (Gemma W4 16 x 512) and GPTQ beside it at three seeds, then GPTQ,
+# TurboBoA and the other BoA cells; on two GPUs the jobs are dealt to them in turn, 16 lanes a GPU
 G=gemma3-270m S=smollm2-135m J=""
 add() { for p in $3; do J="$J${J:+,}$1/$2/$p"; done; }
-for m in boa turboboa gptq; do
-  add $G 128x2048 "$m:w3 $m:w3-g64 $m:w4 $m:w4-g128"; add $S 128x2048 "$m:w3 $m:w3-g64 $m:w4 $m:w4-g64"
-  add $G 16x512 "$m:w3 $m:w3-g64 $m:w4 $m:w4-g128"; add $S 16x512 "$m:w3 $m:w3-g64 $m:w4 $m:w4-g64"
-  add $G 16x512s1 $m:w4; add $G 16x512s2 $m:w4
-done
+cells() {  # method, calibration, without: the method's four presets on both models
+  add $G $2 "$(echo $1:w3 $1:w3-g64 $1:w4 $1:w4-g128 | tr ' ' '\n' | grep -v -x "${3:-none}" | tr '\n' ' ')"
+  add $S $2 "$1:w3 $1:w3-g64 $1:w4 $1:w4-g64"
+}
+cells boa 128x2048
+for c in 16x512 16x512s1 16x512s2; do add $G $c "boa:w4 gptq:w4"; done
+cells gptq 16x512 gptq:w4; cells gptq 128x2048
+cells turboboa 16x512; cells turboboa 128x2048
+cells boa 16x512 boa:w4
 echo "$J" > /tmp/res/jobs.txt
 GPUS=$(nvidia-smi -L | wc -l)
 mkdir -p /tmp/tbqcache/kernels && gunzip -c "$REPO"/.device-carry/dp06/hadamard_quant-*.so.gz > /tmp/tbqcache/kernels/$(basename "$REPO"/.device-carry/dp06/hadamard_quant-*.so.gz .gz)
