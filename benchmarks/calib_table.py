@@ -5,6 +5,9 @@ weight setting, with the issue's order checks (3 bits: TurboBoA < GPTQ < RTN; 4 
     python benchmarks/calib_table.py RES_DIR [RES_DIR ...]   (reads each RES_DIR/<model>-<n>x<len>[s<seed>]/results.jsonl;
                                                             a seed is a calibration row of its own)
 
+A second table gives each method's mean over calibration seeds where a cell was run at several, with the same checks
+(one run per cell cannot separate methods whose seed spread is larger than their difference: Gemma at 16 x 512).
+
 With several folders (runs of the table in several device sessions), a run in a later folder replaces the same
 (model, calibration, method, setting) of an earlier one.
 """
@@ -38,21 +41,28 @@ def order_checks(ppl: dict[str, float], bits: int) -> list[str]:
     return [f"{name} {'PASS' if ok else 'FAIL'}" for name, ok in checks]
 
 
-def table(*roots: Path) -> str:
-    """Markdown: one row per (model, calibration, preset), columns fp and the four methods, then the checks; a later
-    root's runs replace an earlier one's."""
-    lines = ["| model | calibration | setting | fp | RTN | GPTQ | BoA | TurboBoA | checks |", "|---" * 9 + "|"]
-    lanes = sorted({log.parent.name for root in roots for log in root.glob("*/results.jsonl")})
-    for lane in lanes:
+def lanes(*roots: Path) -> dict[str, tuple[float | None, dict[str, dict[str, float]], dict[str, int]]]:
+    """Each lane (folder name <model>-<n>x<len>[s<seed>]) -> (fp perplexity or None, preset -> method -> perplexity,
+    preset -> bits), a later root's runs replacing an earlier one's."""
+    out = {}
+    for lane in sorted({log.parent.name for root in roots for log in root.glob("*/results.jsonl")}):
         logs = [root / lane / "results.jsonl" for root in roots if (root / lane / "results.jsonl").is_file()]
         rows = [json.loads(line) for log in logs for line in log.read_text().splitlines() if line.strip()]
-        fp = next((r["ppl"] for r in rows if r["run"] == "fp"), None)
         settings: dict[str, dict[str, float]] = {}
         bits: dict[str, int] = {}
         for r in rows:
             if r["run"] != "fp":
                 settings.setdefault(r["preset"], {})[r["method"]] = r["ppl"]
                 bits[r["preset"]] = r["bits"]
+        out[lane] = next((r["ppl"] for r in rows if r["run"] == "fp"), None), settings, bits
+    return out
+
+
+def table(*roots: Path) -> str:
+    """Markdown: one row per (model, calibration, preset), columns fp and the four methods, then the checks; a later
+    root's runs replace an earlier one's."""
+    lines = ["| model | calibration | setting | fp | RTN | GPTQ | BoA | TurboBoA | checks |", "|---" * 9 + "|"]
+    for lane, (fp, settings, bits) in lanes(*roots).items():
         model, calib = lane.rsplit("-", 1)
         for preset, ppl in settings.items():
             cells = [f"{ppl[m]:.2f}" if m in ppl else "-" for m in METHODS]
@@ -62,8 +72,39 @@ def table(*roots: Path) -> str:
     return "\n".join(lines)
 
 
+def seed_means(*roots: Path) -> str:
+    """Markdown: for each (model, NxLEN, preset) run at two or more calibration seeds (lane NxLEN is seed 0,
+    NxLENsS seed S), each method's mean perplexity over its seeds with their count; the checks compare only the
+    methods run at every seed of that cell."""
+    per_seed: dict[tuple[str, str, str], dict[str, dict[int, float]]] = {}
+    bits: dict[tuple[str, str, str], int] = {}
+    for lane, (_, settings, lane_bits) in lanes(*roots).items():
+        model, calib = lane.rsplit("-", 1)
+        base, _, seed = calib.partition("s")
+        for preset, ppl in settings.items():
+            bits[model, base, preset] = lane_bits[preset]
+            for method, value in ppl.items():
+                per_seed.setdefault((model, base, preset), {}).setdefault(method, {})[int(seed or 0)] = value
+    lines = ["| model | calibration | setting | seeds | RTN | GPTQ | BoA | TurboBoA | checks (methods at every seed) |",
+             "|---" * 9 + "|"]
+    for key, methods in per_seed.items():
+        seeds = sorted({s for values in methods.values() for s in values})
+        if len(seeds) < 2:
+            continue
+        mean = {m: sum(v.values()) / len(v) for m, v in methods.items()}
+        cells = [f"{mean[m]:.2f}" + ("" if len(methods[m]) == len(seeds) else f" ({len(methods[m])})")
+                 if m in methods else "-" for m in METHODS]
+        complete = {m: mean[m] for m in methods if len(methods[m]) == len(seeds)}
+        lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {','.join(map(str, seeds))} | " + " | ".join(cells)
+                     + f" | {'; '.join(order_checks(complete, bits[key]))} |")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     if len(sys.argv) < 2 or not all(Path(a).is_dir() for a in sys.argv[1:]):
         raise SystemExit("usage: python benchmarks/calib_table.py RES_DIR [RES_DIR ...] (folders gpu_calib_table.sh "
                          "wrote; later ones replace earlier runs)")
-    print(table(*map(Path, sys.argv[1:])))
+    roots = list(map(Path, sys.argv[1:]))
+    print(table(*roots))
+    print("\nMean over calibration seeds (a cell's count in parentheses where a method lacks some of its seeds):\n")
+    print(seed_means(*roots))

@@ -70,3 +70,25 @@ def test_calibration_table_script_refuses_a_malformed_calibration(tmp_path):
                               env={**os.environ, "RES": str(res), "JOBS": f"smollm2-135m/{calib}/rtn:w3"})
         assert proc.returncode == 2 and "NxLEN or NxLENsSEED" in proc.stderr and calib in proc.stderr, proc.stderr
         assert not (res / "stages.txt").exists()
+
+
+def test_calibration_table_seed_means(tmp_path):
+    """Lanes NxLEN and NxLENsS are seeds of one cell: each method's mean over its seeds, a count where it lacks some,
+    and checks only among the methods run at every seed. Catches a seed lane read as a calibration of its own, a
+    mean over the wrong runs, and a method with fewer seeds entering the checks; a cell with one seed is left out."""
+    import json
+
+    table = load("calib_table")
+
+    def lane(name, runs):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.jsonl").write_text("\n".join(json.dumps(
+            {"run": f"{m}-w4", "method": m, "preset": "w4", "bits": 4, "ppl": p}) for m, p in runs))
+
+    lane("gemma3-270m-16x512", [("gptq", 14.0), ("boa", 14.4), ("rtn", 27.0), ("turboboa", 13.0)])
+    lane("gemma3-270m-16x512s1", [("gptq", 16.6), ("boa", 14.3)])
+    lane("gemma3-270m-16x512s2", [("gptq", 15.2), ("boa", 15.3)])
+    lane("gemma3-270m-128x2048", [("gptq", 14.0), ("boa", 13.4)])
+    md = table.seed_means(tmp_path)
+    assert "| gemma3-270m | 16x512 | w4 | 0,1,2 | 27.00 (1) | 15.27 | 14.67 | 13.00 (1) | BoA <= GPTQ PASS |" in md
+    assert "128x2048" not in md and "16x512s1" not in md
