@@ -29,10 +29,10 @@ def nvcc() -> str:
     return found
 
 
-@functools.cache
-def compiled(source_path: Path, capability: tuple[int, int]) -> ctypes.CDLL:
-    """A CUDA source (``csrc/*.cu``) built for a compute capability (once, atomically, into the cache as
-    ``<stem>-<sha256[:16]>-sm<arch>.so``) and loaded; RuntimeError naming nvcc's last message when the build fails."""
+def built(source_path: Path, capability: tuple[int, int]) -> Path:
+    """The shared library of a CUDA source (``csrc/*.cu``) for a compute capability, built once, atomically, into the
+    cache as ``<stem>-<sha256[:16]>-sm<arch>.so`` (no GPU needed: ``docs/gpu-calib/build-carry.sh`` builds ahead);
+    RuntimeError naming nvcc's last message when the build fails."""
     name = source_path.stem
     source = source_path.read_bytes()
     arch = f"{capability[0]}{capability[1]}"
@@ -51,4 +51,10 @@ def compiled(source_path: Path, capability: tuple[int, int]) -> ctypes.CDLL:
             os.replace(tmp, target)
         finally:
             Path(tmp).unlink(missing_ok=True)
-    return ctypes.CDLL(str(target))
+    return target
+
+
+@functools.cache
+def compiled(source_path: Path, capability: tuple[int, int]) -> ctypes.CDLL:
+    """A CUDA source's library (``built``) loaded with ctypes."""
+    return ctypes.CDLL(str(built(source_path, capability)))

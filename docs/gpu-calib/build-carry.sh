@@ -20,10 +20,10 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -
   shellingham==1.5.4 annotated-doc==0.0.7 rich==15.0.0 markdown-it-py==4.3.0 mdurl==0.1.2 Pygments==2.21.0 \
   psutil==7.2.2 pydantic==2.14.4 pydantic_core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 \
   typing_extensions==4.16.0 pytest pluggy iniconfig
-h=$(sha256sum tbq_kernels/csrc/hadamard_quant.cu | cut -c1-16)
-nvcc -O3 -std=c++17 --shared -Xcompiler -fPIC -gencode=arch=compute_90,code=sm_90 -o /tmp/tbq-carry/hq.so \
-  tbq_kernels/csrc/hadamard_quant.cu
+# tbq's own build (tbq_kernels.build.built: its nvcc flags and cache name) into a scratch cache
+so=$(TBQ_CACHE=/tmp/tbq-carry/cache .venv/bin/python -c "from tbq_kernels.build import CSRC, built
+print(built(CSRC / 'hadamard_quant.cu', (9, 0)))")
 (cd /tmp/tbq-carry && tar -cf all.tar whl && split -b 54000000 -d -a 2 all.tar p)
 for f in /tmp/tbq-carry/p0?; do n=$(basename "$f"); mkdir -p ".device-carry/d$n" && mv "$f" ".device-carry/d$n/$n"; done
-gzip -9 -c /tmp/tbq-carry/hq.so > ".device-carry/dp06/hadamard_quant-$h-sm90.so.gz"
+gzip -9 -c "$so" > ".device-carry/dp06/$(basename "$so").gz"
 ls .device-carry/*/
