@@ -1,6 +1,7 @@
 """Issue 20's table from ``benchmarks/gpu_calib_table.sh`` results: held-out perplexity per model, calibration and
 weight setting, with the issue's order checks (3 bits: TurboBoA < GPTQ < RTN; 4 bits: TurboBoA <= GPTQ <= RTN, within
-0.5% counting as equal; BoA <= GPTQ throughout).
+0.5% counting as equal; BoA <= GPTQ throughout). BoA run with ``adaptive_grid`` (protocol ``boa:PRESET:adaptive``) is a
+column of its own, "BoA adaptive", checked against GPTQ in the same way.
 
     python benchmarks/calib_table.py RES_DIR [RES_DIR ...]   (reads each RES_DIR/<model>-<n>x<len>[s<seed>]/results.jsonl;
                                                             a seed is a calibration row of its own)
@@ -18,7 +19,7 @@ import json
 import sys
 from pathlib import Path
 
-METHODS = ("rtn", "gptq", "boa", "turboboa")
+METHODS = ("rtn", "gptq", "boa", "boa-adaptive", "turboboa")
 EQUAL = 0.005  # relative difference under which two perplexities count as equal
 
 
@@ -36,9 +37,15 @@ def order_checks(ppl: dict[str, float], bits: int) -> list[str]:
             checks.append(("TurboBoA < GPTQ < RTN", t < g < r))
         else:
             checks.append(("TurboBoA <= GPTQ <= RTN", at_most(t, g) and at_most(g, r)))
-    if "boa" in ppl and "gptq" in ppl:
-        checks.append(("BoA <= GPTQ", at_most(ppl["boa"], ppl["gptq"])))
+    for boa, name in (("boa", "BoA"), ("boa-adaptive", "BoA adaptive")):
+        if boa in ppl and "gptq" in ppl:
+            checks.append((f"{name} <= GPTQ", at_most(ppl[boa], ppl["gptq"])))
     return [f"{name} {'PASS' if ok else 'FAIL'}" for name, ok in checks]
+
+
+def method_key(run: dict) -> str:
+    """A protocol line's column: its method, "boa-adaptive" for BoA run with ``adaptive_grid``."""
+    return "boa-adaptive" if run["method"] == "boa" and run.get("adaptive_grid") is True else run["method"]
 
 
 def lanes(*roots: Path) -> dict[str, tuple[float | None, dict[str, dict[str, float]], dict[str, int]]]:
@@ -52,7 +59,7 @@ def lanes(*roots: Path) -> dict[str, tuple[float | None, dict[str, dict[str, flo
         bits: dict[str, int] = {}
         for r in rows:
             if r["run"] != "fp":
-                settings.setdefault(r["preset"], {})[r["method"]] = r["ppl"]
+                settings.setdefault(r["preset"], {})[method_key(r)] = r["ppl"]
                 bits[r["preset"]] = r["bits"]
         out[lane] = next((r["ppl"] for r in rows if r["run"] == "fp"), None), settings, bits
     return out
@@ -61,7 +68,7 @@ def lanes(*roots: Path) -> dict[str, tuple[float | None, dict[str, dict[str, flo
 def table(*roots: Path) -> str:
     """Markdown: one row per (model, calibration, preset), columns fp and the four methods, then the checks; a later
     root's runs replace an earlier one's."""
-    lines = ["| model | calibration | setting | fp | RTN | GPTQ | BoA | TurboBoA | checks |", "|---" * 9 + "|"]
+    lines = ["| model | calibration | setting | fp | RTN | GPTQ | BoA | BoA adaptive | TurboBoA | checks |", "|---" * 10 + "|"]
     for lane, (fp, settings, bits) in lanes(*roots).items():
         model, calib = lane.rsplit("-", 1)
         for preset, ppl in settings.items():
@@ -85,8 +92,9 @@ def seed_means(*roots: Path) -> str:
             bits[model, base, preset] = lane_bits[preset]
             for method, value in ppl.items():
                 per_seed.setdefault((model, base, preset), {}).setdefault(method, {})[int(seed or 0)] = value
-    lines = ["| model | calibration | setting | seeds | RTN | GPTQ | BoA | TurboBoA | checks (methods at every seed) |",
-             "|---" * 9 + "|"]
+    lines = ["| model | calibration | setting | seeds | RTN | GPTQ | BoA | BoA adaptive | TurboBoA | checks (methods at "
+             "every seed) |",
+             "|---" * 10 + "|"]
     for key, methods in per_seed.items():
         seeds = sorted({s for values in methods.values() for s in values})
         if len(seeds) < 2:

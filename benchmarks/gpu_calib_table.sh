@@ -29,7 +29,7 @@ lane() {  # model, calibration NxLEN[sSEED], run, --fp or "", GPU index: one pro
   if [[ "$len" == *s* ]]; then seed=${len#*s}; len=${len%%s*}; fi
   echo "$(date +%T) start $1 $2 $3 gpu$5" >> "$RES/stages.txt"
   CUDA_VISIBLE_DEVICES=$5 python3 -m tbq_eval.protocol --model "$1" --calib-dataset exl2-c4 --nsamples "$n" \
-    --seqlen "$len" --seed "$seed" $4 --out "$out" --runs "$3" ${PROTOCOL_ARGS:-} > "$out-${3/:/-}.log" 2>&1
+    --seqlen "$len" --seed "$seed" $4 --out "$out" --runs "$3" ${PROTOCOL_ARGS:-} > "$out-${3//:/-}.log" 2>&1
   rc=$?
   echo "$(date +%T) done $1 $2 $3 rc=$rc" >> "$RES/stages.txt"
 }

@@ -64,8 +64,8 @@ MUTANTS = [
     Mutant("alpha forced to 0 in the registry", METH, 'return cfg.alpha if cfg.method == "turboboa" else 0.0',
            "return 0.0", WIRING),
     Mutant("q/k one-sided GPTQ instead of two-sided", METH, 'if role in ("q", "k"):', "if role in ():", WIRING),
-    Mutant("refinement off in the pipeline", METH, "TurboBoAOptions(cfg.rows, cfg.adaptive_grid, cfg.refine_iters,",
-           "TurboBoAOptions(cfg.rows, cfg.adaptive_grid, 0,", WIRING),
+    Mutant("refinement off in the pipeline", METH, "cfg.adaptive_grid is not False, cfg.refine_iters,",
+           "cfg.adaptive_grid is not False, 0,", WIRING),
     # further ones
     Mutant("GPTAQ column term dropped (lazy tail)", "turboboa_export/algorithms/gptq.py",
            "tail = tail - cols1 @ p[..., a:b, b:]", "tail = tail", ALGO),

@@ -57,7 +57,7 @@ def quantize(
     rows: Optional[int] = typer.Option(None, help="TurboBoA rows quantized jointly, N (default 16)."),
     alpha: Optional[float] = typer.Option(None, help="TurboBoA propagated-error weight (default 0.25; 0 off)."),
     refine_iters: Optional[int] = typer.Option(None, help="TurboBoA scale refinement passes (default 1; 0 off)."),
-    adaptive_grid: Optional[bool] = typer.Option(None, "--adaptive-grid/--fixed-grid", help="TurboBoA grid per row block."),
+    adaptive_grid: Optional[bool] = typer.Option(None, "--adaptive-grid/--fixed-grid", help="Grid of each row block from its current weights (TurboBoA F3; default on for turboboa, off for boa, whose official grid is fixed up front)."),
     dataset: Optional[str] = typer.Option(None, help="exl2-wiki, exl2-c4, wikitext2, c4, or a .txt/.jsonl path."),
     nsamples: Optional[int] = typer.Option(None, help="Calibration windows (default 128)."),
     holdout: Optional[int] = typer.Option(

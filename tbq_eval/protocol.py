@@ -7,7 +7,9 @@ held-out perplexity of each run (and of the unquantized model), with ``--c4`` al
 
 A run is METHOD:PRESET, optionally followed by ``:rot`` (Hadamard rotation; ``:blockB`` makes its online part
 block-diagonal, ``--online-rotation block:B``), ``:a4`` / ``:a8`` (per-token activation bits) and ``:kv4`` / ``:kv8``
-(KV-cache bits), e.g. ``turboboa:w4:rot:a4:kv4`` for rotated W4A4KV4, ``turboboa:w4:rot:block512:a4``.
+(KV-cache bits), e.g. ``turboboa:w4:rot:a4:kv4`` for rotated W4A4KV4, ``turboboa:w4:rot:block512:a4``; ``:adaptive``
+/ ``:fixed`` set ``adaptive_grid`` (``boa:w3:adaptive``: BoA with each row's grid from its compensated weights), and
+the JSON line records it.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from .ppl import eval_windows, load_for_eval, perplexity, torch_dtype
 def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--runs", required=True, help="METHOD:PRESET[:rot][:a4|:a8][:kv4|:kv8] items, e.g. gptq:w4:rot:a4")
+    ap.add_argument("--runs", required=True, help="METHOD:PRESET[:rot][:a4|:a8][:kv4|:kv8][:adaptive|:fixed] items, e.g. gptq:w4:rot:a4, boa:w3:adaptive "
+                    "(adaptive/fixed: the grid of each row block from its current or its original weights)")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--nsamples", type=int, default=128, help="calibrating windows")
     ap.add_argument("--holdout", type=int, default=2, help="held-out windows drawn after the calibrating ones (the "
@@ -66,16 +69,18 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     for n, item in enumerate(items, 1):
         parts = item.split(":")
         blocks = [e for e in parts[2:] if e.startswith("block") and e[5:].isdigit()]
-        if len(parts) < 2 or not parts[1] or set(parts[2:]) - {"rot", "a4", "a8", "kv4", "kv8", *blocks}:
-            raise SystemExit(f"error: run {item!r} is not METHOD:PRESET[:rot[:blockB]][:a4|:a8][:kv4|:kv8] "
-                             "(e.g. turboboa:w4:rot:a4:kv4)")
+        if len(parts) < 2 or not parts[1] or set(parts[2:]) - {"rot", "a4", "a8", "kv4", "kv8", "adaptive", "fixed",
+                                                               *blocks}:
+            raise SystemExit(f"error: run {item!r} is not METHOD:PRESET[:rot[:blockB]][:a4|:a8][:kv4|:kv8]"
+                             "[:adaptive|:fixed] (e.g. turboboa:w4:rot:a4:kv4, boa:w3:adaptive)")
         method, preset, *extra = parts
         transform = {"rotate": "hadamard" if "rot" in extra else "none",
                      "online_rotation": f"block:{blocks[0][5:]}" if blocks else None,
                      "act_bits": next((int(e[1:]) for e in extra if e in ("a4", "a8")), None),
                      "kv_bits": next((int(e[2:]) for e in extra if e in ("kv4", "kv8")), None)}
         print(f"[{n}/{len(items)}] {item}: quantizing", flush=True)
-        cfg = build_config(a.model, preset=preset, quant={"method": method}, transform=transform,
+        grid = {"adaptive_grid": "adaptive" in extra} if {"adaptive", "fixed"} & set(extra) else {}
+        cfg = build_config(a.model, preset=preset, quant={"method": method, **grid}, transform=transform,
                            calib={"dataset": a.calib_dataset, "nsamples": a.nsamples + a.holdout, "holdout": a.holdout,
                                   "seqlen": a.seqlen, "seed": a.seed},
                            device=str(device))
@@ -85,7 +90,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
         quantize_model(cfg, run_dir, overwrite=True, progress=False)
         wall = time.time() - t0
         info = json.loads((run_dir / "run.json").read_text())
-        record({"run": name, "method": method, "preset": preset, "group_size": -1, **PRESETS[preset], **transform,
+        record({"run": name, "method": method, "preset": preset, "group_size": -1, **PRESETS[preset], **transform, **grid,
                 "calib": f"{a.calib_dataset} {a.nsamples}x{a.seqlen}", "seed": a.seed,
                 **ppl_of(str(run_dir)), "quantize_s": info["timings"]["quantize_seconds"], "wall_s": wall})
 

@@ -165,7 +165,7 @@ def test_rtn_defaults_to_minmax_and_run_json_records_used_settings(model_dir, ca
     assert build_config("m", quant={"method": "rtn"}).quant.grid == "minmax"
     assert set(used_settings(QuantConfig(method="boa"))) == {"method", "bits", "group_size", "sym", "ignore", "rules",
                                                              "grid", "damp", "sample_damp", "act_order",
-                                                             "row_act_order"}
+                                                             "row_act_order", "adaptive_grid"}
     assert not {"damp", "sample_damp"} & set(used_settings(QuantConfig(method="rtn")))
     # a rule's method adds what it reads
     rule = {"pattern": "*.down_proj", "method": "turboboa"}

@@ -70,6 +70,23 @@ def test_protocol_calibrates_and_evaluates_on_the_texts_asked(tiny_models, calib
         assert math.isclose(row["ppl"], want, rel_tol=1e-6), (row, want)
 
 
+def test_protocol_grid_suffix_sets_adaptive_grid(tiny_models, calib_text, tmp_path):
+    """``boa:w4:adaptive`` quantizes BoA with adaptive_grid on (run.json) and records it; a plain run leaves the
+    method's default; an unknown suffix is a one-line error."""
+    from tbq_eval import protocol
+
+    out = tmp_path / "proto"
+    protocol.main(["--model", str(tiny_models["llama"]), "--runs", "boa:w4:adaptive,boa:w4", "--out", str(out),
+                   "--calib-dataset", str(calib_text), "--nsamples", "2", "--holdout", "1", "--seqlen", "32",
+                   "--eval-dataset", str(calib_text), "--eval-seqlen", "40", "--device", "cpu"])
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [(r["run"], r.get("adaptive_grid")) for r in rows] == [("boa-w4-adaptive", True), ("boa-w4", None)]
+    grids = [json.loads((out / r["run"] / "run.json").read_text())["config"]["quant"]["adaptive_grid"] for r in rows]
+    assert grids == [True, None]
+    with pytest.raises(SystemExit, match="adaptive"):
+        protocol.main(["--model", "m", "--runs", "boa:w4:adapt", "--out", str(out)])
+
+
 def test_ppl_too_short_text_is_a_clear_error(tiny_run, tmp_path):
     short = tmp_path / "short.txt"
     short.write_text("the river")

@@ -82,6 +82,7 @@ def out_features(role):
 def expected(role, w, cfg, stats):
     """(codes, scales, zeros) of the reference algorithm the method must run for ``role``."""
     turbo = cfg.method == "turboboa"
+    adaptive = turbo if cfg.adaptive_grid is None else cfg.adaptive_grid  # BoA: fixed unless asked
     kw = dict(sym=cfg.sym, search=cfg.grid, group_size=cfg.group_size, alpha=cfg.alpha if turbo else 0.0,
               refine_iters=cfg.refine_iters if turbo else 0)
     damp_in = damping(cfg, D_IN, H_TOKENS)
@@ -92,7 +93,7 @@ def expected(role, w, cfg, stats):
     if role in ("q", "k"):
         h_out = stats.attention.h_out_q() if role == "q" else stats.attention.h_out_k()
         return turboboa_ref(w.reshape(len(h_out), SHAPE.head_dim, D_IN), stats.h(role), h_out, cfg.bits,
-                            r=stats.r(role), n=cfg.rows if turbo else 1, adaptive_grid=turbo, percdamp=damp_in,
+                            r=stats.r(role), n=cfg.rows if turbo else 1, adaptive_grid=adaptive, percdamp=damp_in,
                             percdamp_out=damping(cfg, SHAPE.head_dim, ATTENTION_TOKENS), **kw)
     if role == "v":  # each kv head with its attention-weighted H_in and R_v
         damp_v = damping(cfg, D_IN, ATTENTION_TOKENS)
@@ -103,9 +104,10 @@ def expected(role, w, cfg, stats):
 
 
 @pytest.mark.parametrize("role", ["q", "k", "v", "o"])
-@pytest.mark.parametrize("method,group", [("turboboa", -1), ("turboboa", 8), ("boa", -1), ("gptq", -1)])
-def test_method_runs_the_reference_algorithm(method, group, role):
-    cfg = QuantConfig(method=method, bits=2, group_size=group, rows=4)
+@pytest.mark.parametrize("method,group,adaptive", [("turboboa", -1, None), ("turboboa", 8, None), ("boa", -1, None),
+                                                   ("boa", 8, None), ("boa", 8, True), ("gptq", -1, None)])
+def test_method_runs_the_reference_algorithm(method, group, adaptive, role):
+    cfg = QuantConfig(method=method, bits=2, group_size=group, rows=4, adaptive_grid=adaptive)
     w = torch.randn(out_features(role), D_IN, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
     stats = Statistics()
     got, loss = get_method(method).quantize(role, w, stats, cfg, SHAPE)

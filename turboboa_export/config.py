@@ -93,7 +93,7 @@ class QuantConfig(_Strict):
     rows: int = 16
     alpha: NonNegative = 0.25
     refine_iters: int = 1
-    adaptive_grid: bool = True
+    adaptive_grid: bool | None = None  # None: the method's own (turboboa on, boa off: BoA's grid is fixed up front)
     ignore: tuple[Pattern, ...] = ()
     rules: tuple[Rule, ...] = ()
 

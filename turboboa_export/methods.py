@@ -76,12 +76,13 @@ register(Method("gptq", _gptq, lambda cfg: ("grid",) + DAMP_SETTINGS + ("act_ord
 def turboboa_options(cfg: QuantConfig, percdamp: float, percdamp_out: float | None = None,
                      tf32: bool = False) -> TurboBoAOptions:
     """F1/F3 settings of a config with the relative dampings of H_in and H_out (``damping``); ``boa`` is N = 1 with
-    a fixed grid and no refinement. ``tf32``: the statistics come from fp16/bf16 activations on a GPU, so the F2/F3
-    corrections may use TF32."""
+    no refinement and, unless ``adaptive_grid`` is set, the official BoA's grid fixed from the original weights.
+    ``tf32``: the statistics come from fp16/bf16 activations on a GPU, so the F2/F3 corrections may use TF32."""
     if cfg.method == "boa":
-        return TurboBoAOptions(1, False, 0, cfg.act_order, cfg.row_act_order, percdamp, tf32, percdamp_out)
-    return TurboBoAOptions(cfg.rows, cfg.adaptive_grid, cfg.refine_iters, cfg.act_order, cfg.row_act_order, percdamp,
-                           tf32, percdamp_out)
+        return TurboBoAOptions(1, cfg.adaptive_grid is True, 0, cfg.act_order, cfg.row_act_order, percdamp, tf32,
+                               percdamp_out)
+    return TurboBoAOptions(cfg.rows, cfg.adaptive_grid is not False, cfg.refine_iters, cfg.act_order,
+                           cfg.row_act_order, percdamp, tf32, percdamp_out)
 
 
 def _alpha(cfg: QuantConfig) -> float:
@@ -132,8 +133,8 @@ def _attention_statistics(cfg: QuantConfig, spec, shape):
     return make
 
 
-BOA_SETTINGS = ("grid",) + DAMP_SETTINGS + ("act_order", "row_act_order")
-TURBOBOA_SETTINGS = BOA_SETTINGS + ("rows", "alpha", "refine_iters", "adaptive_grid")
+BOA_SETTINGS = ("grid",) + DAMP_SETTINGS + ("act_order", "row_act_order", "adaptive_grid")
+TURBOBOA_SETTINGS = BOA_SETTINGS + ("rows", "alpha", "refine_iters")
 register(Method("boa", _attention_aware, lambda cfg: BOA_SETTINGS, attention_statistics=_attention_statistics))
 register(Method("turboboa", _attention_aware, lambda cfg: TURBOBOA_SETTINGS,
                 needs_r=lambda cfg: cfg.alpha > 0, attention_statistics=_attention_statistics))
