@@ -44,8 +44,10 @@ def order_checks(ppl: dict[str, float], bits: int) -> list[str]:
 
 
 def method_key(run: dict) -> str:
-    """A protocol line's column: its method, "boa-adaptive" for BoA run with ``adaptive_grid``."""
-    return "boa-adaptive" if run["method"] == "boa" and run.get("adaptive_grid") is True else run["method"]
+    """A protocol line's column: its method, with "-adaptive" / "-fixed" where the run set a grid other than its
+    method's own (only "boa-adaptive" is a column of the tables; "turboboa-fixed" stays out of TurboBoA's)."""
+    grid, own = run.get("adaptive_grid"), run["method"] == "turboboa"
+    return run["method"] if grid is None or grid == own else f"{run['method']}-{'adaptive' if grid else 'fixed'}"
 
 
 def lanes(*roots: Path) -> dict[str, tuple[float | None, dict[str, dict[str, float]], dict[str, int]]]:
@@ -66,7 +68,7 @@ def lanes(*roots: Path) -> dict[str, tuple[float | None, dict[str, dict[str, flo
 
 
 def table(*roots: Path) -> str:
-    """Markdown: one row per (model, calibration, preset), columns fp and the four methods, then the checks; a later
+    """Markdown: one row per (model, calibration, preset), columns fp and the methods, then the checks; a later
     root's runs replace an earlier one's."""
     lines = ["| model | calibration | setting | fp | RTN | GPTQ | BoA | BoA adaptive | TurboBoA | checks |", "|---" * 10 + "|"]
     for lane, (fp, settings, bits) in lanes(*roots).items():

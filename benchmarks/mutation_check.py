@@ -64,8 +64,8 @@ MUTANTS = [
     Mutant("alpha forced to 0 in the registry", METH, 'return cfg.alpha if cfg.method == "turboboa" else 0.0',
            "return 0.0", WIRING),
     Mutant("q/k one-sided GPTQ instead of two-sided", METH, 'if role in ("q", "k"):', "if role in ():", WIRING),
-    Mutant("refinement off in the pipeline", METH, "cfg.adaptive_grid is not False, cfg.refine_iters,",
-           "cfg.adaptive_grid is not False, 0,", WIRING),
+    Mutant("refinement off in the pipeline", METH, "TurboBoAOptions(cfg.rows, adaptive_grid(cfg), cfg.refine_iters,",
+           "TurboBoAOptions(cfg.rows, adaptive_grid(cfg), 0,", WIRING),
     # further ones
     Mutant("GPTAQ column term dropped (lazy tail)", "turboboa_export/algorithms/gptq.py",
            "tail = tail - cols1 @ p[..., a:b, b:]", "tail = tail", ALGO),
@@ -73,7 +73,7 @@ MUTANTS = [
            "update = update - col.unsqueeze(-1) * p1[..., i, i:].unsqueeze(-2)", "update = update", ALGO),
     Mutant("refinement step without H_out,jj", "turboboa_export/algorithms/refine.py",
            "den = hjj * (mh[:, cols_g] * m).sum(-1)", "den = (mh[:, cols_g] * m).sum(-1)", ALGO),
-    Mutant("BoA with the adaptive grid", METH, "TurboBoAOptions(1, False, 0,", "TurboBoAOptions(1, True, 0,", WIRING),
+    Mutant("BoA with the adaptive grid", METH, 'return cfg.method == "turboboa" if', "return True if", WIRING),
     Mutant("R with the wrong sign", "turboboa_export/pipeline/statistics.py", "2 * (self.c_sum - self.h_sum)",
            "2 * (self.h_sum - self.c_sum)", STREAMS),
     # issue 20

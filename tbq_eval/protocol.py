@@ -67,19 +67,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
         record({"run": "fp", "method": "fp", "bits": 32, **ppl_of(a.model)})
     items = a.runs.split(",")
     for n, item in enumerate(items, 1):
-        parts = item.split(":")
-        blocks = [e for e in parts[2:] if e.startswith("block") and e[5:].isdigit()]
-        if len(parts) < 2 or not parts[1] or set(parts[2:]) - {"rot", "a4", "a8", "kv4", "kv8", "adaptive", "fixed",
-                                                               *blocks}:
-            raise SystemExit(f"error: run {item!r} is not METHOD:PRESET[:rot[:blockB]][:a4|:a8][:kv4|:kv8]"
-                             "[:adaptive|:fixed] (e.g. turboboa:w4:rot:a4:kv4, boa:w3:adaptive)")
-        method, preset, *extra = parts
-        transform = {"rotate": "hadamard" if "rot" in extra else "none",
-                     "online_rotation": f"block:{blocks[0][5:]}" if blocks else None,
-                     "act_bits": next((int(e[1:]) for e in extra if e in ("a4", "a8")), None),
-                     "kv_bits": next((int(e[2:]) for e in extra if e in ("kv4", "kv8")), None)}
+        method, preset, extra, transform, grid = parse_run(item)
         print(f"[{n}/{len(items)}] {item}: quantizing", flush=True)
-        grid = {"adaptive_grid": "adaptive" in extra} if {"adaptive", "fixed"} & set(extra) else {}
         cfg = build_config(a.model, preset=preset, quant={"method": method, **grid}, transform=transform,
                            calib={"dataset": a.calib_dataset, "nsamples": a.nsamples + a.holdout, "holdout": a.holdout,
                                   "seqlen": a.seqlen, "seed": a.seed},
@@ -93,6 +82,27 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
         record({"run": name, "method": method, "preset": preset, "group_size": -1, **PRESETS[preset], **transform, **grid,
                 "calib": f"{a.calib_dataset} {a.nsamples}x{a.seqlen}", "seed": a.seed,
                 **ppl_of(str(run_dir)), "quantize_s": info["timings"]["quantize_seconds"], "wall_s": wall})
+
+
+def parse_run(item: str) -> tuple[str, str, list[str], dict, dict]:
+    """METHOD:PRESET[:suffixes] -> (method, preset, suffixes, transform settings, grid setting: {} or
+    {"adaptive_grid": bool}). A malformed item, or a grid suffix on a method without row blocks, is a SystemExit."""
+    parts = item.split(":")
+    blocks = [e for e in parts[2:] if e.startswith("block") and e[5:].isdigit()]
+    if len(parts) < 2 or not parts[1] or set(parts[2:]) - {"rot", "a4", "a8", "kv4", "kv8", "adaptive", "fixed",
+                                                           *blocks}:
+        raise SystemExit(f"error: run {item!r} is not METHOD:PRESET[:rot[:blockB]][:a4|:a8][:kv4|:kv8]"
+                         "[:adaptive|:fixed] (e.g. turboboa:w4:rot:a4:kv4, boa:w3:adaptive)")
+    method, preset, *extra = parts
+    grids = {"adaptive", "fixed"} & set(extra)
+    if grids and (method not in ("boa", "turboboa") or len(grids) > 1):
+        raise SystemExit(f"error: run {item!r}: :adaptive or :fixed (one of them) sets the row-block grid of boa and "
+                         "turboboa only; drop it")
+    transform = {"rotate": "hadamard" if "rot" in extra else "none",
+                 "online_rotation": f"block:{blocks[0][5:]}" if blocks else None,
+                 "act_bits": next((int(e[1:]) for e in extra if e in ("a4", "a8")), None),
+                 "kv_bits": next((int(e[2:]) for e in extra if e in ("kv4", "kv8")), None)}
+    return method, preset, extra, transform, {"adaptive_grid": "adaptive" in grids} if grids else {}
 
 
 if __name__ == "__main__":

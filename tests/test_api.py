@@ -12,11 +12,12 @@ from tbq_cli.main import app
 from turboboa_export import Run, load_fake_quant_model, quantize
 from turboboa_export.algorithms.quantized import QuantizedWeight
 from turboboa_export.api import export
-from turboboa_export.config import QuantConfig, build_config
+from turboboa_export.config import QuantConfig, Rule, build_config
 from turboboa_export.errors import TbqError
 from turboboa_export.export.compressed_tensors import dequantize_exported
 from turboboa_export.export.verify import verify_export
 from turboboa_export.methods import used_settings
+from turboboa_export.plan import layer_config
 
 from .tiny import make_model_dir, make_tokenizer, tiny_config
 
@@ -167,6 +168,13 @@ def test_rtn_defaults_to_minmax_and_run_json_records_used_settings(model_dir, ca
                                                              "grid", "damp", "sample_damp", "act_order",
                                                              "row_act_order", "adaptive_grid"}
     assert not {"damp", "sample_damp"} & set(used_settings(QuantConfig(method="rtn")))
+    # the grid a method uses is recorded, not "unset"; a rule that changes the method takes that method's own
+    assert [used_settings(QuantConfig(method=m, adaptive_grid=g))["adaptive_grid"] for m, g in (
+        ("boa", None), ("turboboa", None), ("boa", True), ("turboboa", False))] == [False, True, True, False]
+    run = QuantConfig(method="turboboa", adaptive_grid=True, rules=[Rule(pattern="re:.*q_proj$", method="boa"),
+                                                                    Rule(pattern="re:.*k_proj$", bits=3)])
+    assert layer_config(run, "model.layers.0.self_attn.q_proj").adaptive_grid is None
+    assert layer_config(run, "model.layers.0.self_attn.k_proj").adaptive_grid is True
     # a rule's method adds what it reads
     rule = {"pattern": "*.down_proj", "method": "turboboa"}
     assert "alpha" in used_settings(QuantConfig(method="gptq", rules=[rule]))

@@ -62,6 +62,10 @@ def test_calibration_table_orders_and_tolerance(tmp_path):
     assert ("| gemma3-270m | 16x512 | w3 | 18.00 | 300.00 | 60.00 | 59.00 | 61.00 | 55.00 | "
             "TurboBoA < GPTQ < RTN PASS; BoA <= GPTQ PASS; BoA adaptive <= GPTQ FAIL |") in table.table(
         tmp_path, tmp_path / "later")
+    # a grid a method takes anyway keeps its column; TurboBoA on a fixed grid enters none
+    assert [table.method_key({"method": m, "adaptive_grid": g}) for m, g in (
+        ("boa", False), ("turboboa", True), ("turboboa", False), ("boa", None), ("gptq", None))] == [
+        "boa", "turboboa", "turboboa-fixed", "boa", "gptq"]
 
 
 def test_calibration_table_script_refuses_a_malformed_calibration(tmp_path):

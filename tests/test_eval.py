@@ -70,21 +70,19 @@ def test_protocol_calibrates_and_evaluates_on_the_texts_asked(tiny_models, calib
         assert math.isclose(row["ppl"], want, rel_tol=1e-6), (row, want)
 
 
-def test_protocol_grid_suffix_sets_adaptive_grid(tiny_models, calib_text, tmp_path):
-    """``boa:w4:adaptive`` quantizes BoA with adaptive_grid on (run.json) and records it; a plain run leaves the
-    method's default; an unknown suffix is a one-line error."""
-    from tbq_eval import protocol
+def test_protocol_grid_suffix_sets_adaptive_grid():
+    """``:adaptive`` / ``:fixed`` reach the run's config as adaptive_grid True / False (none: the method's own, unset);
+    on a method without row blocks, or both at once, a one-line error."""
+    from tbq_eval.protocol import parse_run
+    from turboboa_export.config import build_config
 
-    out = tmp_path / "proto"
-    protocol.main(["--model", str(tiny_models["llama"]), "--runs", "boa:w4:adaptive,boa:w4", "--out", str(out),
-                   "--calib-dataset", str(calib_text), "--nsamples", "2", "--holdout", "1", "--seqlen", "32",
-                   "--eval-dataset", str(calib_text), "--eval-seqlen", "40", "--device", "cpu"])
-    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-    assert [(r["run"], r.get("adaptive_grid")) for r in rows] == [("boa-w4-adaptive", True), ("boa-w4", None)]
-    grids = [json.loads((out / r["run"] / "run.json").read_text())["config"]["quant"]["adaptive_grid"] for r in rows]
-    assert grids == [True, None]
-    with pytest.raises(SystemExit, match="adaptive"):
-        protocol.main(["--model", "m", "--runs", "boa:w4:adapt", "--out", str(out)])
+    for item, want in (("boa:w4:adaptive", True), ("turboboa:w3-g64:fixed", False), ("boa:w4", None)):
+        method, preset, _, transform, grid = parse_run(item)
+        cfg = build_config("m", preset=preset, quant={"method": method, **grid}, transform=transform)
+        assert cfg.quant.adaptive_grid is want and grid.get("adaptive_grid") is want, item
+    for bad in ("boa:w4:adapt", "gptq:w4:adaptive", "boa:w4:adaptive:fixed"):
+        with pytest.raises(SystemExit, match="adaptive"):
+            parse_run(bad)
 
 
 def test_ppl_too_short_text_is_a_clear_error(tiny_run, tmp_path):

@@ -105,7 +105,8 @@ def expected(role, w, cfg, stats):
 
 @pytest.mark.parametrize("role", ["q", "k", "v", "o"])
 @pytest.mark.parametrize("method,group,adaptive", [("turboboa", -1, None), ("turboboa", 8, None), ("boa", -1, None),
-                                                   ("boa", 8, None), ("boa", 8, True), ("gptq", -1, None)])
+                                                   ("boa", 8, None), ("boa", 8, True), ("turboboa", 8, False),
+                                                   ("gptq", -1, None)])
 def test_method_runs_the_reference_algorithm(method, group, adaptive, role):
     cfg = QuantConfig(method=method, bits=2, group_size=group, rows=4, adaptive_grid=adaptive)
     w = torch.randn(out_features(role), D_IN, generator=torch.Generator().manual_seed(7), dtype=torch.float64)

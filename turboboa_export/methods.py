@@ -73,16 +73,22 @@ register(Method("rtn", _rtn, lambda cfg: ("grid",) + DAMP_SETTINGS if cfg.grid =
 register(Method("gptq", _gptq, lambda cfg: ("grid",) + DAMP_SETTINGS + ("act_order",)))
 
 
+def adaptive_grid(cfg: QuantConfig) -> bool:
+    """Whether each row block takes its grid from its current weights (TurboBoA F3): ``cfg.adaptive_grid``, or when
+    unset the method's own choice (turboboa yes; boa no, the official BoA fixing its grid from the original weights)."""
+    return cfg.method == "turboboa" if cfg.adaptive_grid is None else cfg.adaptive_grid
+
+
 def turboboa_options(cfg: QuantConfig, percdamp: float, percdamp_out: float | None = None,
                      tf32: bool = False) -> TurboBoAOptions:
     """F1/F3 settings of a config with the relative dampings of H_in and H_out (``damping``); ``boa`` is N = 1 with
     no refinement and, unless ``adaptive_grid`` is set, the official BoA's grid fixed from the original weights.
     ``tf32``: the statistics come from fp16/bf16 activations on a GPU, so the F2/F3 corrections may use TF32."""
     if cfg.method == "boa":
-        return TurboBoAOptions(1, cfg.adaptive_grid is True, 0, cfg.act_order, cfg.row_act_order, percdamp, tf32,
+        return TurboBoAOptions(1, adaptive_grid(cfg), 0, cfg.act_order, cfg.row_act_order, percdamp, tf32,
                                percdamp_out)
-    return TurboBoAOptions(cfg.rows, cfg.adaptive_grid is not False, cfg.refine_iters, cfg.act_order,
-                           cfg.row_act_order, percdamp, tf32, percdamp_out)
+    return TurboBoAOptions(cfg.rows, adaptive_grid(cfg), cfg.refine_iters, cfg.act_order, cfg.row_act_order,
+                           percdamp, tf32, percdamp_out)
 
 
 def _alpha(cfg: QuantConfig) -> float:
@@ -147,4 +153,7 @@ def used_settings(cfg: QuantConfig) -> dict:
     configs = [cfg] + [cfg.model_copy(update=r.overrides()) for r in cfg.rules]
     keep = set(COMMON_SETTINGS).union(*(get_method(c.method).settings(c) for c in configs))
     rules = [r.model_dump(mode="json", exclude_none=True) for r in cfg.rules]  # as written: pattern and what it sets
-    return cfg.model_dump(mode="json", include=keep) | {"rules": rules}
+    out = cfg.model_dump(mode="json", include=keep) | {"rules": rules}
+    if "adaptive_grid" in out:  # the grid the run's method uses, not "its default"
+        out["adaptive_grid"] = adaptive_grid(cfg)
+    return out

@@ -38,7 +38,10 @@ def layer_config(quant: QuantConfig, name: str) -> QuantConfig | None:
     rule = next((r for r in quant.rules if matches(r.pattern, name)), None)
     if rule is None:
         return quant
-    return quant.model_copy(update=rule.overrides())  # the run's grid and other settings stay
+    update = rule.overrides()
+    if update.get("method", quant.method) != quant.method:
+        update["adaptive_grid"] = None  # another method: its own grid choice (boa fixed, turboboa adaptive)
+    return quant.model_copy(update=update)  # the run's grid search and other settings stay
 
 
 def scheme(cfg: QuantConfig | None) -> Scheme | None:
