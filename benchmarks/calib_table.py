@@ -19,6 +19,9 @@ import json
 import sys
 from pathlib import Path
 
+from turboboa_export.config import QuantConfig
+from turboboa_export.methods import adaptive_grid
+
 METHODS = ("rtn", "gptq", "boa", "boa-adaptive", "turboboa")
 EQUAL = 0.005  # relative difference under which two perplexities count as equal
 
@@ -46,7 +49,7 @@ def order_checks(ppl: dict[str, float], bits: int) -> list[str]:
 def method_key(run: dict) -> str:
     """A protocol line's column: its method, with "-adaptive" / "-fixed" where the run set a grid other than its
     method's own (only "boa-adaptive" is a column of the tables; "turboboa-fixed" stays out of TurboBoA's)."""
-    grid, own = run.get("adaptive_grid"), run["method"] == "turboboa"
+    grid, own = run.get("adaptive_grid"), adaptive_grid(QuantConfig(method=run["method"]))
     return run["method"] if grid is None or grid == own else f"{run['method']}-{'adaptive' if grid else 'fixed'}"
 
 

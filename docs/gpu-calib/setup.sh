@@ -25,6 +25,5 @@ add $G 16x512 "boa:w4:adaptive boa:w3-g64:adaptive"
 add $G 128x2048 "boa:w4-g128:adaptive"
 echo "$J" > /tmp/res/jobs.txt
 GPUS=$(nvidia-smi -L | wc -l)
-mkdir -p /tmp/tbqcache/kernels && gunzip -c "$REPO"/.device-carry/dp06/hadamard_quant-*.so.gz > /tmp/tbqcache/kernels/$(basename "$REPO"/.device-carry/dp06/hadamard_quant-*.so.gz .gz)
 RES=/tmp/res GPUS=$GPUS LANES=$((16 * GPUS)) FP=0 OMP_NUM_THREADS=1 JOBS="$J" setsid nohup bash benchmarks/gpu_calib_table.sh > /tmp/res/job.log 2>&1 < /dev/null &
 bash /tmp/poll.sh 45  # the first poll: lanes started, GPU memory, the logs so far
