@@ -1,7 +1,7 @@
 #!/bin/bash
-# Issue 20 table, set-up call 7 of 7 (docs/gpu.md): join the parts copied to /tmp/b, install, materialize, start the JOBS below detached
+# Issue 20 table, set-up call 8 of 8 (docs/gpu.md): join the parts copied to /tmp/b, install, materialize, start the JOBS below detached
 REPO=$PWD
-mkdir -p /tmp/res && cd /tmp/b && cat p00 p01 p02 p03 p04 p05 p06 | tar x || exit 1
+mkdir -p /tmp/res && cd /tmp/b && cat p00 p01 p02 p03 p04 p05 p06 p07 | tar x || exit 1
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site whl/*.whl > /tmp/res/pip.log 2>&1 || { tail -5 /tmp/res/pip.log; exit 1; }
 rm -rf /tmp/b/whl; cp "$REPO/docs/gpu-calib/poll.sh" /tmp/poll.sh
 cp -r "$REPO" /tmp/repo && cd /tmp/repo && rm -rf .device-carry
@@ -14,7 +14,8 @@ tail -c 300 /tmp/res/mat-g.log; tail -c 300 /tmp/res/mat-s.log
 # session 16: is BoA's loss to GPTQ on Gemma its grid fixed from the original weights (the official BoA's)? BoA with
 # each row's grid from its compensated weights (boa:...:adaptive) at the seeds where BoA lost (W4 g128 16 x 512 and
 # W3 128 x 2048, seeds 0-2), then seeds 3 and 4 of GPTQ / BoA / BoA adaptive at W4 g128 16 x 512 and seed 3 at W3
-# 128 x 2048, then BoA adaptive in Gemma's other BoA cells; on two GPUs the jobs are dealt to them in turn
+# 128 x 2048, then BoA adaptive in Gemma's other 16 x 512 BoA cells (16 jobs, one per lane); on two GPUs the jobs are
+# dealt to them in turn
 G=gemma3-270m J=""
 add() { for p in $3; do J="$J${J:+,}$1/$2/$p"; done; }
 for c in 128x2048 128x2048s1 128x2048s2; do add $G $c "boa:w3:adaptive"; done
@@ -22,7 +23,6 @@ for c in 16x512 16x512s1 16x512s2; do add $G $c "boa:w4-g128:adaptive"; done
 add $G 128x2048s3 "gptq:w3 boa:w3 boa:w3:adaptive"
 for c in 16x512s3 16x512s4; do add $G $c "gptq:w4-g128 boa:w4-g128 boa:w4-g128:adaptive"; done
 add $G 16x512 "boa:w4:adaptive boa:w3-g64:adaptive"
-add $G 128x2048 "boa:w4-g128:adaptive"
 echo "$J" > /tmp/res/jobs.txt
 GPUS=$(nvidia-smi -L | wc -l)
 RES=/tmp/res GPUS=$GPUS LANES=$((16 * GPUS)) FP=0 OMP_NUM_THREADS=1 JOBS="$J" setsid nohup bash benchmarks/gpu_calib_table.sh > /tmp/res/job.log 2>&1 < /dev/null &
