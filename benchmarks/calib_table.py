@@ -7,7 +7,8 @@ column of its own, "BoA adaptive", checked against GPTQ in the same way.
                                                             a seed is a calibration row of its own)
 
 A second table gives each method's mean over calibration seeds where a cell was run at several, with the same checks
-(one run per cell cannot separate methods whose seed spread is larger than their difference: Gemma at 16 x 512).
+(one run per cell cannot separate methods whose seed spread is larger than their difference: Gemma at 16 x 512), and a
+third each method's paired relative difference from GPTQ over the seeds both ran, with its standard error.
 
 With several folders (runs of the table in several device sessions), a run in a later folder replaces the same
 (model, calibration, method, setting) of an earlier one.
@@ -84,10 +85,10 @@ def table(*roots: Path) -> str:
     return "\n".join(lines)
 
 
-def seed_means(*roots: Path) -> str:
-    """Markdown: for each (model, NxLEN, preset) run at two or more calibration seeds (lane NxLEN is seed 0,
-    NxLENsS seed S), each method's mean perplexity over its seeds with their count; the checks compare only the
-    methods run at every seed of that cell."""
+def seed_runs(*roots: Path) -> tuple[dict[tuple[str, str, str], dict[str, dict[int, float]]],
+                                     dict[tuple[str, str, str], int]]:
+    """(model, NxLEN, preset) -> method -> seed -> perplexity (lane NxLEN is seed 0, NxLENsS seed S), and the
+    cell's bits."""
     per_seed: dict[tuple[str, str, str], dict[str, dict[int, float]]] = {}
     bits: dict[tuple[str, str, str], int] = {}
     for lane, (_, settings, lane_bits) in lanes(*roots).items():
@@ -97,6 +98,13 @@ def seed_means(*roots: Path) -> str:
             bits[model, base, preset] = lane_bits[preset]
             for method, value in ppl.items():
                 per_seed.setdefault((model, base, preset), {}).setdefault(method, {})[int(seed or 0)] = value
+    return per_seed, bits
+
+
+def seed_means(*roots: Path) -> str:
+    """Markdown: for each (model, NxLEN, preset) run at two or more calibration seeds, each method's mean perplexity
+    over its seeds with their count; the checks compare only the methods run at every seed of that cell."""
+    per_seed, bits = seed_runs(*roots)
     lines = ["| model | calibration | setting | seeds | RTN | GPTQ | BoA | BoA adaptive | TurboBoA | checks (methods at "
              "every seed) |",
              "|---" * 10 + "|"]
@@ -113,6 +121,33 @@ def seed_means(*roots: Path) -> str:
     return "\n".join(lines)
 
 
+def paired_against_gptq(*roots: Path) -> str:
+    """Markdown: for each cell and method other than GPTQ with two or more seeds shared with GPTQ, the paired relative
+    difference d_s = ppl_s / ppl_GPTQ,s - 1 over those seeds: mean and standard error (sample standard deviation /
+    sqrt(n), in %), the seeds where the method is above GPTQ by more than the 0.5% tolerance, and the verdict: "above
+    GPTQ" or "below GPTQ" where the mean lies beyond the tolerance by more than two standard errors, else "within
+    seed noise"."""
+    per_seed, _ = seed_runs(*roots)
+    lines = ["| model | calibration | setting | method | seeds | mean d (%) | s.e. (%) | seeds above GPTQ | verdict |",
+             "|---" * 9 + "|"]
+    for key, methods in per_seed.items():
+        for method in METHODS:
+            if method == "gptq" or method not in methods or "gptq" not in methods:
+                continue
+            seeds = sorted(set(methods[method]) & set(methods["gptq"]))
+            if len(seeds) < 2:
+                continue
+            d = [methods[method][s] / methods["gptq"][s] - 1 for s in seeds]  # paired relative difference
+            mean = sum(d) / len(d)
+            se = (sum((x - mean) ** 2 for x in d) / (len(d) - 1) / len(d)) ** 0.5  # s / sqrt(n), s with n - 1
+            above = sum(x > EQUAL for x in d)
+            verdict = ("above GPTQ" if mean - 2 * se > EQUAL else "below GPTQ" if mean + 2 * se < -EQUAL
+                       else "within seed noise")
+            lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {method} | {','.join(map(str, seeds))} | "
+                         f"{100 * mean:+.2f} | {100 * se:.2f} | {above} of {len(d)} | {verdict} |")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     if len(sys.argv) < 2 or not all(Path(a).is_dir() for a in sys.argv[1:]):
         raise SystemExit("usage: python benchmarks/calib_table.py RES_DIR [RES_DIR ...] (folders gpu_calib_table.sh "
@@ -121,3 +156,5 @@ if __name__ == "__main__":
     print(table(*roots))
     print("\nMean over calibration seeds (a cell's count in parentheses where a method lacks some of its seeds):\n")
     print(seed_means(*roots))
+    print("\nPaired against GPTQ at the seeds both ran (d = ppl / ppl_GPTQ - 1 per seed):\n")
+    print(paired_against_gptq(*roots))

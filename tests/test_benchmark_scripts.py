@@ -102,3 +102,40 @@ def test_calibration_table_seed_means(tmp_path):
     md = table.seed_means(tmp_path)
     assert "| gemma3-270m | 16x512 | w4 | 0,1,2 | 27.00 (1) | 15.27 | 14.67 | - | 13.00 (1) | BoA <= GPTQ PASS |" in md
     assert "128x2048" not in md and "16x512s1" not in md
+
+
+def test_calibration_table_paired_against_gptq(tmp_path):
+    """The paired table against an independent float64 reference (statistics.mean / statistics.stdev of the per-seed
+    ratios) on fresh random perplexities. Catches an unpaired difference (ratio of the means), the population
+    standard deviation, seeds not shared with GPTQ entering the pairs, and a verdict that ignores the standard error."""
+    import json
+    import random
+    import statistics
+
+    table = load("calib_table")
+    rng = random.Random()
+    gptq = {s: rng.uniform(10, 20) for s in range(5)}
+    boa = {s: gptq[s] * rng.uniform(0.9, 1.2) for s in range(4)}  # seed 4: GPTQ only
+    boa[7] = 30.0  # a seed GPTQ lacks: must not enter the pairs
+    for s in range(8):
+        runs = [(m, values[s]) for m, values in (("gptq", gptq), ("boa", boa)) if s in values]
+        if runs:
+            (tmp_path / f"gemma3-270m-16x512s{s}").mkdir()
+            (tmp_path / f"gemma3-270m-16x512s{s}" / "results.jsonl").write_text("\n".join(json.dumps(
+                {"run": f"{m}-w4", "method": m, "preset": "w4", "bits": 4, "ppl": p}) for m, p in runs))
+    d = [boa[s] / gptq[s] - 1 for s in range(4)]
+    mean, se = statistics.mean(d), statistics.stdev(d) / 2
+    verdict = "above GPTQ" if mean - 2 * se > 0.005 else "below GPTQ" if mean + 2 * se < -0.005 else "within seed noise"
+    row = (f"| gemma3-270m | 16x512 | w4 | boa | 0,1,2,3 | {100 * mean:+.2f} | {100 * se:.2f} | "
+           f"{sum(x > 0.005 for x in d)} of 4 | {verdict} |")
+    assert row in table.paired_against_gptq(tmp_path)
+    # a consistent shift gets its verdict; a mean shift of +5.7% whose seeds disagree (+10%, -5%, +12%) does not
+    for name, ratios in (("above", (1.10, 1.101, 1.102)), ("below", (0.90, 0.901, 0.902)),
+                         ("within seed noise", (1.10, 0.95, 1.12))):
+        root = tmp_path / name
+        for s, ratio in enumerate(ratios):
+            (root / f"gemma3-270m-16x512s{s}").mkdir(parents=True)
+            (root / f"gemma3-270m-16x512s{s}" / "results.jsonl").write_text("\n".join(json.dumps(
+                {"run": f"{m}-w4", "method": m, "preset": "w4", "bits": 4, "ppl": p})
+                for m, p in (("gptq", 10.0 + s), ("boa", (10.0 + s) * ratio))))
+        assert f" | {name}{' GPTQ' if name != 'within seed noise' else ''} |" in table.paired_against_gptq(root)
