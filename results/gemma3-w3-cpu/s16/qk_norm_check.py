@@ -3,7 +3,7 @@
 BoA's H_out for q is G M G (M = mean_l R_l^T C_K R_l, G the q_norm gain) on the projection's output y = W x, as if
 q = R G y. With a per-head RMS norm the query is q = R G y / rms(y), so an output error dy moves the query by
 R G P dy / rms(y) with P = I - y y^T / |y|^2: errors along y cost nothing, and tokens whose y is small cost more.
-Variants, each quantizing q (all heads) and k of a layer, W4 g128 asymmetric, hessian grid, the same damping:
+Variants, each quantizing q (all heads) and k of a layer, W4 g128 (g64 where the width is not a multiple of 128) asymmetric, hessian grid, the same damping:
   gptq       GPTQ on H_in = (2/T) sum x x^T
   boa        BoA (N = 1, grid from the original weights) with H_in and H_out = G M G
   boa-norm   BoA per head with H_in,h = (2/T) sum x x^T / rms(y_h)^2 and H_out,h = sum_t w_t P_t G M G P_t / sum_t w_t,
@@ -16,6 +16,7 @@ Variants, each quantizing q (all heads) and k of a layer, W4 g128 asymmetric, he
 Scored on windows A (fit: exl2-c4 seed 0) and B (unseen: exl2-c4 seed 1), float64, through the real q_norm/k_norm,
 RoPE and causal softmax of the layer: relative score error sum (dq.k)^2 / sum (q.k)^2 (the quantity BoA's H_out
 models) and relative attention-output error |A' V - A V|^2 / |A V|^2 (V the layer's own values).
+On a model without q/k norms (SmolLM2) only gptq, boa and boa-kl run.
     HF_HUB_OFFLINE=1 OMP_NUM_THREADS=2 python qk_norm_check.py MODEL [N_WINDOWS] [LAYERS]   (LAYERS: 0,4,8 ...)"""
 import sys
 import time
@@ -36,7 +37,8 @@ layers = model.model.layers
 pick = [int(i) for i in sys.argv[3].split(",")] if len(sys.argv) > 3 else list(range(0, len(layers), 3))
 cfg = model.config
 heads, kv, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-group, spec, damping = 128, GridSpec(4, False, "hessian"), 0.01 + 0.25 * cfg.hidden_size / (n * 512)
+group = 128 if cfg.hidden_size % 128 == 0 else 64  # the table's groups: W4 g128 Gemma, g64 SmolLM2
+spec, damping = GridSpec(4, False, "hessian"), 0.01 + 0.25 * cfg.hidden_size / (n * 512)
 seen = {}
 
 
@@ -55,7 +57,9 @@ def rotate_half(x):
     return torch.cat((-x[..., h:], x[..., :h]), -1)
 
 
-def rms_norm(norm, y):  # the module's own formula, in float64: y / rms(y) * gain
+def rms_norm(norm, y):  # the module's own formula, in float64: y / rms(y) * gain (no norm: y itself)
+    if norm is None:
+        return y
     gain = norm(torch.ones(hd)).double()
     return y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + norm.eps) * gain
 
@@ -75,7 +79,7 @@ def project(attn, w_q, w_k, x, cos, sin):
     y_q = (x @ w_q.T).view(-1, heads, hd).transpose(0, 1)
     y_k = (x @ w_k.T).view(-1, kv, hd).transpose(0, 1)
     rope = lambda t: t * cos + rotate_half(t) * sin  # noqa: E731
-    return rope(rms_norm(attn.q_norm, y_q)), rope(rms_norm(attn.k_norm, y_k)), y_q, y_k
+    return rope(rms_norm(getattr(attn, "q_norm", None), y_q)), rope(rms_norm(getattr(attn, "k_norm", None), y_k)), y_q, y_k
 
 
 def rope_mean(c, cos, sin):
@@ -92,7 +96,9 @@ def rope_mean(c, cos, sin):
 def fit(layer, data):
     attn = layer.self_attn
     w_q, w_k = attn.q_proj.weight.double(), attn.k_proj.weight.double()
-    g_q, g_k = (norm(torch.ones(hd)).double() for norm in (attn.q_norm, attn.k_norm))
+    has_norm = hasattr(attn, "q_norm")
+    g_q, g_k = (norm(torch.ones(hd)).double() if has_norm else torch.ones(hd, dtype=torch.float64)
+                for norm in (getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)))
     rep = heads // kv
     h_in = 0
     cq, ck = torch.zeros(heads, hd, hd, dtype=torch.float64), torch.zeros(kv, hd, hd, dtype=torch.float64)
@@ -156,11 +162,12 @@ def fit(layer, data):
     for key, w3, h_out in (("q", wq3, a_q), ("k", wk3, a_k)):
         out[key]["gptq"] = gptq_quantize(*f32(w3.reshape(-1, w3.shape[-1]), h_in), spec, group, damping).dequantize()
         out[key]["boa"] = turboboa_two_sided(*f32(w3, h_in, h_out), spec, group, None, boa).dequantize()
-    out["q"]["boa-norm"], out["k"]["boa-norm"] = per_head(wq3, hiq, hoq), per_head(wk3, hik, hok)
     out["q"]["boa-kl"] = turboboa_two_sided(*f32(wq3, h_in, a_qc), spec, group, None, boa).dequantize()
     out["k"]["boa-kl"] = per_head(wk3, hk_c / t, a_k)
-    out["q"]["boa-kl-norm"] = per_head(wq3, hiqc, hoqc)
-    out["k"]["boa-kl-norm"] = per_head(wk3, hk_cn / t, hokc)
+    if has_norm:  # the norm's Jacobian: only where the model has q/k norms
+        out["q"]["boa-norm"], out["k"]["boa-norm"] = per_head(wq3, hiq, hoq), per_head(wk3, hik, hok)
+        out["q"]["boa-kl-norm"] = per_head(wq3, hiqc, hoqc)
+        out["k"]["boa-kl-norm"] = per_head(wk3, hk_cn / t, hokc)
     return {k_: {m: v.double() for m, v in d.items()} for k_, d in out.items()}
 
 
@@ -189,7 +196,7 @@ def errors(layer, data, w_hat_q, w_hat_k):
 
 t0 = time.time()
 A, B = windows(0), windows(1)
-print(f"{name}, {n} x 512 windows each (A fit, B unseen), W4 g128, damping {damping:.3f}; relative errors x 1e3")
+print(f"{name}, {n} x 512 windows each (A fit, B unseen), W4 g{group}, damping {damping:.3f}; relative errors x 1e3")
 print("layer | method | q only: score A / B, attn-out A / B | k only: score A / B, attn-out A / B", flush=True)
 tot = {}
 for i in pick:
