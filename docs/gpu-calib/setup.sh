@@ -14,7 +14,7 @@ tail -c 300 /tmp/res/mat-g.log; tail -c 300 /tmp/res/mat-s.log
 # session 16: is BoA's loss to GPTQ on Gemma its grid fixed from the original weights (the official BoA's)? BoA with
 # each row's grid from its compensated weights (boa:...:adaptive) at the seeds where BoA lost (W4 g128 16 x 512 and
 # W3 128 x 2048, seeds 0-2), then seeds 3 and 4 of GPTQ / BoA / BoA adaptive at W4 g128 16 x 512 and seed 3 at W3
-# 128 x 2048, then BoA adaptive in Gemma's other 16 x 512 BoA cells (16 jobs, one per lane); on two GPUs the jobs are
+# 128 x 2048, then BoA adaptive in Gemma's other 16 x 512 BoA cells (17 jobs: the 17th starts when the first GPTQ run ends); on two GPUs the jobs are
 # dealt to them in turn
 G=gemma3-270m J=""
 add() { for p in $3; do J="$J${J:+,}$1/$2/$p"; done; }
