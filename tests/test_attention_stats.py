@@ -55,6 +55,11 @@ def test_statistics_equal_brute_force_definitions(tiny_models, kind, route):
     li = 0
     block = layers[li]
     attn = block.get_submodule(spec.attn)
+    with torch.no_grad():  # random q/k norm gains (a fresh model's are all 1, under which G could be left out)
+        for path in (spec.q_norm, spec.k_norm):
+            if path:
+                norm = block.get_submodule(path)
+                norm.weight.copy_(torch.rand(norm.weight.shape, generator=torch.Generator().manual_seed(2)) + 0.5)
     shape = attention_shape(model.config)
     kwargs = cap.kwargs[li]
     ln = block.get_submodule(spec.input_norm)
@@ -62,9 +67,11 @@ def test_statistics_equal_brute_force_definitions(tiny_models, kind, route):
     xs_q = [ln(x).detach() for x in cap.inputs]
     xs_fp = [x + 0.05 * torch.randn(x.shape, generator=g, dtype=x.dtype) for x in xs_q]
     stats = AttentionStatistics(attn, spec, shape, with_r=True, dtype=torch.float64, route=route)
+    centred = AttentionStatistics(attn, spec, shape, with_r=True, dtype=torch.float64, route=route, centred_keys=True)
     with torch.no_grad():
         for xq, xf in zip(xs_q, xs_fp):
             stats.add(xq, xf, kwargs)
+            centred.add(xq, xf, kwargs)
 
     H, KV, D = shape.heads, shape.kv_heads, shape.head_dim
     grp = H // KV
@@ -85,26 +92,33 @@ def test_statistics_equal_brute_force_definitions(tiny_models, kind, route):
         return q, k
 
     def z_of(x):
+        """q, k, Z_h = A_h X, and per query head sum_i Var_{a_i}(k): the keys' spread about query i's attended mean."""
         q, k = heads_at(x)
-        z = []
+        z, spread = [], []
         for h in range(H):
             zh = torch.zeros(L, x.shape[1], dtype=torch.float64)
+            vh = torch.zeros(D, D, dtype=torch.float64)
             for i in range(L):
                 js = [j for j in range(i + 1) if window is None or i - j < window]
                 s = torch.stack([attn.scaling * q[h][i] @ k[h // grp][j] for j in js])
                 a = torch.softmax(s, 0)
                 zh[i] = sum(a[n] * x[j] for n, j in enumerate(js))
+                kbar = sum(a[n] * k[h // grp][j] for n, j in enumerate(js))
+                vh += sum(a[n] * torch.outer(k[h // grp][j] - kbar, k[h // grp][j] - kbar) for n, j in enumerate(js))
             z.append(zh)
-        return q, k, z
+            spread.append(vh)
+        return q, k, z, spread
 
     T = L * len(xs_q)
     c_q = torch.zeros(H, D, D, dtype=torch.float64)
     c_k = torch.zeros(KV, D, D, dtype=torch.float64)
     h_v = torch.zeros(KV, xs_q[0].shape[1], xs_q[0].shape[1], dtype=torch.float64)
     r_v = torch.zeros_like(h_v)
+    c_kc = torch.zeros(H, D, D, dtype=torch.float64)  # attention-centred key covariance per query head
     for xq, xf in zip(xs_q, xs_fp):
-        q, k, zq = z_of(xq)
-        _, _, zf = z_of(xf)
+        q, k, zq, spread = z_of(xq)
+        _, _, zf, _ = z_of(xf)
+        c_kc += torch.stack(spread) * 2 / T
         for t in range(L):
             for h in range(H):
                 c_q[h] += torch.outer(q[h][t], q[h][t]) * 2 / T
@@ -119,7 +133,9 @@ def test_statistics_equal_brute_force_definitions(tiny_models, kind, route):
     hk = torch.stack([sum((R @ gk).T @ ck_q[g] @ (R @ gk) for R in Rl) / L for g in range(KV)])
     # transformers' RMS norms compute in float32 internally, so q/k-norm models agree to float32 precision
     tol = dict(rtol=1e-5, atol=1e-6) if qn is not None else dict(rtol=1e-9, atol=1e-10)
-    for got, want in ((stats.h_out_q(), hq), (stats.h_out_k(), hk), (stats.h_in_v(), h_v), (stats.r_v(), r_v)):
+    hq_c = torch.stack([sum((R @ gq).T @ c_kc[h] @ (R @ gq) for R in Rl) / L for h in range(H)])
+    for got, want in ((stats.h_out_q(), hq), (stats.h_out_k(), hk), (stats.h_in_v(), h_v), (stats.r_v(), r_v),
+                      (centred.h_out_q(), hq_c), (centred.h_out_k(), hk), (centred.h_in_v(), h_v)):
         assert torch.allclose(got, want, **tol), float((got - want).abs().max())
 
 
@@ -132,7 +148,7 @@ def test_attention_probabilities_reproduce_the_module_output(tiny_models, kind):
         x = block.get_submodule(spec.input_norm)(cap.inputs[0]).detach()
         stats = AttentionStatistics(attn, spec, shape, with_r=False, dtype=torch.float64)
         with torch.no_grad():
-            _, _, z = stats.weighted_inputs(x, cap.kwargs[li])
+            _, _, _, z = stats.weighted_inputs(x, cap.kwargs[li])
             heads = torch.einsum("hli,hdi->lhd", z, attn.v_proj.weight.reshape(shape.kv_heads, shape.head_dim, -1)
                                  .repeat_interleave(shape.group, 0))
             if attn.v_proj.bias is not None:  # each probability row sums to 1: A (X W^T + b) = Z W^T + b

@@ -2,6 +2,9 @@
 
 - H_out,q per query head: mean_l R_l^T (G C_K G) R_l with C_K = (2/T) sum k k^T over post-RoPE keys of its kv
   head; H_out,k per kv head: the same with query covariances averaged over the heads sharing it.
+  With ``centred_keys``, C_K = (2/T) sum_t sum_s a_ts (k_s - kbar_t)(k_s - kbar_t)^T, kbar_t = sum_s a_ts k_s: the
+  softmax is blind to a score error shared by all keys of a query, so the first-order change of query t's attention
+  distribution is the variance of its score error under a_t (tbq's deviation from BoA; results/gemma3-w3-cpu/s16).
   R_l is the rotate-half RoPE rotation at position l; G = diag(gain of q_norm/k_norm) where the model has them.
 - v: per query head Z_h = A_h X (causal softmax attention probabilities), H_v = (2/T) sum Z^T Z and, for F2,
   R_v = (2/T) sum (Z_fp - Z_q)^T Z_q, both averaged over the heads sharing a kv head.
@@ -92,6 +95,7 @@ class AttentionStatistics:
     with_r: bool
     dtype: torch.dtype = torch.float32
     route: Literal["z", "gram"] | None = None  # None: the cheaper for each sequence's length
+    centred_keys: bool = False  # H_out,q from the attention-centred key covariance
 
     def __post_init__(self):
         s = self.shape
@@ -99,6 +103,7 @@ class AttentionStatistics:
         d_in = self.attn.get_submodule(self.spec.q.split(".", 1)[1]).in_features
         z = lambda *shape: torch.zeros(*shape, dtype=self.dtype, device=dev)  # noqa: E731
         self._qq, self._kk = z(s.heads, s.head_dim, s.head_dim), z(s.kv_heads, s.head_dim, s.head_dim)
+        self._kc = z(s.heads, s.head_dim, s.head_dim) if self.centred_keys else None  # sum_t Var_{a_t}(k) per head
         self._zz = z(s.kv_heads, d_in, d_in)  # sum over each kv head's query heads of Z_q^T Z_q
         self._fq = z(s.kv_heads, d_in, d_in) if self.with_r else None  # the same of Z_fp^T Z_q
         self.tokens = 0
@@ -127,11 +132,12 @@ class AttentionStatistics:
         window = attribute(self.attn, self.spec.window)
         return q, k, attention_probs(q, k_rep, self.attn.scaling, window, self.dtype)
 
-    def weighted_inputs(self, x: torch.Tensor, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(queries, keys, Z) with Z_h = A_h X: [heads, L, in]."""
+    def weighted_inputs(self, x: torch.Tensor, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                                       torch.Tensor]:
+        """(queries, keys, A, Z) with Z_h = A_h X: [heads, L, in]."""
         q, k, probs = self.probabilities(x, kwargs)
         half = half_products(x)
-        return q, k, stats_matmul(probs, x if half else x.to(self.dtype), half)
+        return q, k, probs, stats_matmul(probs, x if half else x.to(self.dtype), half)
 
     def _route(self, n: int, width: int) -> str:
         """The cheaper way to the V sums for a sequence of n tokens: Z per head, or the grouped Gram of A."""
@@ -146,19 +152,19 @@ class AttentionStatistics:
         """[heads, L, c] -> [kv_heads, group * L, c]: each kv head's query heads stacked along the rows."""
         return t.reshape(self.shape.kv_heads, self.shape.group * t.shape[1], -1)
 
-    def _add_z(self, x_q: torch.Tensor, x_fp: torch.Tensor, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        q, k, zq = self.weighted_inputs(x_q, kwargs)
+    def _add_z(self, x_q: torch.Tensor, x_fp: torch.Tensor, kwargs: dict) -> tuple[torch.Tensor, ...]:
+        q, k, a_q, zq = self.weighted_inputs(x_q, kwargs)
         zq_g = self._grouped(zq)
-        zf = self._grouped(self.weighted_inputs(x_fp, kwargs)[2]) if self.with_r else None
+        zf = self._grouped(self.weighted_inputs(x_fp, kwargs)[3]) if self.with_r else None
         with tf32_matmuls(x_q.device, half_products(x_q) is not None):
             self._zz = accumulate(self._zz, zq_g.transpose(-1, -2), zq_g, None)  # sum over the group's heads of Z^T Z
             if zf is not None:
                 self._fq = accumulate(self._fq, zf.transpose(-1, -2), zq_g, None)  # sum Z_fp^T Z_q
-        return q, k
+        return q, k, a_q
 
-    def _add_gram(self, x_q: torch.Tensor, x_fp: torch.Tensor, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        q, k, a_q = self.probabilities(x_q, kwargs)
-        a_q = self._grouped(a_q)
+    def _add_gram(self, x_q: torch.Tensor, x_fp: torch.Tensor, kwargs: dict) -> tuple[torch.Tensor, ...]:
+        q, k, probs = self.probabilities(x_q, kwargs)
+        a_q = self._grouped(probs)
         half = half_products(x_q)
         xq = x_q.to(self.dtype)
 
@@ -170,24 +176,36 @@ class AttentionStatistics:
         self._zz = sandwich(self._zz, xq, a_q)
         if self.with_r:
             self._fq = sandwich(self._fq, x_fp, self._grouped(self.probabilities(x_fp, kwargs)[2]))
-        return q, k
+        return q, k, probs
 
     @torch.no_grad()
     def add(self, x_q: torch.Tensor, x_fp: torch.Tensor, kwargs: dict) -> None:
         """Add one sequence's attention input in the quantized and full-precision streams ([L, in] each)."""
         route = self._route(*x_q.shape)
-        q, k = (self._add_gram if route == "gram" else self._add_z)(x_q, x_fp, kwargs)
+        q, k, probs = (self._add_gram if route == "gram" else self._add_z)(x_q, x_fp, kwargs)
         q, k = q.to(self.dtype), k.to(self.dtype)
         self._qq += q.transpose(-1, -2) @ q  # sum q q^T per head
         self._kk += k.transpose(-1, -2) @ k
+        if self._kc is not None:
+            self._add_centred_keys(k.repeat_interleave(self.shape.group, dim=0), probs.to(self.dtype))
         self.tokens += x_q.shape[0]
+
+    def _add_centred_keys(self, k: torch.Tensor, a: torch.Tensor) -> None:
+        """sum_t sum_s a_ts (k_s - kbar_t)(k_s - kbar_t)^T = K^T diag(sum_t a_t) K - (A K)^T (A K), per query head;
+        k [heads, L, d] (each query head's keys), a [heads, L, L]."""
+        received = a.sum(1)  # [heads, L]: attention each key receives
+        kbar = a @ k  # [heads, L, d]: each query's attended mean key
+        self._kc += (k * received[..., None]).transpose(-1, -2) @ k - kbar.transpose(-1, -2) @ kbar
 
     def sums(self) -> list[torch.Tensor]:
         """The running sums (what ranks add up)."""
-        return [self._qq, self._kk, self._zz] + ([self._fq] if self.with_r else [])
+        return ([self._qq, self._kk, self._zz] + ([self._fq] if self.with_r else [])
+                + ([self._kc] if self._kc is not None else []))
 
     def h_out_q(self) -> torch.Tensor:
-        """[heads, d, d]."""
+        """[heads, d, d] (from the attention-centred key covariance with ``centred_keys``)."""
+        if self._kc is not None:
+            return self._rotated(2 * self._kc / self.tokens, self.spec.q_norm)
         c_k = (2 * self._kk / self.tokens).repeat_interleave(self.shape.group, dim=0)
         return self._rotated(c_k, self.spec.q_norm)
 
