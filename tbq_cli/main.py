@@ -58,6 +58,7 @@ def quantize(
     alpha: Optional[float] = typer.Option(None, help="TurboBoA propagated-error weight (default 0.25; 0 off)."),
     refine_iters: Optional[int] = typer.Option(None, help="TurboBoA scale refinement passes (default 1; 0 off)."),
     adaptive_grid: Optional[bool] = typer.Option(None, "--adaptive-grid/--fixed-grid", help="Grid of each row block from its current weights (TurboBoA F3; default on for turboboa, off for boa, whose official grid is fixed up front)."),
+    centred_keys: Optional[bool] = typer.Option(None, "--centred-keys/--plain-keys", help="BoA/TurboBoA: q's H_out from the key covariance centred by each query's attention, which the softmax sees (default off: the paper's plain covariance)."),
     dataset: Optional[str] = typer.Option(None, help="exl2-wiki, exl2-c4, wikitext2, c4, or a .txt/.jsonl path."),
     nsamples: Optional[int] = typer.Option(None, help="Calibration windows (default 128)."),
     holdout: Optional[int] = typer.Option(
@@ -99,7 +100,7 @@ def quantize(
         model, preset=preset, config_file=config,
         quant=dict(method=method, bits=bits, group_size=group_size, sym=sym, grid=grid, damp=damp,
                    sample_damp=sample_damp, act_order=act_order, row_act_order=row_act_order, rows=rows, alpha=alpha,
-                   refine_iters=refine_iters, adaptive_grid=adaptive_grid, ignore=tuple(ignore or ()) or None),
+                   refine_iters=refine_iters, adaptive_grid=adaptive_grid, centred_keys=centred_keys, ignore=tuple(ignore or ()) or None),
         calib=dict(dataset=dataset, nsamples=nsamples, seqlen=seqlen, seed=seed, holdout=holdout),
         transform=dict(rotate=rotate, online_rotation=online_rotation, act_bits=act_bits, act_clip=act_clip,
                        kv_bits=kv_bits, seed=rotation_seed),

@@ -166,7 +166,7 @@ def test_rtn_defaults_to_minmax_and_run_json_records_used_settings(model_dir, ca
     assert build_config("m", quant={"method": "rtn"}).quant.grid == "minmax"
     assert set(used_settings(QuantConfig(method="boa"))) == {"method", "bits", "group_size", "sym", "ignore", "rules",
                                                              "grid", "damp", "sample_damp", "act_order",
-                                                             "row_act_order", "adaptive_grid"}
+                                                             "row_act_order", "adaptive_grid", "centred_keys"}
     assert not {"damp", "sample_damp"} & set(used_settings(QuantConfig(method="rtn")))
     # the grid a method uses is recorded, not "unset"; a rule that changes the method takes that method's own
     assert [used_settings(QuantConfig(method=m, adaptive_grid=g))["adaptive_grid"] for m, g in (

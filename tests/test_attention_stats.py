@@ -159,3 +159,17 @@ def test_attention_probabilities_reproduce_the_module_output(tiny_models, kind):
         # eager attention takes its softmax in float32
         assert torch.allclose(ours, theirs, rtol=1e-5, atol=1e-6), (kind, li, float((ours - theirs).abs().max()))
 
+
+
+@pytest.mark.parametrize("method", ["boa", "turboboa"])
+def test_centred_keys_setting_reaches_the_statistics(tiny_models, method):
+    """``--centred-keys`` (QuantConfig.centred_keys) builds the block's attention statistics with the centred H_out,q:
+    catches the setting parsed but never handed to AttentionStatistics."""
+    from turboboa_export.config import QuantConfig
+    from turboboa_export.methods import get_method
+
+    model, spec, layers, _ = setup(tiny_models["llama"])
+    shape = attention_shape(model.config)
+    for flag in (False, True):
+        make = get_method(method).attention_statistics(QuantConfig(method=method, centred_keys=flag), spec, shape)
+        assert make(layers[0]).centred_keys is flag

@@ -94,6 +94,7 @@ class QuantConfig(_Strict):
     alpha: NonNegative = 0.25
     refine_iters: int = 1
     adaptive_grid: bool | None = None  # None: the method's own (turboboa on, boa off: BoA's grid is fixed up front)
+    centred_keys: bool = False  # BoA/TurboBoA H_out,q from the attention-centred key covariance (not the paper's)
     ignore: tuple[Pattern, ...] = ()
     rules: tuple[Rule, ...] = ()
 

@@ -134,12 +134,13 @@ def _attention_aware(role: str, w: torch.Tensor, stats, cfg: QuantConfig, shape)
 
 def _attention_statistics(cfg: QuantConfig, spec, shape):
     def make(block):
-        return AttentionStatistics(block.get_submodule(spec.attn), spec, shape, with_r=_alpha(cfg) > 0)
+        return AttentionStatistics(block.get_submodule(spec.attn), spec, shape, with_r=_alpha(cfg) > 0,
+                                   centred_keys=cfg.centred_keys)
 
     return make
 
 
-BOA_SETTINGS = ("grid",) + DAMP_SETTINGS + ("act_order", "row_act_order", "adaptive_grid")
+BOA_SETTINGS = ("grid",) + DAMP_SETTINGS + ("act_order", "row_act_order", "adaptive_grid", "centred_keys")
 TURBOBOA_SETTINGS = BOA_SETTINGS + ("rows", "alpha", "refine_iters")
 register(Method("boa", _attention_aware, lambda cfg: BOA_SETTINGS, attention_statistics=_attention_statistics))
 register(Method("turboboa", _attention_aware, lambda cfg: TURBOBOA_SETTINGS,
