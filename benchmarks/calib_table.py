@@ -1,7 +1,8 @@
 """Issue 20's table from ``benchmarks/gpu_calib_table.sh`` results: held-out perplexity per model, calibration and
 weight setting, with the issue's order checks (3 bits: TurboBoA < GPTQ < RTN; 4 bits: TurboBoA <= GPTQ <= RTN, within
 0.5% counting as equal; BoA <= GPTQ throughout). BoA run with ``adaptive_grid`` (protocol ``boa:PRESET:adaptive``) is a
-column of its own, "BoA adaptive", checked against GPTQ in the same way.
+column of its own, "BoA adaptive", checked against GPTQ in the same way; so are BoA and TurboBoA with ``centred_keys``
+(protocol ``:centred``), "BoA centred" and "TurboBoA centred" (the latter under TurboBoA's order).
 
     python benchmarks/calib_table.py RES_DIR [RES_DIR ...]   (reads each RES_DIR/<model>-<n>x<len>[s<seed>]/results.jsonl;
                                                             a seed is a calibration row of its own)
@@ -23,7 +24,10 @@ from pathlib import Path
 from turboboa_export.config import QuantConfig
 from turboboa_export.methods import adaptive_grid
 
-METHODS = ("rtn", "gptq", "boa", "boa-adaptive", "turboboa")
+COLUMNS = {"rtn": "RTN", "gptq": "GPTQ", "boa": "BoA", "boa-adaptive": "BoA adaptive", "boa-centred": "BoA centred",
+           "turboboa": "TurboBoA", "turboboa-centred": "TurboBoA centred"}  # column key -> heading
+METHODS = tuple(COLUMNS)
+HEADINGS = " | ".join(COLUMNS.values())
 EQUAL = 0.005  # relative difference under which two perplexities count as equal
 
 
@@ -35,13 +39,15 @@ def at_most(a: float, b: float) -> bool:
 def order_checks(ppl: dict[str, float], bits: int) -> list[str]:
     """The issue's orderings for one setting (method -> perplexity), each 'name PASS|FAIL'; missing methods skipped."""
     checks = []
-    if all(m in ppl for m in ("turboboa", "gptq", "rtn")):
-        t, g, r = ppl["turboboa"], ppl["gptq"], ppl["rtn"]
+    for turbo in ("turboboa", "turboboa-centred"):
+        if not all(m in ppl for m in (turbo, "gptq", "rtn")):
+            continue
+        t, g, r = ppl[turbo], ppl["gptq"], ppl["rtn"]
         if bits == 3:
-            checks.append(("TurboBoA < GPTQ < RTN", t < g < r))
+            checks.append((f"{COLUMNS[turbo]} < GPTQ < RTN", t < g < r))
         else:
-            checks.append(("TurboBoA <= GPTQ <= RTN", at_most(t, g) and at_most(g, r)))
-    for boa, name in (("boa", "BoA"), ("boa-adaptive", "BoA adaptive")):
+            checks.append((f"{COLUMNS[turbo]} <= GPTQ <= RTN", at_most(t, g) and at_most(g, r)))
+    for boa, name in (("boa", "BoA"), ("boa-adaptive", "BoA adaptive"), ("boa-centred", "BoA centred")):
         if boa in ppl and "gptq" in ppl:
             checks.append((f"{name} <= GPTQ", at_most(ppl[boa], ppl["gptq"])))
     return [f"{name} {'PASS' if ok else 'FAIL'}" for name, ok in checks]
@@ -49,9 +55,11 @@ def order_checks(ppl: dict[str, float], bits: int) -> list[str]:
 
 def method_key(run: dict) -> str:
     """A protocol line's column: its method, with "-adaptive" / "-fixed" where the run set a grid other than its
-    method's own (only "boa-adaptive" is a column of the tables; "turboboa-fixed" stays out of TurboBoA's)."""
+    method's own and "-centred" where it set ``centred_keys`` (only the keys of COLUMNS are columns of the tables;
+    "turboboa-fixed" or "boa-adaptive-centred" stay out of every column)."""
     grid, own = run.get("adaptive_grid"), adaptive_grid(QuantConfig(method=run["method"]))
-    return run["method"] if grid is None or grid == own else f"{run['method']}-{'adaptive' if grid else 'fixed'}"
+    key = run["method"] if grid is None or grid == own else f"{run['method']}-{'adaptive' if grid else 'fixed'}"
+    return f"{key}-centred" if run.get("centred_keys") else key
 
 
 def lanes(*roots: Path) -> dict[str, tuple[float | None, dict[str, dict[str, float]], dict[str, int]]]:
@@ -74,7 +82,7 @@ def lanes(*roots: Path) -> dict[str, tuple[float | None, dict[str, dict[str, flo
 def table(*roots: Path) -> str:
     """Markdown: one row per (model, calibration, preset), columns fp and the methods, then the checks; a later
     root's runs replace an earlier one's."""
-    lines = ["| model | calibration | setting | fp | RTN | GPTQ | BoA | BoA adaptive | TurboBoA | checks |", "|---" * 10 + "|"]
+    lines = [f"| model | calibration | setting | fp | {HEADINGS} | checks |", "|---" * (len(COLUMNS) + 5) + "|"]
     for lane, (fp, settings, bits) in lanes(*roots).items():
         model, calib = lane.rsplit("-", 1)
         for preset, ppl in settings.items():
@@ -105,9 +113,8 @@ def seed_means(*roots: Path) -> str:
     """Markdown: for each (model, NxLEN, preset) run at two or more calibration seeds, each method's mean perplexity
     over its seeds with their count; the checks compare only the methods run at every seed of that cell."""
     per_seed, bits = seed_runs(*roots)
-    lines = ["| model | calibration | setting | seeds | RTN | GPTQ | BoA | BoA adaptive | TurboBoA | checks (methods at "
-             "every seed) |",
-             "|---" * 10 + "|"]
+    lines = [f"| model | calibration | setting | seeds | {HEADINGS} | checks (methods at every seed) |",
+             "|---" * (len(COLUMNS) + 5) + "|"]
     for key, methods in per_seed.items():
         seeds = sorted({s for values in methods.values() for s in values})
         if len(seeds) < 2:

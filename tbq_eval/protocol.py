@@ -8,8 +8,9 @@ held-out perplexity of each run (and of the unquantized model), with ``--c4`` al
 A run is METHOD:PRESET, optionally followed by ``:rot`` (Hadamard rotation; ``:blockB`` makes its online part
 block-diagonal, ``--online-rotation block:B``), ``:a4`` / ``:a8`` (per-token activation bits) and ``:kv4`` / ``:kv8``
 (KV-cache bits), e.g. ``turboboa:w4:rot:a4:kv4`` for rotated W4A4KV4, ``turboboa:w4:rot:block512:a4``; ``:adaptive``
-/ ``:fixed`` set ``adaptive_grid`` (``boa:w3:adaptive``: BoA with each row's grid from its compensated weights), and
-the JSON line records it.
+/ ``:fixed`` set ``adaptive_grid`` (``boa:w3:adaptive``: BoA with each row's grid from its compensated weights) and
+``:centred`` sets ``centred_keys`` (q's H_out from the attention-centred key covariance), and the JSON line records
+them.
 """
 
 from __future__ import annotations
@@ -69,9 +70,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
         record({"run": "fp", "method": "fp", "bits": 32, **ppl_of(a.model)})
     items = a.runs.split(",")
     for n, item in enumerate(items, 1):
-        method, preset, extra, transform, grid = parse_run(item)
+        method, preset, extra, transform, settings = parse_run(item)
         print(f"[{n}/{len(items)}] {item}: quantizing", flush=True)
-        cfg = build_config(a.model, preset=preset, quant={"method": method, **grid}, transform=transform,
+        cfg = build_config(a.model, preset=preset, quant={"method": method, **settings}, transform=transform,
                            calib={"dataset": a.calib_dataset, "nsamples": a.nsamples + a.holdout, "holdout": a.holdout,
                                   "seqlen": a.seqlen, "seed": a.seed},
                            device=str(device))
@@ -81,30 +82,34 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
         quantize_model(cfg, run_dir, overwrite=True, progress=False)
         wall = time.time() - t0
         info = json.loads((run_dir / "run.json").read_text())
-        record({"run": name, "method": method, "preset": preset, "group_size": -1, **PRESETS[preset], **transform, **grid,
+        record({"run": name, "method": method, "preset": preset, "group_size": -1, **PRESETS[preset], **transform, **settings,
                 "calib": f"{a.calib_dataset} {a.nsamples}x{a.seqlen}", "seed": a.seed,
                 **ppl_of(str(run_dir)), "quantize_s": info["timings"]["quantize_seconds"], "wall_s": wall})
 
 
 def parse_run(item: str) -> tuple[str, str, list[str], dict, dict]:
-    """METHOD:PRESET[:suffixes] -> (method, preset, suffixes, transform settings, grid setting: {} or
-    {"adaptive_grid": bool}). A malformed item, or a grid suffix on a method without row blocks, is a SystemExit."""
+    """METHOD:PRESET[:suffixes] -> (method, preset, suffixes, transform settings, quant settings: {} or with
+    "adaptive_grid": bool and/or "centred_keys": True). A malformed item, or a grid or centred suffix on a method
+    other than boa/turboboa, is a SystemExit."""
     parts = item.split(":")
     blocks = [e for e in parts[2:] if e.startswith("block") and e[5:].isdigit()]
     if len(parts) < 2 or not parts[1] or set(parts[2:]) - {"rot", "a4", "a8", "kv4", "kv8", "adaptive", "fixed",
-                                                           *blocks}:
+                                                           "centred", *blocks}:
         raise SystemExit(f"error: run {item!r} is not METHOD:PRESET[:rot[:blockB]][:a4|:a8][:kv4|:kv8]"
-                         "[:adaptive|:fixed] (e.g. turboboa:w4:rot:a4:kv4, boa:w3:adaptive)")
+                         "[:adaptive|:fixed][:centred] (e.g. turboboa:w4:rot:a4:kv4, boa:w3:adaptive)")
     method, preset, *extra = parts
     grids = {"adaptive", "fixed"} & set(extra)
     if grids and (method not in ("boa", "turboboa") or len(grids) > 1):
         raise SystemExit(f"error: run {item!r}: :adaptive or :fixed (one of them) sets the row-block grid of boa and "
                          "turboboa only; drop it")
+    if "centred" in extra and method not in ("boa", "turboboa"):
+        raise SystemExit(f"error: run {item!r}: :centred sets q's H_out of boa and turboboa only; drop it")
     transform = {"rotate": "hadamard" if "rot" in extra else "none",
                  "online_rotation": f"block:{blocks[0][5:]}" if blocks else None,
                  "act_bits": next((int(e[1:]) for e in extra if e in ("a4", "a8")), None),
                  "kv_bits": next((int(e[2:]) for e in extra if e in ("kv4", "kv8")), None)}
-    return method, preset, extra, transform, {"adaptive_grid": "adaptive" in grids} if grids else {}
+    quant = {"adaptive_grid": "adaptive" in grids} if grids else {}
+    return method, preset, extra, transform, quant | ({"centred_keys": True} if "centred" in extra else {})
 
 
 if __name__ == "__main__":

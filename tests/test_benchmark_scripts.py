@@ -47,25 +47,30 @@ def test_calibration_table_orders_and_tolerance(tmp_path):
         for m, p in (("rtn", 300.0), ("gptq", 60.0), ("boa", 59.0), ("turboboa", 55.0))]
     (lane / "results.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     md = table.table(tmp_path)
-    assert ("| gemma3-270m | 16x512 | w3 | 18.00 | 300.00 | 60.00 | 59.00 | - | 55.00 | "
+    assert ("| gemma3-270m | 16x512 | w3 | 18.00 | 300.00 | 60.00 | 59.00 | - | - | 55.00 | - | "
             "TurboBoA < GPTQ < RTN PASS; BoA <= GPTQ PASS |") in md
     # a later folder's run replaces the same cell of an earlier one; the others stay
     later = tmp_path / "later" / "gemma3-270m-16x512"
     later.mkdir(parents=True)
     (later / "results.jsonl").write_text(json.dumps({"run": "turboboa-w3", "method": "turboboa", "preset": "w3",
                                                      "bits": 3, "ppl": 65.0}))
-    assert ("| gemma3-270m | 16x512 | w3 | 18.00 | 300.00 | 60.00 | 59.00 | - | 65.00 | "
+    assert ("| gemma3-270m | 16x512 | w3 | 18.00 | 300.00 | 60.00 | 59.00 | - | - | 65.00 | - | "
             "TurboBoA < GPTQ < RTN FAIL; BoA <= GPTQ PASS |") in table.table(tmp_path, tmp_path / "later")
     # BoA with adaptive_grid (protocol boa:w3:adaptive) is a column of its own, not a replacement of BoA's
     (later / "results.jsonl").write_text(json.dumps({"run": "boa-w3-adaptive", "method": "boa", "preset": "w3",
                                                      "bits": 3, "adaptive_grid": True, "ppl": 61.0}))
-    assert ("| gemma3-270m | 16x512 | w3 | 18.00 | 300.00 | 60.00 | 59.00 | 61.00 | 55.00 | "
+    assert ("| gemma3-270m | 16x512 | w3 | 18.00 | 300.00 | 60.00 | 59.00 | 61.00 | - | 55.00 | - | "
             "TurboBoA < GPTQ < RTN PASS; BoA <= GPTQ PASS; BoA adaptive <= GPTQ FAIL |") in table.table(
         tmp_path, tmp_path / "later")
     # a grid a method takes anyway keeps its column; TurboBoA on a fixed grid enters none
     assert [table.method_key({"method": m, "adaptive_grid": g}) for m, g in (
         ("boa", False), ("turboboa", True), ("turboboa", False), ("boa", None), ("gptq", None))] == [
         "boa", "turboboa", "turboboa-fixed", "boa", "gptq"]
+    # centred keys (protocol :centred) are columns of their own, with their own checks
+    assert [table.method_key({"method": m, "centred_keys": c}) for m, c in (
+        ("boa", True), ("turboboa", True), ("turboboa", False))] == ["boa-centred", "turboboa-centred", "turboboa"]
+    assert table.order_checks({"turboboa-centred": 54.0, "gptq": 60.0, "rtn": 300.0, "boa-centred": 61.0}, 3) == [
+        "TurboBoA centred < GPTQ < RTN PASS", "BoA centred <= GPTQ FAIL"]
 
 
 def test_calibration_table_script_refuses_a_malformed_calibration(tmp_path):
@@ -100,7 +105,7 @@ def test_calibration_table_seed_means(tmp_path):
     lane("gemma3-270m-16x512s2", [("gptq", 15.2), ("boa", 15.3)])
     lane("gemma3-270m-128x2048", [("gptq", 14.0), ("boa", 13.4)])
     md = table.seed_means(tmp_path)
-    assert "| gemma3-270m | 16x512 | w4 | 0,1,2 | 27.00 (1) | 15.27 | 14.67 | - | 13.00 (1) | BoA <= GPTQ PASS |" in md
+    assert "| gemma3-270m | 16x512 | w4 | 0,1,2 | 27.00 (1) | 15.27 | 14.67 | - | - | 13.00 (1) | - | BoA <= GPTQ PASS |" in md
     assert "128x2048" not in md and "16x512s1" not in md
 
 

@@ -83,6 +83,12 @@ def test_protocol_grid_suffix_sets_adaptive_grid():
     for bad in ("boa:w4:adapt", "gptq:w4:adaptive", "boa:w4:adaptive:fixed"):
         with pytest.raises(SystemExit, match="adaptive"):
             parse_run(bad)
+    # :centred reaches the config as centred_keys (alone or beside a grid); gptq/rtn refuse it in one line
+    for item, want in (("boa:w4:centred", True), ("turboboa:w3:adaptive:centred", True), ("turboboa:w3", False)):
+        method, preset, _, transform, quant = parse_run(item)
+        assert build_config("m", preset=preset, quant={"method": method, **quant}).quant.centred_keys is want, item
+    with pytest.raises(SystemExit, match="centred"):
+        parse_run("gptq:w4:centred")
 
 
 def test_ppl_too_short_text_is_a_clear_error(tiny_run, tmp_path):

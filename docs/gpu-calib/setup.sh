@@ -11,18 +11,18 @@ python3 -c "from turboboa_export.models import materialize_builtin as m; print(m
 python3 -c "from turboboa_export.models import materialize_builtin as m; print(m('smollm2-135m'))" > /tmp/res/mat-s.log 2>&1 &
 wait
 tail -c 300 /tmp/res/mat-g.log; tail -c 300 /tmp/res/mat-s.log
-# session 16: is BoA's loss to GPTQ on Gemma its grid fixed from the original weights (the official BoA's)? BoA with
-# each row's grid from its compensated weights (boa:...:adaptive) at the seeds where BoA lost (W4 g128 16 x 512 and
-# W3 128 x 2048, seeds 0-2), then seeds 3 and 4 of GPTQ / BoA / BoA adaptive at W4 g128 16 x 512 and seed 3 at W3
-# 128 x 2048, then BoA adaptive in Gemma's other 16 x 512 BoA cells (17 jobs: the 17th starts when the first GPTQ run ends); on two GPUs the jobs are
-# dealt to them in turn
-G=gemma3-270m J=""
+# session 17: --centred-keys (protocol :centred; q's H_out from the attention-centred key covariance), which took BoA's
+# block-3 held-out error below GPTQ's on the CPU: BoA centred at every seed of the cells where BoA lost or was run at
+# several seeds, TurboBoA centred at seed 0 of two Gemma cells and SmolLM2's W3 16 x 512 (16 jobs, one per lane); on
+# two GPUs the jobs are dealt to them in turn
+G=gemma3-270m S=smollm2-135m J=""
 add() { for p in $3; do J="$J${J:+,}$1/$2/$p"; done; }
-for c in 128x2048 128x2048s1 128x2048s2; do add $G $c "boa:w3:adaptive"; done
-for c in 16x512 16x512s1 16x512s2; do add $G $c "boa:w4-g128:adaptive"; done
-add $G 128x2048s3 "gptq:w3 boa:w3 boa:w3:adaptive"
-for c in 16x512s3 16x512s4; do add $G $c "gptq:w4-g128 boa:w4-g128 boa:w4-g128:adaptive"; done
-add $G 16x512 "boa:w4:adaptive boa:w3-g64:adaptive"
+for c in 16x512 16x512s1 16x512s2 16x512s3 16x512s4; do add $G $c "boa:w4-g128:centred"; done
+for c in 128x2048 128x2048s1 128x2048s2 128x2048s3; do add $G $c "boa:w3:centred"; done
+for c in 16x512 16x512s1 16x512s2; do add $G $c "boa:w4:centred"; done
+add $G 16x512 "turboboa:w4-g128:centred"
+add $G 128x2048 "turboboa:w3:centred"
+add $S 16x512 "boa:w3:centred turboboa:w3:centred"
 echo "$J" > /tmp/res/jobs.txt
 GPUS=$(nvidia-smi -L | wc -l)
 RES=/tmp/res GPUS=$GPUS LANES=$((16 * GPUS)) FP=0 OMP_NUM_THREADS=1 JOBS="$J" setsid nohup bash benchmarks/gpu_calib_table.sh > /tmp/res/job.log 2>&1 < /dev/null &
