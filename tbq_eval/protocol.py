@@ -30,9 +30,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--runs", required=True,
-                    help="METHOD:PRESET[:rot][:a4|:a8][:kv4|:kv8][:adaptive|:fixed] items, e.g. gptq:w4:rot:a4, "
-                         "boa:w3:adaptive (adaptive/fixed: the grid of each row block from its current or its original "
-                         "weights)")
+                    help="METHOD:PRESET[:rot][:a4|:a8][:kv4|:kv8][:adaptive|:fixed][:centred] items, e.g. "
+                         "gptq:w4:rot:a4, boa:w3:adaptive (adaptive/fixed: the grid of each row block from its current "
+                         "or its original weights; centred: q's H_out from the attention-centred key covariance)")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--nsamples", type=int, default=128, help="calibrating windows")
     ap.add_argument("--holdout", type=int, default=2, help="held-out windows drawn after the calibrating ones (the "
