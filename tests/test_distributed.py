@@ -50,7 +50,8 @@ def quantize_cli(model, text, out, *extra, device="cpu"):
                            device, "--quiet", "-o", str(out), *map(str, extra)], env=env, capture_output=True, text=True)
 
 
-@pytest.mark.parametrize("windows", [("--nsamples", 2), ("--nsamples", 3, "--holdout", 1)])
+@pytest.mark.parametrize("windows", [("--nsamples", 2), ("--nsamples", 3, "--holdout", 1),
+                                     ("--nsamples", 2, "--centred-keys")])
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
     torch.cuda.device_count() < 2, reason="needs 2 GPUs")])])
 def test_two_processes_give_the_one_process_bits(tiny_models, calib_text, tmp_path, device, windows):
@@ -59,7 +60,8 @@ def test_two_processes_give_the_one_process_bits(tiny_models, calib_text, tmp_pa
     and block errors are equal; the linears computed by rank 1 reach rank 0's run through the broadcast (gloo on
     CPU, NCCL on 2 GPUs). With a third window held out, rank 1 holds it and rank 0 none: its error is the 1-process
     one. Catches token counts not summed over the ranks (the damping's d / T differs), held-out windows in a
-    rank's statistics, and a held-out error not summed over the ranks."""
+    rank's statistics, a held-out error not summed over the ranks, and (``--centred-keys``) the centred key sums
+    left out of what the ranks add up."""
     one, two = tmp_path / "one", tmp_path / "two"
     for out, extra in ((one, ()), (two, ("--gpus", 2))):
         res = quantize_cli(tiny_models["llama"], calib_text, out, *windows, *extra, device=device)

@@ -102,8 +102,10 @@ class AttentionStatistics:
         dev = next(self.attn.parameters()).device
         d_in = self.attn.get_submodule(self.spec.q.split(".", 1)[1]).in_features
         z = lambda *shape: torch.zeros(*shape, dtype=self.dtype, device=dev)  # noqa: E731
-        self._qq, self._kk = z(s.heads, s.head_dim, s.head_dim), z(s.kv_heads, s.head_dim, s.head_dim)
-        self._kc = z(s.heads, s.head_dim, s.head_dim) if self.centred_keys else None  # sum_t Var_{a_t}(k) per head
+        self._qq = z(s.heads, s.head_dim, s.head_dim)  # sum q q^T per query head
+        # H_out,q's key side: sum_t Var_{a_t}(k) per query head (centred keys), else sum k k^T per kv head
+        self._kc = z(s.heads, s.head_dim, s.head_dim) if self.centred_keys else None
+        self._kk = None if self.centred_keys else z(s.kv_heads, s.head_dim, s.head_dim)
         self._zz = z(s.kv_heads, d_in, d_in)  # sum over each kv head's query heads of Z_q^T Z_q
         self._fq = z(s.kv_heads, d_in, d_in) if self.with_r else None  # the same of Z_fp^T Z_q
         self.tokens = 0
@@ -185,9 +187,10 @@ class AttentionStatistics:
         q, k, probs = (self._add_gram if route == "gram" else self._add_z)(x_q, x_fp, kwargs)
         q, k = q.to(self.dtype), k.to(self.dtype)
         self._qq += q.transpose(-1, -2) @ q  # sum q q^T per head
-        self._kk += k.transpose(-1, -2) @ k
         if self._kc is not None:
             self._add_centred_keys(k.repeat_interleave(self.shape.group, dim=0), probs.to(self.dtype))
+        else:
+            self._kk += k.transpose(-1, -2) @ k
         self.tokens += x_q.shape[0]
 
     def _add_centred_keys(self, k: torch.Tensor, a: torch.Tensor) -> None:
@@ -199,8 +202,8 @@ class AttentionStatistics:
 
     def sums(self) -> list[torch.Tensor]:
         """The running sums (what ranks add up)."""
-        return ([self._qq, self._kk, self._zz] + ([self._fq] if self.with_r else [])
-                + ([self._kc] if self._kc is not None else []))
+        return ([self._qq, self._kc if self._kc is not None else self._kk, self._zz]
+                + ([self._fq] if self.with_r else []))
 
     def h_out_q(self) -> torch.Tensor:
         """[heads, d, d] (from the attention-centred key covariance with ``centred_keys``)."""
