@@ -41,6 +41,7 @@ class Mutant:
 TB = "turboboa_export/algorithms/turboboa.py"
 SEQ = "turboboa_export/pipeline/sequential.py"
 METH = "turboboa_export/methods.py"
+AS = "turboboa_export/pipeline/attention_stats.py"
 MUTANTS = [
     # the issue's list
     Mutant("F2 row term dropped", TB, "err = err + wb @ r_hinv", "err = err", ALGO),
@@ -85,9 +86,24 @@ MUTANTS = [
     Mutant("held-out full-precision stream not advanced", SEQ,
            "fp = fp_calibrating + run_stream(block, fp[n:], kwargs, device)", "fp = fp_calibrating + fp[n:]",
            ("tests/test_holdout.py",)),
-    Mutant("R_v from the quantized stream only", "turboboa_export/pipeline/attention_stats.py",
+    Mutant("R_v from the quantized stream only", AS,
            "self._fq = sandwich(self._fq, x_fp,", "self._fq = sandwich(self._fq, xq,",
            ("tests/test_attention_stats.py",)),
+    # issue 20, centred keys (session 16)
+    Mutant("centred keys without the -(AK)^T(AK) term", AS,
+           "@ k - kbar.transpose(-1, -2) @ kbar", "@ k", ("tests/test_attention_stats.py",)),
+    Mutant("centred keys: attention summed over the queries' axis", AS, "received = a.sum(1)", "received = a.sum(2)",
+           ("tests/test_attention_stats.py",)),
+    Mutant("q/k norm gain left out of H_out", AS, "m = m * g[:, None] * g[None, :]", "m = m",
+           ("tests/test_attention_stats.py",)),
+    Mutant("centred-keys setting not handed to the statistics", METH, "centred_keys=cfg.centred_keys)", ")",
+           ("tests/test_attention_stats.py",)),
+    Mutant("centred sums not reduced over the ranks", AS,
+           "[self._qq, self._kc if self._kc is not None else self._kk, self._zz]",
+           "[self._qq] + ([self._kk] if self._kk is not None else []) + [self._zz]",
+           ("tests/test_distributed.py",)),
+    Mutant("paired s.e. from the population sd", "benchmarks/calib_table.py", "/ (len(d) - 1) / len(d)",
+           "/ len(d) / len(d)", ("tests/test_benchmark_scripts.py::test_calibration_table_paired_against_gptq",)),
 ]
 
 
