@@ -9,7 +9,8 @@ column of its own, "BoA adaptive", checked against GPTQ in the same way; so are 
 
 A second table gives each method's mean over calibration seeds where a cell was run at several, with the same checks
 (one run per cell cannot separate methods whose seed spread is larger than their difference: Gemma at 16 x 512), and a
-third each method's paired relative difference from GPTQ over the seeds both ran, with its standard error.
+third each method's paired relative difference from GPTQ over the seeds both ran, with its standard error, and
+each variant's (adaptive, centred) from its own method.
 
 With several folders (runs of the table in several device sessions), a run in a later folder replaces the same
 (model, calibration, method, setting) of an earlier one.
@@ -128,29 +129,34 @@ def seed_means(*roots: Path) -> str:
     return "\n".join(lines)
 
 
-def paired_against_gptq(*roots: Path) -> str:
-    """Markdown: for each cell and method other than GPTQ with two or more seeds shared with GPTQ, the paired relative
-    difference d_s = ppl_s / ppl_GPTQ,s - 1 over those seeds: mean and standard error (sample standard deviation /
-    sqrt(n), in %), the seeds where the method is above GPTQ by more than the 0.5% tolerance, and the verdict: "above
-    GPTQ" or "below GPTQ" where the mean lies beyond the tolerance by more than two standard errors, else "within
-    seed noise"."""
+# (method, reference) pairs of the paired table: every method against GPTQ, each variant against its own method
+PAIRS = [(m, "gptq") for m in METHODS if m != "gptq"] + [
+    ("boa-adaptive", "boa"), ("boa-centred", "boa"), ("turboboa-centred", "turboboa")]
+
+
+def paired_differences(*roots: Path) -> str:
+    """Markdown: for each cell and (method, reference) of PAIRS with two or more seeds both ran, the paired relative
+    difference d_s = ppl_s / ppl_reference,s - 1 over those seeds: mean and standard error (sample standard deviation
+    / sqrt(n), in %), the seeds where the method is above the reference by more than the 0.5% tolerance, and the
+    verdict: "above" or "below" where the mean lies beyond the tolerance by more than two standard errors, else
+    "within seed noise"."""
     per_seed, _ = seed_runs(*roots)
-    lines = ["| model | calibration | setting | method | seeds | mean d (%) | s.e. (%) | seeds above GPTQ | verdict |",
-             "|---" * 9 + "|"]
+    lines = ["| model | calibration | setting | method | against | seeds | mean d (%) | s.e. (%) | seeds above | "
+             "verdict |", "|---" * 10 + "|"]
     for key, methods in per_seed.items():
-        for method in METHODS:
-            if method == "gptq" or method not in methods or "gptq" not in methods:
+        for method, ref in PAIRS:
+            if method not in methods or ref not in methods:
                 continue
-            seeds = sorted(set(methods[method]) & set(methods["gptq"]))
+            seeds = sorted(set(methods[method]) & set(methods[ref]))
             if len(seeds) < 2:
                 continue
-            d = [methods[method][s] / methods["gptq"][s] - 1 for s in seeds]  # paired relative difference
+            d = [methods[method][s] / methods[ref][s] - 1 for s in seeds]  # paired relative difference
             mean = sum(d) / len(d)
             se = (sum((x - mean) ** 2 for x in d) / (len(d) - 1) / len(d)) ** 0.5  # s / sqrt(n), s with n - 1
             above = sum(x > EQUAL for x in d)
-            verdict = ("above GPTQ" if mean - 2 * se > EQUAL else "below GPTQ" if mean + 2 * se < -EQUAL
+            verdict = ("above" if mean - 2 * se > EQUAL else "below" if mean + 2 * se < -EQUAL
                        else "within seed noise")
-            lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {method} | {','.join(map(str, seeds))} | "
+            lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {method} | {ref} | {','.join(map(str, seeds))} | "
                          f"{100 * mean:+.2f} | {100 * se:.2f} | {above} of {len(d)} | {verdict} |")
     return "\n".join(lines)
 
@@ -163,5 +169,6 @@ if __name__ == "__main__":
     print(table(*roots))
     print("\nMean over calibration seeds (a cell's count in parentheses where a method lacks some of its seeds):\n")
     print(seed_means(*roots))
-    print("\nPaired against GPTQ at the seeds both ran (d = ppl / ppl_GPTQ - 1 per seed):\n")
-    print(paired_against_gptq(*roots))
+    print("\nPaired at the seeds both ran, each method against GPTQ and each variant against its method "
+          "(d = ppl / ppl_against - 1 per seed):\n")
+    print(paired_differences(*roots))

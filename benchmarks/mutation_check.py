@@ -103,7 +103,7 @@ MUTANTS = [
            "[self._qq] + ([self._kk] if self._kk is not None else []) + [self._zz]",
            ("tests/test_distributed.py",)),
     Mutant("paired s.e. from the population sd", "benchmarks/calib_table.py", "/ (len(d) - 1) / len(d)",
-           "/ len(d) / len(d)", ("tests/test_benchmark_scripts.py::test_calibration_table_paired_against_gptq",)),
+           "/ len(d) / len(d)", ("tests/test_benchmark_scripts.py::test_calibration_table_paired_differences",)),
 ]
 
 

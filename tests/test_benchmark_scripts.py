@@ -109,10 +109,11 @@ def test_calibration_table_seed_means(tmp_path):
     assert "128x2048" not in md and "16x512s1" not in md
 
 
-def test_calibration_table_paired_against_gptq(tmp_path):
+def test_calibration_table_paired_differences(tmp_path):
     """The paired table against an independent float64 reference (statistics.mean / statistics.stdev of the per-seed
-    ratios) on fresh random perplexities. Catches an unpaired difference (ratio of the means), the population
-    standard deviation, seeds not shared with GPTQ entering the pairs, and a verdict that ignores the standard error."""
+    ratios) on fresh random perplexities: BoA against GPTQ and BoA centred against BoA. Catches an unpaired difference
+    (ratio of the means), the population standard deviation, seeds not shared with the reference entering the pairs,
+    a variant paired against GPTQ where its own method is named, and a verdict that ignores the standard error."""
     import json
     import random
     import statistics
@@ -121,19 +122,26 @@ def test_calibration_table_paired_against_gptq(tmp_path):
     rng = random.Random()
     gptq = {s: rng.uniform(10, 20) for s in range(5)}
     boa = {s: gptq[s] * rng.uniform(0.9, 1.2) for s in range(4)}  # seed 4: GPTQ only
-    boa[7] = 30.0  # a seed GPTQ lacks: must not enter the pairs
+    boa[7] = 30.0  # a seed GPTQ lacks: must not enter the pairs against GPTQ
+    centred = {s: boa[s] * rng.uniform(0.85, 1.1) for s in (1, 2, 3)}
+    centred[4] = 20.0  # a seed BoA lacks: must not enter the pairs against BoA
     for s in range(8):
-        runs = [(m, values[s]) for m, values in (("gptq", gptq), ("boa", boa)) if s in values]
+        runs = [(m, values[s]) for m, values in (("gptq", gptq), ("boa", boa), ("boa-centred", centred))
+                if s in values]
         if runs:
             (tmp_path / f"gemma3-270m-16x512s{s}").mkdir()
             (tmp_path / f"gemma3-270m-16x512s{s}" / "results.jsonl").write_text("\n".join(json.dumps(
-                {"run": f"{m}-w4", "method": m, "preset": "w4", "bits": 4, "ppl": p}) for m, p in runs))
-    d = [boa[s] / gptq[s] - 1 for s in range(4)]
-    mean, se = statistics.mean(d), statistics.stdev(d) / 2
-    verdict = "above GPTQ" if mean - 2 * se > 0.005 else "below GPTQ" if mean + 2 * se < -0.005 else "within seed noise"
-    row = (f"| gemma3-270m | 16x512 | w4 | boa | 0,1,2,3 | {100 * mean:+.2f} | {100 * se:.2f} | "
-           f"{sum(x > 0.005 for x in d)} of 4 | {verdict} |")
-    assert row in table.paired_against_gptq(tmp_path)
+                {"run": f"{m}-w4", "method": m.split("-")[0], "preset": "w4", "bits": 4, "ppl": p,
+                 **({"centred_keys": True} if m.endswith("centred") else {})}) for m, p in runs))
+    md = table.paired_differences(tmp_path)
+    for method, ref, mine, theirs, seeds in (("boa", "gptq", boa, gptq, (0, 1, 2, 3)),
+                                             ("boa-centred", "boa", centred, boa, (1, 2, 3))):
+        d = [mine[s] / theirs[s] - 1 for s in seeds]
+        mean, se = statistics.mean(d), statistics.stdev(d) / len(d) ** 0.5
+        verdict = "above" if mean - 2 * se > 0.005 else "below" if mean + 2 * se < -0.005 else "within seed noise"
+        row = (f"| gemma3-270m | 16x512 | w4 | {method} | {ref} | {','.join(map(str, seeds))} | {100 * mean:+.2f} | "
+               f"{100 * se:.2f} | {sum(x > 0.005 for x in d)} of {len(d)} | {verdict} |")
+        assert row in md
     # a consistent shift gets its verdict; a mean shift of +5.7% whose seeds disagree (+10%, -5%, +12%) does not
     for name, ratios in (("above", (1.10, 1.101, 1.102)), ("below", (0.90, 0.901, 0.902)),
                          ("within seed noise", (1.10, 0.95, 1.12))):
@@ -143,4 +151,4 @@ def test_calibration_table_paired_against_gptq(tmp_path):
             (root / f"gemma3-270m-16x512s{s}" / "results.jsonl").write_text("\n".join(json.dumps(
                 {"run": f"{m}-w4", "method": m, "preset": "w4", "bits": 4, "ppl": p})
                 for m, p in (("gptq", 10.0 + s), ("boa", (10.0 + s) * ratio))))
-        assert f" | {name}{' GPTQ' if name != 'within seed noise' else ''} |" in table.paired_against_gptq(root)
+        assert f" | {name} |" in table.paired_differences(root)
