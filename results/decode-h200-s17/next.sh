@@ -1,16 +1,17 @@
 #!/bin/bash
 # Issue 17, the next experiment (prepared in session 17, not run yet): one device call, the tracked tree only, no
-# carry, about 3 minutes. (1) x staged in shared memory once per block (xsmem.cu; M K sizeof(T) <= 48 KB, so M <= 2
+# carry, about 3 minutes. (1) x staged in shared memory once per block (xsmem.patch; M K sizeof(T) <= 48 KB, so M <= 2
 # at K = 11008) against the kernel, checked and timed side by side; (2) the CUDA tests with the variant in place of
 # the kernel's source; (3) Nsight Compute of the kernel as it is (v4 was never profiled): stall reasons and the
 # source counters of one gate_proj-shaped call (11008 x 4096, W4 g128, M = 1). Outputs go to $OUT.
 #   device call: bash results/decode-h200-s17/next.sh   (timeout 300)
 export TBQ_CACHE=/tmp/tc PYTHONPATH=$PWD HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 V=results/decode-h200-s17 OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT" /tmp/vx && cp $V/xsmem.cu /tmp/vx/decode_gemm.cu
+mkdir -p "$OUT" /tmp/vx && patch -s -o /tmp/vx/decode_gemm.cu tbq_kernels/csrc/decode_gemm.cu < $V/xsmem.patch \
+  && cp /tmp/vx/decode_gemm.cu /tmp/vx/xsmem.cu || exit 3
 B='import sys; from pathlib import Path; from tbq_kernels.build import built; print(built(Path(sys.argv[1]), (9, 0)))'
 python3 -c "$B" /tmp/vx/decode_gemm.cu > "$OUT/build-xsmem-as-kernel.log" 2>&1 &
-timeout 150 python3 $V/compare_sources.py tbq_kernels/csrc/decode_gemm.cu $V/xsmem.cu --m 1,2,8 \
+timeout 150 python3 $V/compare_sources.py tbq_kernels/csrc/decode_gemm.cu /tmp/vx/xsmem.cu --m 1,2,8 \
   --json "$OUT/compare_xsmem.json" > "$OUT/compare_xsmem.txt" 2>&1
 grep -v '^{' "$OUT/compare_xsmem.txt" | tail -8
 wait
