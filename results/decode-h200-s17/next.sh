@@ -7,8 +7,13 @@
 #   device call: bash results/decode-h200-s17/next.sh   (timeout 300)
 export TBQ_CACHE=/tmp/tc PYTHONPATH=$PWD HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 V=results/decode-h200-s17 OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT" /tmp/vx && patch -s -o /tmp/vx/decode_gemm.cu tbq_kernels/csrc/decode_gemm.cu < $V/xsmem.patch \
-  && cp /tmp/vx/decode_gemm.cu /tmp/vx/xsmem.cu || exit 3
+# The variant: $V/xsmem.cu where it was made before the call (untracked files travel with the working tree:
+# `patch -o results/decode-h200-s17/xsmem.cu tbq_kernels/csrc/decode_gemm.cu < results/decode-h200-s17/xsmem.patch`),
+# else patched here
+mkdir -p "$OUT" /tmp/vx
+[ -f $V/xsmem.cu ] || patch -s -o $V/xsmem.cu tbq_kernels/csrc/decode_gemm.cu < $V/xsmem.patch \
+  || { echo "error: no xsmem.cu and no patch here; make it before the call (the command above)"; exit 3; }
+cp $V/xsmem.cu /tmp/vx/decode_gemm.cu && cp $V/xsmem.cu /tmp/vx/xsmem.cu
 B='import sys; from pathlib import Path; from tbq_kernels.build import built; print(built(Path(sys.argv[1]), (9, 0)))'
 python3 -c "$B" /tmp/vx/decode_gemm.cu > "$OUT/build-xsmem-as-kernel.log" 2>&1 &
 timeout 150 python3 $V/compare_sources.py tbq_kernels/csrc/decode_gemm.cu /tmp/vx/xsmem.cu --m 1,2,8 \
