@@ -9,8 +9,8 @@ column of its own, "BoA adaptive", checked against GPTQ in the same way; so are 
 
 A second table gives each method's mean over calibration seeds where a cell was run at several, with the same checks
 (one run per cell cannot separate methods whose seed spread is larger than their difference: Gemma at 16 x 512), and a
-third each method's paired relative difference from GPTQ over the seeds both ran, with its standard error, and
-each variant's (adaptive, centred) from its own method.
+third each method's paired relative difference from GPTQ over the seeds both ran, with its standard error and a
+verdict from the 95% t interval, and each variant's (adaptive, centred) from its own method.
 
 With several folders (runs of the table in several device sessions), a run in a later folder replaces the same
 (model, calibration, method, setting) of an earlier one.
@@ -19,6 +19,7 @@ With several folders (runs of the table in several device sessions), a run in a 
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -129,6 +130,21 @@ def seed_means(*roots: Path) -> str:
     return "\n".join(lines)
 
 
+# Student's t 97.5% quantiles by degrees of freedom (1-30); above 30, the Cornish-Fisher expansion in t975
+T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def t975(df: int) -> float:
+    """The 97.5% quantile of Student's t with ``df`` >= 1 degrees of freedom (two-sided 95% interval half-width in
+    standard errors): the table to 30, above it z + (z^3 + z) / 4v + (5z^5 + 16z^3 + 3z) / 96v^2 with z = 1.95996
+    (Cornish-Fisher; within 1e-4 of the quantile there)."""
+    if df <= len(T975):
+        return T975[df - 1]
+    z = 1.959964  # the normal's 97.5% quantile
+    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+
+
 # (method, reference) pairs of the paired table: every method against GPTQ, each variant against its own method
 PAIRS = [(m, "gptq") for m in METHODS if m != "gptq"] + [
     ("boa-adaptive", "boa"), ("boa-centred", "boa"), ("turboboa-centred", "turboboa")]
@@ -138,8 +154,8 @@ def paired_differences(*roots: Path) -> str:
     """Markdown: for each cell and (method, reference) of PAIRS with two or more seeds both ran, the paired relative
     difference d_s = ppl_s / ppl_reference,s - 1 over those seeds: mean and standard error (sample standard deviation
     / sqrt(n), in %), the seeds where the method is above the reference by more than the 0.5% tolerance, and the
-    verdict: "above" or "below" where the mean lies beyond the tolerance by more than two standard errors, else
-    "within seed noise"."""
+    verdict: "above" or "below" where the two-sided 95% t interval of the mean (mean ± t975(n - 1) s.e.) lies wholly
+    beyond the tolerance, "diverged" where a perplexity is not finite, else "within seed noise"."""
     per_seed, _ = seed_runs(*roots)
     lines = ["| model | calibration | setting | method | against | seeds | mean d (%) | s.e. (%) | seeds above | "
              "verdict |", "|---" * 10 + "|"]
@@ -151,11 +167,15 @@ def paired_differences(*roots: Path) -> str:
             if len(seeds) < 2:
                 continue
             d = [methods[method][s] / methods[ref][s] - 1 for s in seeds]  # paired relative difference
+            if not all(math.isfinite(x) for x in d):
+                lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {method} | {ref} | {','.join(map(str, seeds))} | "
+                             "- | - | - | diverged |")
+                continue
             mean = sum(d) / len(d)
             se = (sum((x - mean) ** 2 for x in d) / (len(d) - 1) / len(d)) ** 0.5  # s / sqrt(n), s with n - 1
             above = sum(x > EQUAL for x in d)
-            verdict = ("above" if mean - 2 * se > EQUAL else "below" if mean + 2 * se < -EQUAL
-                       else "within seed noise")
+            half = t975(len(d) - 1) * se  # half-width of the 95% interval of the mean
+            verdict = "above" if mean - half > EQUAL else "below" if mean + half < -EQUAL else "within seed noise"
             lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {method} | {ref} | {','.join(map(str, seeds))} | "
                          f"{100 * mean:+.2f} | {100 * se:.2f} | {above} of {len(d)} | {verdict} |")
     return "\n".join(lines)

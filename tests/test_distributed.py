@@ -51,7 +51,7 @@ def quantize_cli(model, text, out, *extra, device="cpu"):
 
 
 @pytest.mark.parametrize("windows", [("--nsamples", 2), ("--nsamples", 3, "--holdout", 1),
-                                     ("--nsamples", 2, "--centred-keys")])
+                                     ("--nsamples", 2, "--centred-keys")], ids=["two", "held-out", "centred-keys"])
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
     torch.cuda.device_count() < 2, reason="needs 2 GPUs")])])
 def test_two_processes_give_the_one_process_bits(tiny_models, calib_text, tmp_path, device, windows):
@@ -61,12 +61,16 @@ def test_two_processes_give_the_one_process_bits(tiny_models, calib_text, tmp_pa
     CPU, NCCL on 2 GPUs). With a third window held out, rank 1 holds it and rank 0 none: its error is the 1-process
     one. Catches token counts not summed over the ranks (the damping's d / T differs), held-out windows in a
     rank's statistics, a held-out error not summed over the ranks, and (``--centred-keys``) the centred key sums
-    left out of what the ranks add up."""
+    left out of what the ranks add up, or the flag lost on its way from the command line to run.json's settings
+    (from there to the statistics: ``test_centred_keys_setting_reaches_the_statistics``)."""
     one, two = tmp_path / "one", tmp_path / "two"
     for out, extra in ((one, ()), (two, ("--gpus", 2))):
         res = quantize_cli(tiny_models["llama"], calib_text, out, *windows, *extra, device=device)
         assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.strip() == f"wrote {two}"  # rank 0 speaks, once
+    for run in (one, two):  # the flag reached both runs' settings (what a dropped flag would leave: two plain runs)
+        quant = json.loads((run / "run.json").read_text())["config"]["quant"]
+        assert quant["centred_keys"] is ("--centred-keys" in windows)
     a, b = block_tensors(one), block_tensors(two)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     ra, rb = load_file(one / "rest.safetensors"), load_file(two / "rest.safetensors")
