@@ -104,6 +104,8 @@ MUTANTS = [
            ("tests/test_distributed.py",)),
     Mutant("paired s.e. from the population sd", "benchmarks/calib_table.py", "/ (len(d) - 1) / len(d)",
            "/ len(d) / len(d)", ("tests/test_benchmark_scripts.py::test_calibration_table_paired_differences",)),
+    Mutant("paired verdict from two standard errors", "benchmarks/calib_table.py", "half = t975(len(d) - 1) * se",
+           "half = 2 * se", ("tests/test_benchmark_scripts.py::test_calibration_table_paired_differences",)),
 ]
 
 
