@@ -28,9 +28,8 @@ def _can_build() -> str | None:
     if importlib.util.find_spec("setuptools") is None:
         return "setuptools is not installed (pip wheel --no-build-isolation needs the build backend)"
     version = importlib.metadata.version("setuptools")  # not imported: that would clash with an imported distutils
-    major, minor = (int(p) for p in version.split(".")[:2])
-    if (major, minor) < (70, 1) and importlib.util.find_spec("wheel") is None:
-        return f"setuptools {version} builds wheels only with the `wheel` package, which is missing"
+    if int(version.split(".")[0]) < 77:
+        return f"setuptools {version} is older than 77, which pyproject.toml's SPDX license string needs"
     return None
 
 
